@@ -1,0 +1,5 @@
+import sys
+
+from tether.cli.main import main
+
+sys.exit(main())

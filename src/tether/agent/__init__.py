@@ -1,0 +1,1 @@
+"""The device agent: stdlib-only, outbound-only."""

@@ -1,0 +1,5 @@
+import sys
+
+from tether.agent.cli import main
+
+sys.exit(main())

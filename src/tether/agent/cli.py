@@ -1,0 +1,127 @@
+"""``tether-agent``: register a device, then run the agent.
+
+Exit codes, so install scripts can react: 0 done, 2 bad usage, 3 refused by
+the server (wrong code, expired, limit reached, deregistered), 4 already
+registered, 5 server unreachable or not a tether server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from tether import __version__
+from tether.agent.backoff import DEFAULT_CAP, Backoff
+from tether.agent.link import Agent, FatalLinkError
+from tether.agent.registration import RegistrationFailed, register
+from tether.agent.state import DEFAULT_STATE_DIR, load_identity, save_identity
+
+EXIT_REFUSED = 3
+EXIT_ALREADY_REGISTERED = 4
+EXIT_UNREACHABLE = 5
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tether-agent",
+                                description="The tether device agent. It dials out to a tether "
+                                            "server; the device needs no inbound port.")
+    p.add_argument("--version", action="version", version=f"tether-agent {__version__}")
+    sub = p.add_subparsers(dest="action", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("register", help="register this device with an activation",
+                       description="Register this device and keep its identity in the state "
+                                   "directory (owner-only permissions).")
+    r.add_argument("--server", required=True, metavar="URL",
+                   help="the tether server, e.g. http://tether.internal:8720")
+    r.add_argument("--activation-id", required=True, metavar="ID")
+    r.add_argument("--activation-code", metavar="CODE",
+                   default=os.environ.get("TETHER_ACTIVATION_CODE"),
+                   help="the activation code (or set TETHER_ACTIVATION_CODE to keep it out "
+                        "of the process list)")
+    r.add_argument("--name", metavar="NAME", help="computer name to register (default: hostname)")
+    r.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"where the identity is kept (default {DEFAULT_STATE_DIR})")
+    r.add_argument("--force", action="store_true",
+                   help="replace an existing identity; the old credential stops working")
+
+    run = sub.add_parser("run", help="connect to the server and serve commands",
+                         description="Connect to the server and serve until stopped, "
+                                     "reconnecting with capped, jittered backoff.")
+    run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
+    run.add_argument("--reconnect-cap", type=float, default=DEFAULT_CAP, metavar="SECONDS",
+                     help=f"longest wait between reconnect attempts (default {DEFAULT_CAP:g})")
+    run.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"])
+
+    st = sub.add_parser("status", help="show this device's identity")
+    st.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
+    return p
+
+
+def _register(args: argparse.Namespace) -> int:
+    if not args.activation_code:
+        print("tether-agent: --activation-code (or TETHER_ACTIVATION_CODE) is required",
+              file=sys.stderr)
+        return 2
+    existing = load_identity(args.state_dir)
+    if existing is not None and not args.force:
+        print(f"tether-agent: already registered as {existing.node_id} with "
+              f"{existing.server_url}; use --force to replace this identity", file=sys.stderr)
+        return EXIT_ALREADY_REGISTERED
+    try:
+        identity = register(args.server, args.activation_id, args.activation_code,
+                            args.name, existing)
+    except ValueError as exc:
+        print(f"tether-agent: {exc}", file=sys.stderr)
+        return 2
+    except RegistrationFailed as exc:
+        print(f"tether-agent: registration failed: {exc}", file=sys.stderr)
+        return EXIT_REFUSED if exc.kind == "refused" else EXIT_UNREACHABLE
+    save_identity(args.state_dir, identity)
+    print(f"registered as {identity.node_id}")
+    if existing is not None:
+        print(f"replaced {existing.node_id}; its credential no longer works")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    identity = load_identity(args.state_dir)
+    if identity is None:
+        print(f"tether-agent: not registered (no identity in {args.state_dir}); "
+              "run 'tether-agent register' first", file=sys.stderr)
+        return EXIT_REFUSED
+    agent = Agent(identity, args.state_dir, Backoff(cap=args.reconnect_cap))
+    try:
+        asyncio.run(agent.run_forever())
+    except FatalLinkError as exc:
+        print(f"tether-agent: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    identity = load_identity(args.state_dir)
+    if identity is None:
+        print(f"not registered (no identity in {args.state_dir})")
+        return 1
+    print(f"node {identity.node_id} registered with {identity.server_url}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"register": _register, "run": _run, "status": _status}[args.action]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

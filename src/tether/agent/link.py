@@ -1,0 +1,277 @@
+"""The agent's one connection: dial, authenticate, serve, and dial again.
+
+All I/O of the agent is here. The pure parts it leans on: the protocol's
+messages and keepalive clock, the backoff, and the spool that makes every
+invocation survive a dropped link or a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Dict, Optional, Set
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from tether import __version__
+from tether.agent.backoff import Backoff
+from tether.agent.inventory import collect_inventory, inventory_fingerprint
+from tether.agent.runner import Execution
+from tether.agent.spool import STREAMS, Spool
+from tether.agent.state import Identity
+from tether.protocol.errors import CloseCode, ProtocolError
+from tether.protocol.keepalive import Action, Keepalive
+from tether.protocol.messages import (
+    SERVER_MESSAGES,
+    Accepted,
+    Cancel,
+    Command,
+    Hello,
+    Message,
+    Output,
+    Ping,
+    Pong,
+    Result,
+    ResultAck,
+    Welcome,
+    decode,
+    encode,
+)
+from tether.protocol.versions import PROTOCOL_VERSION
+
+log = logging.getLogger("tether.agent")
+WS_PATH = "/agent/v1/connect"
+OPEN_TIMEOUT = 20.0
+INVENTORY_CHECK_INTERVAL = 30.0
+MAX_FRAME = 2 * 1024 * 1024
+UPLOAD_CHUNK = 64 * 1024
+
+
+class FatalLinkError(Exception):
+    """The server refused us for a reason that retrying cannot fix."""
+
+
+def websocket_url(server_url: str) -> str:
+    scheme, rest = server_url.split("://", 1)
+    return ("wss" if scheme == "https" else "ws") + "://" + rest.rstrip("/") + WS_PATH
+
+
+class Agent:
+    def __init__(self, identity: Identity, state_dir: Path, backoff: Backoff) -> None:
+        self.identity = identity
+        self.spool = Spool(state_dir / "spool")
+        self.backoff = backoff
+        self.running: Dict[str, Execution] = {}
+        self.ws: Optional[ClientConnection] = None
+        self._tasks: Set[asyncio.Task[None]] = set()
+        self._fingerprint = ""
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        self._recover()
+        while True:
+            try:
+                await self._connect_once()
+            except FatalLinkError:
+                raise
+            except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake,
+                    ProtocolError) as exc:
+                log.warning("link to %s lost: %s", self.identity.server_url, _describe(exc))
+            delay = self.backoff.next_delay()
+            log.info("reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    def _recover(self) -> None:
+        """Invocations interrupted by an agent restart end as Failed, never rerun."""
+        for invocation_id in self.spool.unfinished():
+            size = {s: self.spool.stream_size(invocation_id, s) for s in STREAMS}
+            self.spool.save_result(Result(
+                invocation_id, "Failed", size["stdout"], size["stderr"],
+                reason="agent restarted during execution"))
+            log.warning("invocation %s was interrupted by an agent restart", invocation_id)
+
+    async def _connect_once(self) -> None:
+        url = websocket_url(self.identity.server_url)
+        try:
+            ws = await connect(url, open_timeout=OPEN_TIMEOUT, ping_interval=None,
+                               close_timeout=5, max_size=MAX_FRAME, compression=None,
+                               user_agent_header=f"tether-agent/{__version__}")
+        except InvalidURI as exc:
+            raise FatalLinkError(str(exc)) from None
+        async with ws:
+            await ws.send(encode(Hello(PROTOCOL_VERSION, self.identity.node_id,
+                                       self.identity.credential, __version__)))
+            try:
+                welcome = decode(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT),
+                                 SERVER_MESSAGES)
+            except ConnectionClosed as exc:
+                self._raise_if_fatal(exc)
+                raise
+            if not isinstance(welcome, Welcome):
+                raise ProtocolError(CloseCode.UNEXPECTED, f"expected welcome, got {welcome.TYPE}")
+            log.info("connected to %s as %s", self.identity.server_url, self.identity.node_id)
+            self.backoff.reset()
+            self.ws = ws
+            try:
+                await self._serve(ws, welcome)
+            except ConnectionClosed as exc:
+                self._raise_if_fatal(exc)
+                raise
+            finally:
+                self.ws = None
+
+    @staticmethod
+    def _raise_if_fatal(exc: ConnectionClosed) -> None:
+        rcvd = exc.rcvd
+        if rcvd is None:
+            return
+        try:
+            code = CloseCode(rcvd.code)
+        except ValueError:
+            return
+        if not code.retryable:
+            raise FatalLinkError(f"the server refused this agent: {rcvd.reason} "
+                                 f"(close code {rcvd.code})") from None
+
+    async def _serve(self, ws: ClientConnection, welcome: Welcome) -> None:
+        keepalive = Keepalive(welcome.keepalive_interval, welcome.keepalive_timeout,
+                              time.monotonic(), probing=True)
+        self._fingerprint = ""
+        await self._send_inventory_if_changed(ws)
+        await self._resend_spool()
+        watchers = [asyncio.ensure_future(self._keepalive(ws, keepalive)),
+                    asyncio.ensure_future(self._watch_inventory(ws))]
+        try:
+            async for frame in ws:
+                keepalive.received(time.monotonic())
+                await self._handle(decode(frame, SERVER_MESSAGES))
+        finally:
+            for w in watchers:
+                w.cancel()
+        # The iterator ends on a normal close: surface it like any other close.
+        raise ConnectionClosed(ws.close_rcvd, ws.close_sent)
+
+    async def _keepalive(self, ws: ClientConnection, keepalive: Keepalive) -> None:
+        while True:
+            action = keepalive.poll(time.monotonic())
+            if action is Action.SEND_PING:
+                await self.send(Ping())
+            elif action is Action.DEAD:
+                log.warning("no answer from the server within %.0f s; dropping the link",
+                            keepalive.interval + keepalive.timeout)
+                ws.transport.abort()
+                return
+            await asyncio.sleep(max(0.01, keepalive.next_deadline() - time.monotonic()))
+
+    async def _watch_inventory(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(INVENTORY_CHECK_INTERVAL)
+            await self._send_inventory_if_changed(ws)
+
+    async def _send_inventory_if_changed(self, ws: ClientConnection) -> None:
+        local = ws.local_address
+        inventory = await asyncio.get_running_loop().run_in_executor(
+            None, collect_inventory, str(local[0]) if local else None)
+        fingerprint = inventory_fingerprint(inventory)
+        if fingerprint != self._fingerprint:
+            await self.send(inventory)
+            self._fingerprint = fingerprint
+
+    async def send(self, message: Message) -> None:
+        """Send if connected; a message lost with the link is re-sent from the spool."""
+        ws = self.ws
+        if ws is None:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(encode(message))
+
+    # -- messages ----------------------------------------------------------
+
+    async def _handle(self, message: Message) -> None:
+        if isinstance(message, Command):
+            await self._start(message)
+        elif isinstance(message, Cancel):
+            execution = self.running.get(message.invocation_id)
+            if execution is not None:
+                execution.cancel()
+        elif isinstance(message, ResultAck):
+            if message.invocation_id not in self.running:
+                self.spool.forget(message.invocation_id)
+        elif isinstance(message, Pong):
+            pass
+        else:
+            raise ProtocolError(CloseCode.UNEXPECTED, f"unexpected {message.TYPE!r}")
+
+    async def _start(self, command: Command) -> None:
+        inv = command.invocation_id
+        if self.spool.seen(inv):
+            # Delivered again: never run twice. Re-send what we have if it is done.
+            if inv not in self.running:
+                await self._resend(inv)
+            return
+        folder = self.spool.record(command)
+        await self.send(Accepted(inv))
+        execution = Execution(command, folder, self.identity.node_id, self._on_output)
+        self.running[inv] = execution
+        task = asyncio.ensure_future(self._execute(execution))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, execution: Execution) -> None:
+        inv = execution.command.invocation_id
+        try:
+            result = await execution.run()
+        except Exception as exc:  # the agent must outlive any one script
+            log.exception("invocation %s failed inside the agent", inv)
+            size = {s: self.spool.stream_size(inv, s) for s in STREAMS}
+            result = Result(inv, "Failed", size["stdout"], size["stderr"],
+                            reason=f"agent error: {exc}")
+        self.spool.save_result(result)
+        del self.running[inv]
+        await self.send(result)
+
+    async def _on_output(self, invocation_id: str, stream: str, offset: int,
+                         data: bytes) -> None:
+        await self.send(Output.from_bytes(invocation_id, stream, offset, data))
+
+    async def _resend_spool(self) -> None:
+        for invocation_id in self.spool.pending():
+            await self._resend(invocation_id)
+
+    async def _resend(self, invocation_id: str) -> None:
+        """Upload everything spooled for one invocation, then its result if it has one."""
+        result = self.spool.load_result(invocation_id)
+        for stream in STREAMS:
+            end = self.spool.stream_size(invocation_id, stream)
+            if result is not None:
+                end = min(end, getattr(result, f"{stream}_size"))
+            offset = 0
+            while offset < end:
+                data = self.spool.read_stream(invocation_id, stream, offset,
+                                              min(UPLOAD_CHUNK, end - offset))
+                if not data:
+                    break
+                await self.send(Output.from_bytes(invocation_id, stream, offset, data))
+                offset += len(data)
+        if result is not None:
+            await self.send(result)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed):
+        frame = exc.rcvd
+        if frame is not None:
+            return f"closed by the server: {frame.reason or 'no reason'} (code {frame.code})"
+        return "connection closed without a close frame"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+__all__ = ["Agent", "FatalLinkError", "websocket_url", "websockets"]

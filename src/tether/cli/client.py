@@ -1,0 +1,90 @@
+"""A small REST client on urllib: the CLI needs nothing outside the standard library."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "tether" \
+    / "cli.json"
+
+
+class ApiFailure(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)
+
+
+def load_login() -> tuple[str | None, str | None]:
+    server, token = os.environ.get("TETHER_SERVER"), os.environ.get("TETHER_TOKEN")
+    if server and token:
+        return server, token
+    try:
+        saved = json.loads(CONFIG_FILE.read_text())
+    except (FileNotFoundError, ValueError):
+        saved = {}
+    return server or saved.get("server"), token or saved.get("token")
+
+
+def save_login(server: str, token: str) -> Path:
+    CONFIG_FILE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = CONFIG_FILE.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"server": server, "token": token}, f)
+    os.replace(tmp, CONFIG_FILE)
+    return CONFIG_FILE
+
+
+class Client:
+    def __init__(self, server: str, token: str, timeout: float = 90.0) -> None:
+        self.base = server.rstrip("/") + "/api/v1"
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None,
+                query: dict[str, Any] | None = None, raw: bool = False) -> Any:
+        url = self.base + path
+        if query:
+            pairs = [(k, x) for k, v in query.items() if v is not None
+                     for x in (v if isinstance(v, list) else [v])]
+            url += "?" + urllib.parse.urlencode(pairs)
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise _failure(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ApiFailure(0, "unreachable", f"could not reach the tether server at "
+                             f"{self.base}: {getattr(exc, 'reason', exc)}") from None
+        return payload if raw else json.loads(payload)
+
+    def get(self, path: str, **query: Any) -> Any:
+        return self.request("GET", path, query=query)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body=body if body is not None else {})
+
+
+def _failure(exc: urllib.error.HTTPError) -> ApiFailure:
+    try:
+        body = json.loads(exc.read())
+    except ValueError:
+        body = {}
+    if isinstance(body, dict) and "error" in body:
+        return ApiFailure(exc.code, str(body["error"]), str(body.get("message", "")))
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):  # request validation: name the fields
+        msgs = [f"{'.'.join(str(x) for x in d.get('loc', [])[1:])}: {d.get('msg')}"
+                for d in detail if isinstance(d, dict)]
+        return ApiFailure(exc.code, "invalid_request", "; ".join(msgs))
+    return ApiFailure(exc.code, "http_error", f"HTTP {exc.code} {exc.reason}")

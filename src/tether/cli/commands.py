@@ -1,0 +1,166 @@
+"""``tether run`` and ``tether commands ...``.
+
+``run`` waits by long-polling the command's change counter, so each status
+change is printed as soon as the server stores it, and its exit status says
+whether every invocation succeeded (0) or not (1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from tether.cli.client import Client
+from tether.cli.output import print_json, table, when
+from tether.cli.parsing import parse_duration
+
+TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
+POLL_WAIT = 25.0
+
+
+def _script(args: argparse.Namespace) -> str:
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            return f.read()
+    if args.script:
+        return " ".join(args.script)
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    raise ValueError("give a script after --, with --file, or on standard input")
+
+
+def run(c: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "targets": args.target, "script": _script(args),
+        "timeout": parse_duration(args.timeout),
+        "delivery_timeout": parse_duration(args.delivery_timeout),
+        "workdir": args.workdir, "comment": args.comment}
+    if args.output_cap is not None:
+        body["output_cap"] = args.output_cap
+    command = c.post("/commands", body)
+    cid = command["command_id"]
+    if args.no_wait:
+        if args.json:
+            print_json(command)
+        else:
+            print(cid)
+        return 0
+    if not args.json:
+        print(f"command {cid} on {len(command['invocations'])} node(s)", file=sys.stderr)
+    try:
+        command = _wait(c, command, quiet=args.json)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; the command goes on. Follow it with 'tether commands show "
+              f"{cid}' or stop it with 'tether commands cancel {cid}'", file=sys.stderr)
+        return 130
+    outputs = {inv["node_id"]: _outputs(c, cid, inv) for inv in command["invocations"]}
+    if args.json:
+        print_json({"command_id": cid, "status": command["status"], "invocations": [
+            {**inv, **{k: v.decode("utf-8", "replace")
+                       for k, v in outputs[inv["node_id"]].items()}}
+            for inv in command["invocations"]]})
+    else:
+        for inv in command["invocations"]:
+            _print_invocation(inv, outputs[inv["node_id"]])
+        print(f"command {cid}: {command['status']} ({_counts(command)})", file=sys.stderr)
+    return 0 if command["status"] == "Success" else 1
+
+
+def _wait(c: Client, command: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    seen: dict[str, str] = {}
+    while True:
+        for inv in command["invocations"]:
+            if not quiet and seen.get(inv["node_id"]) != inv["status"]:
+                print(f"  {inv['node_id']}  {inv['status']}", file=sys.stderr)
+            seen[inv["node_id"]] = inv["status"]
+        if command["status"] in TERMINAL:
+            return command
+        command = c.get(f"/commands/{command['command_id']}", after=command["version"],
+                        wait=POLL_WAIT)
+
+
+def _outputs(c: Client, cid: str, inv: dict[str, Any]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for stream in ("stdout", "stderr"):
+        size = inv[f"{stream}_size"]
+        out[stream] = (c.request("GET", f"/commands/{cid}/invocations/{inv['node_id']}/"
+                                 f"{stream}", raw=True) if size else b"")
+    return out
+
+
+def _counts(command: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(command["counts"].items()))
+
+
+def _print_invocation(inv: dict[str, Any], outputs: dict[str, bytes]) -> None:
+    exit_code = inv["exit_code"] if inv["exit_code"] is not None else "-"
+    extra = f": {inv['reason']}" if inv["reason"] else ""
+    print(f"=== {inv['node_id']}  {inv['status']}  exit {exit_code}{extra}")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(outputs["stdout"])
+    sys.stdout.flush()
+    sys.stderr.buffer.write(outputs["stderr"])
+    sys.stderr.flush()
+    for stream in ("stdout", "stderr"):
+        if inv[f"{stream}_truncated"]:
+            print(f"--- {stream} was cut at the output cap ({inv[f'{stream}_size']} bytes)")
+
+
+def commands_list(c: Client, args: argparse.Namespace) -> int:
+    cmds = c.get("/commands", limit=args.limit)
+    if args.json:
+        print_json(cmds)
+        return 0
+    table(["COMMAND", "STATUS", "CREATED", "BY", "TARGETS", "INVOCATIONS"],
+          [[x["command_id"], x["status"], when(x["created_at"]), x["created_by"],
+            " ".join(x["targets"]), _counts(x)] for x in cmds])
+    return 0
+
+
+def commands_show(c: Client, args: argparse.Namespace) -> int:
+    cmd = c.get(f"/commands/{args.command_id}")
+    if args.json:
+        print_json(cmd)
+        return 0
+    print(f"command:  {cmd['command_id']}  {cmd['status']}")
+    print(f"created:  {when(cmd['created_at'])} by {cmd['created_by']}")
+    if cmd["comment"]:
+        print(f"comment:  {cmd['comment']}")
+    print(f"targets:  {' '.join(cmd['targets'])}")
+    table(["NODE", "STATUS", "EXIT", "STARTED", "ENDED", "REASON"],
+          [[i["node_id"], i["status"], i["exit_code"], when(i["started_at"]),
+            when(i["ended_at"]), i["reason"]] for i in cmd["invocations"]])
+    return 0
+
+
+def commands_output(c: Client, args: argparse.Namespace) -> int:
+    streams = [args.stream] if args.stream else ["stdout", "stderr"]
+    for stream in streams:
+        data = c.request("GET", f"/commands/{args.command_id}/invocations/{args.node_id}/"
+                         f"{stream}", raw=True)
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        target.flush()
+        target.buffer.write(data)
+        target.flush()
+    return 0
+
+
+def commands_cancel(c: Client, args: argparse.Namespace) -> int:
+    cmd = c.post(f"/commands/{args.command_id}/cancel")
+    if args.json:
+        print_json(cmd)
+    else:
+        print(f"command {cmd['command_id']}: {cmd['status']} ({_counts(cmd)})")
+    return 0
+
+
+def commands_wait_until(c: Client, command_id: str, deadline: float) -> dict[str, Any]:
+    """Wait for a terminal status or the deadline (used by benchmarks and tests)."""
+    cmd = c.get(f"/commands/{command_id}")
+    while cmd["status"] not in TERMINAL and time.monotonic() < deadline:
+        cmd = c.get(f"/commands/{command_id}", after=cmd["version"],
+                    wait=min(POLL_WAIT, max(0.1, deadline - time.monotonic())))
+    result: dict[str, Any] = cmd
+    return result

@@ -1,0 +1,104 @@
+"""``tether activation ...`` and ``tether nodes ...``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tether.cli.client import Client
+from tether.cli.output import print_json, table, when
+from tether.cli.parsing import parse_duration, parse_tags
+
+
+def activation_create(c: Client, args: argparse.Namespace) -> int:
+    body = {"registration_limit": args.limit, "expires_in": parse_duration(args.expires),
+            "tags": parse_tags(args.tag), "name_prefix": args.name}
+    act = c.post("/activations", body)
+    if args.json:
+        print_json(act)
+        return 0
+    print(f"activation id:   {act['activation_id']}")
+    print(f"activation code: {act['activation_code']}")
+    print(f"registrations:   up to {act['registration_limit']}, until "
+          f"{when(act['expires_at'])}")
+    print("The code is shown once; the server keeps only its hash. On a device:")
+    print(f"  tether-agent register --server {c.base.removesuffix('/api/v1')} "
+          f"--activation-id {act['activation_id']} --activation-code {act['activation_code']}")
+    return 0
+
+
+def activation_list(c: Client, args: argparse.Namespace) -> int:
+    acts = c.get("/activations")
+    if args.json:
+        print_json(acts)
+        return 0
+    table(["ACTIVATION", "USED", "LIMIT", "EXPIRES", "TAGS"],
+          [[a["activation_id"], a["registrations"], a["registration_limit"],
+            when(a["expires_at"]), _tags(a["tags"])] for a in acts])
+    return 0
+
+
+def _tags(tags: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(tags.items())) or "-"
+
+
+def nodes_list(c: Client, args: argparse.Namespace) -> int:
+    nodes = c.get("/nodes", ping_status=args.ping_status, tag=args.tag or None,
+                  name=args.name, activation_id=args.activation_id, ip=args.ip)
+    if args.json:
+        print_json(nodes)
+        return 0
+    table(["NODE", "NAME", "PING", "LAST SEEN", "ADDRESS", "TAGS"],
+          [[n["node_id"], n["name"], n["ping_status"], when(n["last_seen_at"]),
+            n["primary_address"] or n["peer_address"], _tags(n["tags"])] for n in nodes])
+    return 0
+
+
+def _show(node: dict[str, Any]) -> None:
+    inv = node.get("inventory") or {}
+    print(f"node:            {node['node_id']}  ({node['name'] or '-'})")
+    print(f"ping status:     {node['ping_status']}  (last seen {when(node['last_seen_at'])})")
+    print(f"primary address: {node['primary_address'] or '-'}")
+    print(f"peer address:    {node['peer_address'] or '-'}  (as the server sees it)")
+    if inv:
+        print(f"os:              {inv.get('os_name')} {inv.get('os_version')}, kernel "
+              f"{inv.get('kernel')}, {inv.get('arch')}")
+        print(f"agent:           {inv.get('agent_version')} on Python "
+              f"{inv.get('python_version')}")
+    print(f"tags:            {_tags(node['tags'])}")
+    print(f"registered:      {when(node['registered_at'])} by activation "
+          f"{node['activation_id']}")
+    if node["deregistered_at"]:
+        print(f"deregistered:    {when(node['deregistered_at'])}")
+    for iface in inv.get("interfaces", []):
+        addrs = ", ".join(a["address"] + (f" peer {a['peer']}" if a.get("peer") else "")
+                          for a in iface["addresses"]) or "no address"
+        print(f"  {iface['name']:<12} [{','.join(iface['flags'])}] {addrs}")
+
+
+def nodes_show(c: Client, args: argparse.Namespace) -> int:
+    node = c.get(f"/nodes/{args.node_id}")
+    if args.json:
+        print_json(node)
+    else:
+        _show(node)
+    return 0
+
+
+def nodes_tag(c: Client, args: argparse.Namespace) -> int:
+    node = c.request("PATCH", f"/nodes/{args.node_id}/tags",
+                     body={"set": parse_tags(args.tags), "remove": args.remove})
+    if args.json:
+        print_json(node)
+    else:
+        print(f"{node['node_id']}: {_tags(node['tags'])}")
+    return 0
+
+
+def nodes_deregister(c: Client, args: argparse.Namespace) -> int:
+    node = c.request("DELETE", f"/nodes/{args.node_id}")
+    if args.json:
+        print_json(node)
+    else:
+        print(f"deregistered {node['node_id']}; its credential is revoked")
+    return 0

@@ -1,0 +1,193 @@
+"""``tether``: the operator's command line, and ``tether server``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tether import __version__
+from tether.cli import commands, fleet
+from tether.cli.client import ApiFailure, Client, load_login, save_login
+from tether.cli.output import fail
+
+EXIT_API = 3
+Handler = Callable[[Client, argparse.Namespace], int]
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser("server", help="run the tether server",
+                       description="Run the control plane. By default everything lives in the "
+                                   "data directory: an SQLite database and an outputs folder.")
+    s.add_argument("--data-dir", type=Path, default=Path("data"), metavar="DIR",
+                   help="database, outputs and the admin token (default ./data)")
+    s.add_argument("--database-url", metavar="URL",
+                   help="postgresql://... to keep state in PostgreSQL instead of SQLite")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "127.0.0.1; use 0.0.0.0 to serve devices on the network)")
+    s.add_argument("--port", type=int, default=8720, help="port (default 8720; 0 picks one)")
+    s.add_argument("--keepalive-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="agents probe after this much silence (default 60)")
+    s.add_argument("--keepalive-timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="a link silent for interval + timeout is ConnectionLost (default 20)")
+    s.add_argument("--output-cap", type=int, default=16 * 1024 * 1024, metavar="BYTES",
+                   help="default bytes kept per output stream (default 16 MiB)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tether", description="Operate a fleet of devices "
+                                "through a tether server. Set TETHER_SERVER and TETHER_TOKEN, "
+                                "or run 'tether login'.")
+    p.add_argument("--version", action="version", version=f"tether {__version__}")
+    sub = p.add_subparsers(dest="area", required=True, metavar="COMMAND")
+    _server_parser(sub)
+
+    lg = sub.add_parser("login", help="save the server URL and an operator token")
+    lg.add_argument("--server", required=True, metavar="URL")
+    lg.add_argument("--token", help="the token (default: read it from standard input or a "
+                                    "prompt, so it stays out of your shell history)")
+
+    act = sub.add_parser("activation", help="create and list activations").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    ac = act.add_parser("create", help="create an activation (its code is shown once)")
+    ac.add_argument("--limit", type=int, default=1, help="devices it may register (default 1)")
+    ac.add_argument("--expires", default="24h", metavar="DURATION",
+                    help="how long it is valid: 30m, 12h, 7d... (default 24h)")
+    ac.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help="tag given to every node it registers (repeatable)")
+    ac.add_argument("--name", metavar="PREFIX", help="prefix for the registered nodes' names")
+    _json(ac)
+    ac.set_defaults(handler=fleet.activation_create)
+    al = act.add_parser("list", help="list activations")
+    _json(al)
+    al.set_defaults(handler=fleet.activation_list)
+
+    nodes = sub.add_parser("nodes", help="see and manage nodes").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    nl = nodes.add_parser("list", help="list registered nodes")
+    nl.add_argument("--ping-status", choices=["Online", "ConnectionLost"])
+    nl.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    nl.add_argument("--name", metavar="SUBSTRING")
+    nl.add_argument("--activation-id", metavar="ID")
+    nl.add_argument("--ip", metavar="ADDR", help="any address of the node, or its peer address")
+    _json(nl)
+    nl.set_defaults(handler=fleet.nodes_list)
+    ns = nodes.add_parser("show", help="one node with its inventory")
+    ns.add_argument("node_id")
+    _json(ns)
+    ns.set_defaults(handler=fleet.nodes_show)
+    nt = nodes.add_parser("tag", help="set (or --remove) tags on a node")
+    nt.add_argument("node_id")
+    nt.add_argument("tags", nargs="*", metavar="KEY=VALUE")
+    nt.add_argument("--remove", action="append", default=[], metavar="KEY")
+    _json(nt)
+    nt.set_defaults(handler=fleet.nodes_tag)
+    nd = nodes.add_parser("deregister", help="revoke a node's credential and disconnect it")
+    nd.add_argument("node_id")
+    _json(nd)
+    nd.set_defaults(handler=fleet.nodes_deregister)
+
+    r = sub.add_parser("run", help="run a script on nodes",
+                       description="Run a script on every target and wait for the results. "
+                                   "The exit status is 0 only if every invocation succeeded.")
+    r.add_argument("--target", action="append", required=True, metavar="T",
+                   help="a node id, tag:KEY=VALUE or all (repeatable)")
+    r.add_argument("--timeout", default="1h", metavar="DURATION",
+                   help="execution timeout; the whole process group is killed (default 1h)")
+    r.add_argument("--delivery-timeout", default="1h", metavar="DURATION",
+                   help="how long to wait for offline nodes (default 1h)")
+    r.add_argument("--workdir", metavar="DIR", help="working directory on the node "
+                   "(default: the agent user's home)")
+    r.add_argument("--comment", metavar="TEXT")
+    r.add_argument("--output-cap", type=int, metavar="BYTES",
+                   help="bytes kept per stream (default: the server's, 16 MiB)")
+    r.add_argument("--file", metavar="PATH", help="read the script from a file")
+    r.add_argument("--no-wait", action="store_true", help="print the command id and return")
+    _json(r)
+    r.add_argument("script", nargs=argparse.REMAINDER, help="the script, after --")
+    r.set_defaults(handler=commands.run)
+
+    cmds = sub.add_parser("commands", help="follow and manage commands").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    cl = cmds.add_parser("list", help="recent commands")
+    cl.add_argument("--limit", type=int, default=50)
+    _json(cl)
+    cl.set_defaults(handler=commands.commands_list)
+    cs = cmds.add_parser("show", help="one command, per node")
+    cs.add_argument("command_id")
+    _json(cs)
+    cs.set_defaults(handler=commands.commands_show)
+    co = cmds.add_parser("output", help="a node's whole output")
+    co.add_argument("command_id")
+    co.add_argument("node_id")
+    co.add_argument("--stream", choices=["stdout", "stderr"])
+    co.set_defaults(handler=commands.commands_output)
+    cc = cmds.add_parser("cancel", help="cancel a command on every node")
+    cc.add_argument("command_id")
+    _json(cc)
+    cc.set_defaults(handler=commands.commands_cancel)
+    return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tether.server.config import Settings
+    from tether.server.runner import serve
+
+    settings = Settings.for_data_dir(
+        args.data_dir, args.database_url, host=args.host, port=args.port,
+        keepalive_interval=args.keepalive_interval, keepalive_timeout=args.keepalive_timeout,
+        output_cap=args.output_cap)
+    try:
+        serve(settings, args.log_level)
+    except OSError as exc:
+        fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _login(args: argparse.Namespace) -> int:
+    token = args.token
+    if not token:
+        token = (getpass.getpass("operator token: ") if sys.stdin.isatty()
+                 else sys.stdin.readline()).strip()
+    who = Client(args.server, token).get("/whoami")
+    path = save_login(args.server, token)
+    print(f"logged in to {args.server} as {who['operator']}; saved in {path} (owner-only)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.area == "server":
+        return _serve(args)
+    try:
+        if args.area == "login":
+            return _login(args)
+        server, token = load_login()
+        if not server or not token:
+            fail("no server to talk to: set TETHER_SERVER and TETHER_TOKEN or run "
+                 "'tether login --server URL'")
+            return 2
+        handler: Handler = args.handler
+        if getattr(args, "script", None) and args.script[0] == "--":
+            args.script = args.script[1:]
+        return handler(Client(server, token), args)
+    except ApiFailure as exc:
+        fail(f"{exc} ({exc.code})" if exc.code not in ("unreachable",) else str(exc))
+        return EXIT_API
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

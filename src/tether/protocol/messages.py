@@ -1,0 +1,301 @@
+"""Every message of the agent-server protocol, its validation and its encoding.
+
+A message is one WebSocket text frame holding one JSON object whose ``t``
+field names its type. Fields are checked against the dataclass annotations on
+decode, so a message object that exists is a valid one; a frame that is not
+becomes a ``ProtocolError`` with the close code to send. Unknown fields are
+ignored (that is how a version grows optional fields); unknown types are not.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import typing
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, Union
+
+from tether.protocol.errors import CloseCode, ProtocolError
+from tether.protocol.ids import is_node_id
+
+STREAMS = ("stdout", "stderr")
+ENCODINGS = ("utf-8", "base64")
+# Statuses an agent may report in a result; the rest are the server's to decide.
+AGENT_RESULT_STATUSES = ("Success", "Failed", "TimedOut", "Cancelled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello(Message):
+    """First frame from the agent: who it is and which protocol it speaks."""
+
+    TYPE: ClassVar[str] = "hello"
+    protocol: int
+    node_id: str
+    credential: str
+    agent_version: str
+
+    def __post_init__(self) -> None:
+        if not is_node_id(self.node_id):
+            raise ValueError("node_id must be 'mi-' and 17 lowercase hex digits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Welcome(Message):
+    """Server's answer to a good hello; carries the keepalive the agent must keep."""
+
+    TYPE: ClassVar[str] = "welcome"
+    protocol: int
+    server_version: str
+    keepalive_interval: float
+    keepalive_timeout: float
+
+    def __post_init__(self) -> None:
+        if self.keepalive_interval <= 0 or self.keepalive_timeout <= 0:
+            raise ValueError("keepalive settings must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class Address:
+    address: str
+    prefixlen: int
+    family: str  # "inet" or "inet6"
+    peer: Optional[str] = None  # the far end of a point-to-point link
+
+
+@dataclasses.dataclass(frozen=True)
+class Interface:
+    name: str
+    flags: List[str]  # among "up", "loopback", "pointopoint", "running", ...
+    addresses: List[Address]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory(Message):
+    """What the device is and every address it has, sent on connect and on change."""
+
+    TYPE: ClassVar[str] = "inventory"
+    computer_name: str
+    os_name: str
+    os_version: str
+    kernel: str
+    arch: str
+    agent_version: str
+    python_version: str
+    interfaces: List[Interface]
+    primary_address: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ping(Message):
+    TYPE: ClassVar[str] = "ping"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pong(Message):
+    TYPE: ClassVar[str] = "pong"
+
+
+@dataclasses.dataclass(frozen=True)
+class Command(Message):
+    """One invocation to run. Delivered at least once; the agent dedupes by id."""
+
+    TYPE: ClassVar[str] = "command"
+    invocation_id: str
+    command_id: str
+    script: str
+    timeout: float
+    output_cap: int
+    workdir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.output_cap < 0:
+            raise ValueError("output_cap must not be negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted(Message):
+    """The agent recorded the invocation durably and started it."""
+
+    TYPE: ClassVar[str] = "accepted"
+    invocation_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Output(Message):
+    """A slice of one stream, placed at ``offset``; resending a slice is harmless."""
+
+    TYPE: ClassVar[str] = "output"
+    invocation_id: str
+    stream: str
+    offset: int
+    data: str
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        if self.stream not in STREAMS:
+            raise ValueError(f"stream must be one of {STREAMS}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}")
+        if self.offset < 0:
+            raise ValueError("offset must not be negative")
+
+    @classmethod
+    def from_bytes(cls, invocation_id: str, stream: str, offset: int, raw: bytes) -> Output:
+        """Text stays readable on the wire; only bytes that are not UTF-8 pay for base64."""
+        try:
+            return cls(invocation_id, stream, offset, raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return cls(invocation_id, stream, offset,
+                       base64.b64encode(raw).decode("ascii"), "base64")
+
+    def payload(self) -> bytes:
+        if self.encoding == "base64":
+            return base64.b64decode(self.data.encode("ascii"), validate=True)
+        return self.data.encode("utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Result(Message):
+    """How an invocation ended and how many bytes of each stream it produced."""
+
+    TYPE: ClassVar[str] = "result"
+    invocation_id: str
+    status: str
+    stdout_size: int
+    stderr_size: int
+    exit_code: Optional[int] = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    reason: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.status not in AGENT_RESULT_STATUSES:
+            raise ValueError(f"status must be one of {AGENT_RESULT_STATUSES}")
+        if self.stdout_size < 0 or self.stderr_size < 0:
+            raise ValueError("sizes must not be negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultAck(Message):
+    """The server stored the result and all output; the agent may forget it."""
+
+    TYPE: ClassVar[str] = "result_ack"
+    invocation_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel(Message):
+    TYPE: ClassVar[str] = "cancel"
+    invocation_id: str
+
+
+def _by_type(*classes: Type[Message]) -> Dict[str, Type[Message]]:
+    return {c.TYPE: c for c in classes}
+
+
+AGENT_MESSAGES: Mapping[str, Type[Message]] = _by_type(
+    Hello, Inventory, Ping, Accepted, Output, Result)
+SERVER_MESSAGES: Mapping[str, Type[Message]] = _by_type(
+    Welcome, Pong, Command, ResultAck, Cancel)
+
+
+def encode(message: Message) -> str:
+    """One compact JSON object; fields still at a None default are left out."""
+    body: Dict[str, Any] = {"t": message.TYPE}
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        if value is None and f.default is None:
+            continue
+        body[f.name] = _plain(value)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def decode(frame: Union[str, bytes], allowed: Mapping[str, Type[Message]]) -> Message:
+    """Parse one frame into a message of one of the ``allowed`` types, or raise."""
+    if isinstance(frame, bytes):
+        raise ProtocolError(CloseCode.MALFORMED, "binary frames are not used by this protocol")
+    try:
+        body = json.loads(frame)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(CloseCode.MALFORMED, f"frame is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(CloseCode.MALFORMED, "frame is not a JSON object")
+    kind = body.get("t")
+    if not isinstance(kind, str):
+        raise ProtocolError(CloseCode.MALFORMED, "frame has no string field 't'")
+    cls = allowed.get(kind)
+    if cls is None:
+        raise ProtocolError(CloseCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
+    try:
+        return typing.cast(Message, _build(cls, body))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(CloseCode.MALFORMED, f"bad {kind!r} message: {exc}") from None
+
+
+_HINTS: Dict[type, Dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> Dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _build(cls: type, body: Mapping[str, Any]) -> Any:
+    hints = _hints(cls)
+    kwargs: Dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in body:
+            kwargs[f.name] = _check(body[f.name], hints[f.name], f.name)
+        elif f.default is dataclasses.MISSING:
+            raise ValueError(f"missing field {f.name!r}")
+    return cls(**kwargs)
+
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args: Tuple[Any, ...] = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(value, inner, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list")
+        (item,) = typing.get_args(tp)
+        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be an object")
+        return _build(typing.cast(type, tp), value)
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a new annotation without a checker is a bug here
+        raise TypeError(f"no checker for {tp!r}")
+    if not ok:
+        raise ValueError(f"{where} must be of type {tp.__name__}")
+    return value

@@ -1,0 +1,27 @@
+"""Protocol versions and the rule for accepting a peer.
+
+Rules (see docs/protocol.md): within one version, a sender may add optional
+fields and a receiver ignores fields it does not know. Removing a field,
+changing its meaning or type, or adding a required one makes a new version.
+The server accepts every version in SUPPORTED_VERSIONS, so old agents keep
+working until the server drops their version, and then they are refused with
+a reason naming both versions.
+"""
+
+from __future__ import annotations
+
+from tether.protocol.errors import CloseCode, ProtocolError
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = range(1, PROTOCOL_VERSION + 1)
+
+
+def check_version(agent_version: int, supported: range = SUPPORTED_VERSIONS) -> int:
+    """Return the version to speak with an agent, or refuse it."""
+    if agent_version in supported:
+        return agent_version
+    lo, hi = supported[0], supported[-1]
+    raise ProtocolError(
+        CloseCode.UNSUPPORTED_VERSION,
+        f"agent speaks protocol {agent_version}; this server speaks {lo}..{hi}",
+    )

@@ -1,0 +1,1 @@
+"""The tether server: operator API, agent gateway, dispatch and storage."""

@@ -1,0 +1,127 @@
+"""Request and response bodies; FastAPI turns them into the OpenAPI document."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from tether.server.config import (
+    DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_EXECUTION_TIMEOUT,
+)
+
+MAX_SCRIPT = 256 * 1024
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+class ReplacedIdentity(BaseModel):
+    node_id: str
+    credential: str
+
+
+class RegistrationRequest(BaseModel):
+    activation_id: str = Field(max_length=64)
+    activation_code: str = Field(max_length=128)
+    computer_name: str | None = Field(default=None, max_length=255)
+    replaces: ReplacedIdentity | None = None
+
+
+class RegistrationResponse(BaseModel):
+    node_id: str
+    credential: str
+    name: str | None
+
+
+class ActivationRequest(BaseModel):
+    registration_limit: int = Field(default=1, ge=1, le=1_000_000)
+    expires_in: float = Field(default=86400.0, gt=0, le=10 * 365 * 86400,
+                              description="seconds from now")
+    tags: dict[str, str] = Field(default_factory=dict)
+    name_prefix: str | None = Field(default=None, max_length=100)
+
+
+class Activation(BaseModel):
+    activation_id: str
+    registration_limit: int
+    registrations: int
+    expires_at: float
+    created_at: float
+    tags: dict[str, str]
+    name_prefix: str | None
+
+
+class CreatedActivation(Activation):
+    activation_code: str = Field(description="shown once; the server keeps only its hash")
+
+
+class Node(BaseModel):
+    node_id: str
+    name: str | None
+    activation_id: str
+    registered_at: float
+    deregistered_at: float | None
+    ping_status: str
+    last_seen_at: float | None
+    peer_address: str | None
+    primary_address: str | None
+    agent_version: str | None
+    tags: dict[str, str]
+    inventory: dict[str, object] | None
+
+
+class TagsUpdate(BaseModel):
+    set: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+
+class CommandRequest(BaseModel):
+    targets: list[str] = Field(min_length=1)
+    script: str = Field(min_length=1, max_length=MAX_SCRIPT)
+    timeout: float = Field(default=DEFAULT_EXECUTION_TIMEOUT, gt=0, le=7 * 86400)
+    delivery_timeout: float = Field(default=DEFAULT_DELIVERY_TIMEOUT, gt=0, le=30 * 86400)
+    workdir: str | None = Field(default=None, max_length=1024)
+    comment: str | None = Field(default=None, max_length=500)
+    output_cap: int | None = Field(default=None, ge=0, le=1024**3,
+                                   description="bytes kept per stream; default 16 MiB")
+
+
+class Invocation(BaseModel):
+    invocation_id: str
+    node_id: str
+    status: str
+    exit_code: int | None
+    started_at: float | None
+    ended_at: float | None
+    stdout_size: int | None
+    stderr_size: int | None
+    stdout_truncated: bool
+    stderr_truncated: bool
+    reason: str | None
+
+
+class CommandSummary(BaseModel):
+    command_id: str
+    status: str
+    comment: str | None
+    targets: list[str]
+    created_at: float
+    created_by: str
+    counts: dict[str, int]
+
+
+class CommandDetail(CommandSummary):
+    script: str
+    timeout: float
+    delivery_timeout: float
+    workdir: str | None
+    output_cap: int
+    version: int = Field(description="bumped on every status change; pass as ?after= to wait")
+    invocations: list[Invocation]
+
+
+class WhoAmI(BaseModel):
+    operator: str
+    server_version: str

@@ -1,0 +1,211 @@
+"""Operator endpoints. Each is thin: parse, call the store or dispatcher, shape.
+
+Every route but registration needs an operator token; registration is
+authenticated by the activation code instead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from tether import __version__
+from tether.protocol.ids import is_node_id
+from tether.protocol.statuses import InvocationStatus, command_status
+from tether.server.api import models
+from tether.server.api.errors import ApiError
+from tether.server.blobs import output_key
+from tether.server.dispatch.dispatcher import CommandSpec, NoTargetsError
+from tether.server.dispatch.targets import TargetError, parse_tag, parse_targets
+from tether.server.state import ServerState
+from tether.server.store import NodeFilter, RegistrationError
+
+router = APIRouter(prefix="/api/v1")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": models.ErrorBody}, 401: {"model": models.ErrorBody},
+    404: {"model": models.ErrorBody}}
+
+
+def state(request: Request) -> ServerState:
+    s: ServerState = request.app.state.tether
+    return s
+
+
+async def operator(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "send an operator token: Authorization: Bearer ...")
+    name = await state(request).store.operator_for_token(token.strip())
+    if name is None:
+        raise ApiError(401, "unauthorized", "the operator token is not valid")
+    return name
+
+
+State = Annotated[ServerState, Depends(state)]
+Operator = Annotated[str, Depends(operator)]
+
+
+@router.post("/registrations", status_code=201, response_model=models.RegistrationResponse,
+             responses={403: {"model": models.ErrorBody}}, tags=["agents"])
+async def register(body: models.RegistrationRequest, s: State) -> dict[str, Any]:
+    """Register a device with an activation id and code (called by tether-agent)."""
+    replaces = (body.replaces.node_id, body.replaces.credential) if body.replaces else None
+    try:
+        node, credential = await s.store.register_node(
+            activation_id=body.activation_id, code=body.activation_code,
+            computer_name=body.computer_name, replaces=replaces)
+    except RegistrationError as exc:
+        raise ApiError(403, exc.code, str(exc)) from None
+    return {"node_id": node["node_id"], "credential": credential, "name": node["name"]}
+
+
+@router.get("/whoami", response_model=models.WhoAmI, responses=ERRORS, tags=["operators"])
+async def whoami(who: Operator) -> dict[str, Any]:
+    return {"operator": who, "server_version": __version__}
+
+
+@router.post("/activations", status_code=201, response_model=models.CreatedActivation,
+             responses=ERRORS, tags=["activations"])
+async def create_activation(body: models.ActivationRequest, s: State,
+                            _who: Operator) -> dict[str, Any]:
+    row, code = await s.store.create_activation(
+        limit=body.registration_limit, expires_at=time.time() + body.expires_in,
+        tags=body.tags, name_prefix=body.name_prefix)
+    return {**row, "activation_code": code}
+
+
+@router.get("/activations", response_model=list[models.Activation], responses=ERRORS,
+            tags=["activations"])
+async def list_activations(s: State, _who: Operator) -> list[dict[str, Any]]:
+    return await s.store.list_activations()
+
+
+@router.get("/nodes", response_model=list[models.Node], responses=ERRORS, tags=["nodes"])
+async def list_nodes(s: State, _who: Operator,
+                     ping_status: str | None = None,
+                     tag: Annotated[list[str] | None, Query()] = None,
+                     name: str | None = None, activation_id: str | None = None,
+                     ip: str | None = None) -> list[dict[str, Any]]:
+    try:
+        tags = tuple(parse_tag(t) for t in tag or [])
+    except TargetError as exc:
+        raise ApiError(400, "bad_tag", str(exc)) from None
+    return await s.store.list_nodes(NodeFilter(ping_status=ping_status, tags=tags, name=name,
+                                               activation_id=activation_id, ip=ip))
+
+
+async def _node(s: ServerState, node_id: str) -> dict[str, Any]:
+    node = await s.store.get_node(node_id) if is_node_id(node_id) else None
+    if node is None:
+        raise ApiError(404, "node_not_found", f"no node {node_id}")
+    return node
+
+
+@router.get("/nodes/{node_id}", response_model=models.Node, responses=ERRORS, tags=["nodes"])
+async def show_node(node_id: str, s: State, _who: Operator) -> dict[str, Any]:
+    return await _node(s, node_id)
+
+
+@router.patch("/nodes/{node_id}/tags", response_model=models.Node, responses=ERRORS,
+              tags=["nodes"])
+async def tag_node(node_id: str, body: models.TagsUpdate, s: State,
+                   _who: Operator) -> dict[str, Any]:
+    await _node(s, node_id)
+    await s.store.set_tags(node_id, body.set, body.remove)
+    return await _node(s, node_id)
+
+
+@router.delete("/nodes/{node_id}", response_model=models.Node, responses=ERRORS,
+               tags=["nodes"])
+async def deregister_node(node_id: str, s: State, _who: Operator) -> dict[str, Any]:
+    """Revoke the node's credential and close its connection at once."""
+    node = await _node(s, node_id)
+    if node["deregistered_at"] is not None:
+        raise ApiError(404, "node_not_found", f"{node_id} is already deregistered")
+    await s.dispatcher.deregister(node_id)
+    return await _node(s, node_id)
+
+
+def _summary(command: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+    typed = {InvocationStatus(k): v for k, v in counts.items()}
+    return {**command, "counts": counts,
+            "status": command_status(typed, command["cancel_requested"]).value}
+
+
+async def _detail(s: ServerState, command_id: str) -> dict[str, Any]:
+    version = s.watch.version(command_id)
+    command = await s.store.get_command(command_id)
+    if command is None:
+        raise ApiError(404, "command_not_found", f"no command {command_id}")
+    counts = (await s.store.status_counts([command_id]))[command_id]
+    return {**_summary(command, counts), "version": version,
+            "invocations": await s.store.list_invocations(command_id)}
+
+
+@router.post("/commands", status_code=201, response_model=models.CommandDetail,
+             responses=ERRORS, tags=["commands"])
+async def run_command(body: models.CommandRequest, s: State, who: Operator) -> dict[str, Any]:
+    """Store a command and deliver it to every target now online (others wait)."""
+    try:
+        targets = parse_targets(body.targets)
+        spec = CommandSpec(script=body.script, targets=body.targets, timeout=body.timeout,
+                           delivery_timeout=body.delivery_timeout,
+                           output_cap=(s.settings.output_cap if body.output_cap is None
+                                       else body.output_cap),
+                           workdir=body.workdir, comment=body.comment)
+        command = await s.dispatcher.submit(spec, targets, who)
+    except (TargetError, NoTargetsError) as exc:
+        raise ApiError(400, "bad_targets", str(exc)) from None
+    return await _detail(s, command["command_id"])
+
+
+@router.get("/commands", response_model=list[models.CommandSummary], responses=ERRORS,
+            tags=["commands"])
+async def list_commands(s: State, _who: Operator,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                        ) -> list[dict[str, Any]]:
+    rows = await s.store.list_commands(limit)
+    counts = await s.store.status_counts([r["command_id"] for r in rows])
+    return [_summary(r, counts[r["command_id"]]) for r in rows]
+
+
+@router.get("/commands/{command_id}", response_model=models.CommandDetail, responses=ERRORS,
+            tags=["commands"])
+async def show_command(command_id: str, s: State, _who: Operator,
+                       after: Annotated[int | None, Query(ge=0)] = None,
+                       wait: Annotated[float, Query(ge=0, le=60)] = 0,
+                       ) -> dict[str, Any]:
+    """With ``after`` and ``wait``, answer once the command changed past version ``after``."""
+    if after is not None and wait > 0:
+        await s.watch.wait(command_id, after, wait)
+    return await _detail(s, command_id)
+
+
+@router.post("/commands/{command_id}/cancel", response_model=models.CommandDetail,
+             responses=ERRORS, tags=["commands"])
+async def cancel_command(command_id: str, s: State, _who: Operator) -> dict[str, Any]:
+    await _detail(s, command_id)
+    await s.dispatcher.cancel(command_id)
+    return await _detail(s, command_id)
+
+
+@router.get("/commands/{command_id}/invocations/{node_id}/{stream}", responses=ERRORS,
+            tags=["commands"], response_class=Response,
+            response_description="the stream's bytes, whole")
+async def invocation_output(command_id: str, node_id: str, stream: str, s: State,
+                            _who: Operator) -> Response:
+    if stream not in ("stdout", "stderr"):
+        raise ApiError(404, "no_such_stream", "stream is stdout or stderr")
+    inv = await s.store.find_invocation(command_id, node_id)
+    if inv is None:
+        raise ApiError(404, "invocation_not_found",
+                       f"command {command_id} has no invocation on {node_id}")
+    data = s.blobs.read(output_key(command_id, node_id, stream))
+    size = inv[f"{stream}_size"]
+    if size is not None:
+        data = data[:size]
+    return Response(data, media_type="application/octet-stream")

@@ -1,0 +1,102 @@
+"""The ASGI application: routes, the agent endpoint and the background sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, WebSocket
+
+from tether import __version__
+from tether.protocol.errors import CloseCode
+from tether.server.api.errors import ApiError, api_error_handler
+from tether.server.api.routes import router
+from tether.server.blobs import FolderBlobStore
+from tether.server.bus import InProcessBus
+from tether.server.config import Settings
+from tether.server.dispatch.dispatcher import Dispatcher
+from tether.server.dispatch.watch import CommandWatch
+from tether.server.gateway.endpoint import serve_agent
+from tether.server.gateway.registry import Registry
+from tether.server.state import ServerState
+from tether.server.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def write_secret_file(path: os.PathLike[str] | str, secret: str) -> None:
+    """Create a file only its owner can read, and never follow an existing one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+
+
+async def start(settings: Settings) -> ServerState:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    store = await open_store(settings.database_url)
+    token = await store.create_admin_token_if_none()
+    if token is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings.admin_token_file)  # a stale file from a wiped database
+        write_secret_file(settings.admin_token_file, token)
+        print(f"tether: created the admin token; it is in {settings.admin_token_file} "
+              "(readable by you only)", flush=True)
+    await store.mark_all_connection_lost()
+    registry = Registry()
+    watch = CommandWatch()
+    blobs = FolderBlobStore(settings.blob_dir)
+    dispatcher = Dispatcher(store, blobs, InProcessBus(registry), watch)
+    return ServerState(settings, store, blobs, registry, watch, dispatcher)
+
+
+async def sweep(s: ServerState) -> None:
+    """Once a second: expire undeliverable work and drop links that went silent."""
+    bound = s.settings.keepalive_interval + s.settings.keepalive_timeout
+    last_flush = time.monotonic()
+    while True:
+        await asyncio.sleep(s.settings.sweep_interval)
+        try:
+            now = time.monotonic()
+            for conn in s.registry:
+                if now - conn.last_received > bound:
+                    log.info("%s silent for %.1f s: ConnectionLost", conn.node_id,
+                             now - conn.last_received)
+                    conn.close(CloseCode.KEEPALIVE_TIMEOUT,
+                               f"nothing received for {bound:g} s")
+                    if s.registry.remove(conn):
+                        await s.dispatcher.node_disconnected(conn)
+            await s.dispatcher.expire(time.time())
+            if now - last_flush >= s.settings.last_seen_flush_interval:
+                last_flush = now
+                await s.store.touch({c.node_id: c.last_received_wall for c in s.registry})
+        except Exception:
+            log.exception("sweep failed; trying again")
+
+
+def build_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = await start(settings)
+        app.state.tether = s
+        sweeper = asyncio.create_task(sweep(s))
+        yield
+        sweeper.cancel()
+        s.registry.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await s.store.close()
+
+    app = FastAPI(title="tether", version=__version__, lifespan=lifespan,
+                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.include_router(router)
+
+    @app.websocket("/agent/v1/connect")
+    async def agent_connect(ws: WebSocket) -> None:
+        s: ServerState = ws.app.state.tether
+        await serve_agent(ws, s.settings, s.store, s.registry, s.dispatcher)
+
+    return app

@@ -1,0 +1,42 @@
+"""Server settings: one frozen object built from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+DEFAULT_KEEPALIVE_INTERVAL = 60.0
+DEFAULT_KEEPALIVE_TIMEOUT = 20.0
+DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
+DEFAULT_DELIVERY_TIMEOUT = 3600.0
+DEFAULT_EXECUTION_TIMEOUT = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8720
+    # Idle link: the agent probes after this much silence (one ping + one pong)...
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
+    # ...and either side gives up this long after the probe went unanswered, so a
+    # silent link death turns into ConnectionLost within interval + timeout + 1 s.
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    output_cap: int = DEFAULT_OUTPUT_CAP
+    sweep_interval: float = 1.0
+    last_seen_flush_interval: float = 30.0
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path, database_url: str | None = None,
+                     **overrides: object) -> Settings:
+        url = database_url or f"sqlite:///{data_dir.resolve() / 'tether.db'}"
+        return cls(data_dir=data_dir, database_url=url, **overrides)  # type: ignore[arg-type]

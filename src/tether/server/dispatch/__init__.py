@@ -1,0 +1,1 @@
+"""Command fan-out: targets, delivery, results, cancellation and deadlines."""

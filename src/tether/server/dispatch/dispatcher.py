@@ -1,0 +1,204 @@
+"""What the server does with commands and with the messages agents send.
+
+The order is the durability rule: a command and its invocations are stored
+before the first byte goes to an agent; a result is acknowledged to the agent
+only after its output and status are stored. Everything an agent reports is
+checked against the invocation's owner, so a node can only write its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tether.protocol.errors import CloseCode, ProtocolError
+from tether.protocol.ids import new_uuid
+from tether.protocol.messages import (
+    Accepted,
+    Cancel,
+    Command,
+    Hello,
+    Inventory,
+    Message,
+    Output,
+    Ping,
+    Pong,
+    Result,
+    ResultAck,
+)
+from tether.protocol.statuses import InvocationStatus
+from tether.server.blobs import BlobStore, output_key
+from tether.server.bus import Bus
+from tether.server.dispatch.targets import Targets
+from tether.server.dispatch.watch import CommandWatch
+from tether.server.gateway.registry import AgentConnection
+from tether.server.store import NodeFilter, Store
+from tether.server.store.store import CONNECTION_LOST, ONLINE, Row
+
+log = logging.getLogger(__name__)
+
+
+class NoTargetsError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandSpec:
+    script: str
+    targets: list[str]
+    timeout: float
+    delivery_timeout: float
+    output_cap: int
+    workdir: str | None = None
+    comment: str | None = None
+
+
+class Dispatcher:
+    def __init__(self, store: Store, blobs: BlobStore, bus: Bus, watch: CommandWatch) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.bus = bus
+        self.watch = watch
+        # invocation id -> (command id, node id), so hot paths skip a query.
+        self._owners: dict[str, tuple[str, str]] = {}
+
+    # -- operator side -----------------------------------------------------
+
+    async def resolve(self, targets: Targets) -> list[str]:
+        if targets.everything:
+            return [n["node_id"] for n in await self.store.list_nodes()]
+        found: set[str] = set()
+        for key, value in targets.tags:
+            found.update(n["node_id"] for n in
+                         await self.store.list_nodes(NodeFilter(tags=((key, value),))))
+        for node_id in targets.node_ids:
+            node = await self.store.get_node(node_id)
+            if node is None or node["deregistered_at"] is not None:
+                raise NoTargetsError(f"no registered node {node_id}")
+            found.add(node_id)
+        return sorted(found)
+
+    async def submit(self, spec: CommandSpec, targets: Targets, operator: str) -> Row:
+        node_ids = await self.resolve(targets)
+        if not node_ids:
+            raise NoTargetsError("no registered node matches the targets")
+        now = time.time()
+        command: Row = dict(command_id=new_uuid(), script=spec.script, comment=spec.comment,
+                            targets=spec.targets, timeout=spec.timeout,
+                            delivery_timeout=spec.delivery_timeout, workdir=spec.workdir,
+                            output_cap=spec.output_cap, created_at=now, created_by=operator,
+                            cancel_requested=False)
+        rows = await self.store.create_command(command, node_ids)
+        for inv in rows:
+            self._owners[inv["invocation_id"]] = (command["command_id"], inv["node_id"])
+            await self.bus.send_to_node(inv["node_id"], self._command_message(inv, command))
+        return command
+
+    async def cancel(self, command_id: str) -> None:
+        running = await self.store.request_cancel(command_id)
+        for inv in running:
+            await self.bus.send_to_node(inv["node_id"], Cancel(inv["invocation_id"]))
+        await self.watch.bump(command_id)
+
+    async def deregister(self, node_id: str) -> bool:
+        done = await self.store.deregister(node_id)
+        if done:
+            await self.bus.disconnect_node(node_id, CloseCode.DEREGISTERED,
+                                           f"{node_id} was deregistered")
+        return done
+
+    @staticmethod
+    def _command_message(inv: Row, command: Row) -> Command:
+        return Command(invocation_id=inv["invocation_id"], command_id=command["command_id"],
+                       script=command["script"], timeout=command["timeout"],
+                       output_cap=command["output_cap"], workdir=command["workdir"])
+
+    # -- agent side --------------------------------------------------------
+
+    async def node_connected(self, conn: AgentConnection) -> None:
+        await self.store.set_presence(conn.node_id, ONLINE, time.time(), conn.peer)
+        for row in await self.store.deliverable(conn.node_id, time.time()):
+            self._owners[row["invocation_id"]] = (row["command_id"], conn.node_id)
+            if row["status"] == InvocationStatus.PENDING.value:
+                conn.send(self._command_message(row, row))
+            elif row["cancel_requested"]:
+                conn.send(Cancel(row["invocation_id"]))
+
+    async def node_disconnected(self, conn: AgentConnection) -> None:
+        await self.store.set_presence(conn.node_id, CONNECTION_LOST, conn.last_received_wall)
+
+    async def handle(self, conn: AgentConnection, message: Message) -> None:
+        if isinstance(message, Ping):
+            conn.send(Pong())
+        elif isinstance(message, Inventory):
+            body: dict[str, Any] = dataclasses.asdict(message)
+            await self.store.update_inventory(conn.node_id, body)
+        elif isinstance(message, Accepted):
+            command_id = await self._owned(conn, message.invocation_id)
+            if await self.store.transition(message.invocation_id, InvocationStatus.IN_PROGRESS,
+                                           started_at=time.time()):
+                await self.watch.bump(command_id)
+        elif isinstance(message, Output):
+            await self._output(conn, message)
+        elif isinstance(message, Result):
+            await self._result(conn, message)
+        elif isinstance(message, Hello):
+            raise ProtocolError(CloseCode.UNEXPECTED, "hello sent twice")
+        else:  # pragma: no cover - decode only yields agent messages
+            raise ProtocolError(CloseCode.UNEXPECTED, f"unexpected {message.TYPE!r}")
+
+    async def _owned(self, conn: AgentConnection, invocation_id: str) -> str:
+        owner = self._owners.get(invocation_id)
+        if owner is None:
+            inv = await self.store.get_invocation(invocation_id)
+            if inv is not None:
+                owner = self._owners[invocation_id] = (inv["command_id"], inv["node_id"])
+        if owner is None or owner[1] != conn.node_id:
+            raise ProtocolError(CloseCode.UNEXPECTED,
+                                f"invocation {invocation_id[:40]} is not this node's")
+        return owner[0]
+
+    async def _output(self, conn: AgentConnection, message: Output) -> None:
+        command_id = await self._owned(conn, message.invocation_id)
+        data = message.payload()
+        self.blobs.write_at(output_key(command_id, conn.node_id, message.stream),
+                            message.offset, data)
+
+    async def _result(self, conn: AgentConnection, message: Result) -> None:
+        command_id = await self._owned(conn, message.invocation_id)
+        have = {s: self.blobs.size(output_key(command_id, conn.node_id, s))
+                for s in ("stdout", "stderr")}
+        if have["stdout"] < message.stdout_size or have["stderr"] < message.stderr_size:
+            # Not all output arrived; no ack, so the agent sends it all again next time.
+            log.warning("result for %s before all output (have %s)", message.invocation_id, have)
+            return
+        changed = await self.store.transition(
+            message.invocation_id, InvocationStatus(message.status), ended_at=time.time(),
+            exit_code=message.exit_code, stdout_size=message.stdout_size,
+            stderr_size=message.stderr_size, stdout_truncated=message.stdout_truncated,
+            stderr_truncated=message.stderr_truncated, reason=message.reason)
+        conn.send(ResultAck(message.invocation_id))
+        self._owners.pop(message.invocation_id, None)
+        if changed:
+            await self.watch.bump(command_id)
+
+    # -- housekeeping ------------------------------------------------------
+
+    async def expire(self, now: float) -> None:
+        expired = await self.store.expire_deliveries(now)
+        commands: set[str] = set()
+        for inv_id in expired:
+            owner = self._owners.pop(inv_id, None)
+            if owner is None:
+                row = await self.store.get_invocation(inv_id)
+                owner = (row["command_id"], row["node_id"]) if row else None
+            if owner:
+                commands.add(owner[0])
+        if commands:
+            await self.watch.bump(*commands)
+
+    def invocation_owners(self) -> Sequence[tuple[str, str]]:
+        return list(self._owners.values())

@@ -1,0 +1,98 @@
+"""The agents' WebSocket endpoint: handshake, then a read loop.
+
+Anything a peer sends that the protocol refuses closes *that* connection with
+a close code and reason; no frame can raise past this function, so one bad
+agent never disturbs another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.websockets import WebSocket
+
+from tether import __version__
+from tether.protocol.errors import CloseCode, ProtocolError
+from tether.protocol.messages import AGENT_MESSAGES, Hello, Welcome, decode
+from tether.protocol.versions import check_version
+from tether.server.config import Settings
+from tether.server.dispatch.dispatcher import Dispatcher
+from tether.server.gateway.registry import AgentConnection, Registry
+from tether.server.store import Store
+
+log = logging.getLogger(__name__)
+HELLO_TIMEOUT = 15.0
+
+
+async def _receive_frame(ws: WebSocket) -> str | bytes | None:
+    msg = await ws.receive()
+    if msg["type"] == "websocket.disconnect":
+        return None
+    text = msg.get("text")
+    return text if text is not None else msg.get("bytes", b"")
+
+
+async def _handshake(ws: WebSocket, store: Store) -> Hello:
+    try:
+        frame = await asyncio.wait_for(_receive_frame(ws), HELLO_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise ProtocolError(CloseCode.UNEXPECTED, "no hello within 15 s") from None
+    if frame is None:
+        raise ProtocolError(CloseCode.GOING_AWAY, "closed before hello")
+    hello = decode(frame, AGENT_MESSAGES)
+    if not isinstance(hello, Hello):
+        raise ProtocolError(CloseCode.UNEXPECTED, f"expected hello first, got {hello.TYPE!r}")
+    check_version(hello.protocol)
+    node = await store.authenticate_node(hello.node_id, hello.credential)
+    if node is None:
+        raise ProtocolError(CloseCode.AUTH_FAILED, f"unknown node or wrong credential "
+                            f"for {hello.node_id}")
+    if node["deregistered_at"] is not None:
+        raise ProtocolError(CloseCode.DEREGISTERED, f"{hello.node_id} is deregistered")
+    return hello
+
+
+async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry: Registry,
+                      dispatcher: Dispatcher) -> None:
+    await ws.accept()
+    peer = ws.client.host if ws.client else None
+    try:
+        hello = await _handshake(ws, store)
+    except ProtocolError as exc:
+        log.info("agent from %s refused: %s", peer, exc)
+        with contextlib.suppress(Exception):
+            await ws.close(exc.code, exc.reason)
+        return
+    conn = AgentConnection(hello.node_id, peer, ws)
+    old = registry.add(conn)
+    if old is not None:
+        old.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
+    writer = asyncio.create_task(conn.run_writer())
+    conn.send(Welcome(protocol=hello.protocol, server_version=__version__,
+                      keepalive_interval=settings.keepalive_interval,
+                      keepalive_timeout=settings.keepalive_timeout))
+    try:
+        await dispatcher.node_connected(conn)
+        while not conn.closing:
+            frame = await _receive_frame(ws)
+            if frame is None:
+                break
+            conn.received()
+            try:
+                await dispatcher.handle(conn, decode(frame, AGENT_MESSAGES))
+            except ProtocolError as exc:
+                log.warning("closing %s: %s", conn.node_id, exc)
+                conn.close(exc.code, exc.reason)
+    except Exception:
+        log.exception("agent connection %s failed", conn.node_id)
+        conn.close(1011, "internal server error")
+    finally:
+        if registry.remove(conn):
+            await dispatcher.node_disconnected(conn)
+        conn.close(CloseCode.NORMAL, "")
+        try:
+            await asyncio.wait_for(writer, 5)
+        except (asyncio.TimeoutError, Exception):
+            writer.cancel()

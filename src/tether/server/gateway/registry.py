@@ -1,0 +1,97 @@
+"""Live agent connections held by this process, and their outgoing queues.
+
+Each connection has one writer task draining a queue, so any coroutine can
+``send`` without awaiting the network and frames never interleave. The
+registry holds at most one connection per node: a newer connection from the
+same node replaces the older one (the older link is usually already dead on a
+cellular network, which is why the device dialed again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+from starlette.websockets import WebSocket
+
+from tether.protocol.messages import Message, encode
+
+log = logging.getLogger(__name__)
+_CLOSE = object()
+
+
+class AgentConnection:
+    def __init__(self, node_id: str, peer: str | None, ws: WebSocket) -> None:
+        self.node_id = node_id
+        self.peer = peer
+        self.ws = ws
+        self.last_received = time.monotonic()
+        self.last_received_wall = time.time()
+        self.closing = False
+        self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        self._close_args: tuple[int, str] = (1000, "")
+
+    def received(self) -> None:
+        self.last_received = time.monotonic()
+        self.last_received_wall = time.time()
+
+    def send(self, message: Message) -> bool:
+        if self.closing:
+            return False
+        self._outbox.put_nowait(encode(message))
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self._close_args = (code, reason)
+            self._outbox.put_nowait(_CLOSE)
+
+    async def run_writer(self) -> None:
+        try:
+            while True:
+                item = await self._outbox.get()
+                if item is _CLOSE:
+                    code, reason = self._close_args
+                    await self.ws.close(code, reason)
+                    return
+                assert isinstance(item, str)
+                await self.ws.send_text(item)
+        except (RuntimeError, OSError) as exc:  # the peer is already gone
+            log.debug("writer for %s stopped: %s", self.node_id, exc)
+            self.closing = True
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_node: dict[str, AgentConnection] = {}
+
+    def add(self, conn: AgentConnection) -> AgentConnection | None:
+        """Register ``conn``; return the connection it replaces, if any."""
+        old = self._by_node.get(conn.node_id)
+        self._by_node[conn.node_id] = conn
+        return old
+
+    def remove(self, conn: AgentConnection) -> bool:
+        """Forget ``conn`` if it is still the node's current connection."""
+        if self._by_node.get(conn.node_id) is conn:
+            del self._by_node[conn.node_id]
+            return True
+        return False
+
+    def get(self, node_id: str) -> AgentConnection | None:
+        return self._by_node.get(node_id)
+
+    def __iter__(self) -> Iterator[AgentConnection]:
+        return iter(list(self._by_node.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_node)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in self:
+            with contextlib.suppress(Exception):
+                conn.close(code, reason)

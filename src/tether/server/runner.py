@@ -1,0 +1,54 @@
+"""Run the server under uvicorn on a socket we bind ourselves.
+
+Binding first lets ``--port 0`` work (tests and benchmarks ask the kernel for
+a free port) and lets us print the real address once it is listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import uvicorn
+
+from tether.server.app import build_app
+from tether.server.config import Settings
+
+# An output frame carries at most 64 KiB of output; JSON escaping can grow it.
+WS_MAX_FRAME = 2 * 1024 * 1024
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(settings: Settings, log_level: str = "info") -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    sock = bind(settings.host, settings.port)
+    config = uvicorn.Config(build_app(settings), ws="websockets-sansio", ws_max_size=WS_MAX_FRAME,
+                            ws_ping_interval=None, ws_per_message_deflate=False,
+                            log_level=log_level, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            print(f"tether server listening on {url_of(sock)}", flush=True)
+        await task
+
+    asyncio.run(main())

@@ -1,0 +1,22 @@
+"""The parts of a running server, gathered so routes and tasks can reach them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tether.server.blobs import FolderBlobStore
+from tether.server.config import Settings
+from tether.server.dispatch.dispatcher import Dispatcher
+from tether.server.dispatch.watch import CommandWatch
+from tether.server.gateway.registry import Registry
+from tether.server.store import Store
+
+
+@dataclasses.dataclass
+class ServerState:
+    settings: Settings
+    store: Store
+    blobs: FolderBlobStore
+    registry: Registry
+    watch: CommandWatch
+    dispatcher: Dispatcher

@@ -1,0 +1,413 @@
+"""The store: every read and write of server state goes through this class.
+
+It speaks SQLAlchemy Core over an async engine, so the same statements run on
+SQLite (aiosqlite, WAL) and PostgreSQL (psycopg). Status changes go through
+``transition``, which turns the protocol's transition table into a
+conditional UPDATE: the database, not a Python check, decides who wins a race.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tether.protocol.ids import new_node_id, new_uuid
+from tether.protocol.statuses import InvocationStatus, allowed_sources
+from tether.server.secrets import hash_secret, matches, new_secret
+from tether.server.store import migrate
+from tether.server.store.schema import (
+    activations,
+    commands,
+    invocations,
+    node_addresses,
+    node_tags,
+    nodes,
+    operator_tokens,
+)
+
+ONLINE = "Online"
+CONNECTION_LOST = "ConnectionLost"
+Row = dict[str, Any]
+
+
+class RegistrationError(Exception):
+    """A refused registration; ``code`` is the stable name clients switch on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeFilter:
+    ping_status: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    name: str | None = None
+    activation_id: str | None = None
+    ip: str | None = None
+    include_deregistered: bool = False
+
+
+def _url_for_async(url: str) -> str:
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+async def open_store(url: str) -> Store:
+    """Connect, migrate to the newest schema and return a ready store."""
+    engine = create_async_engine(_url_for_async(url))
+    if engine.dialect.name == "sqlite":
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets the API read while the gateway writes; NORMAL is durable
+            # across process crashes (only an OS crash can lose the last commit).
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    async with engine.begin() as conn:
+        await conn.run_sync(migrate.upgrade)
+    return Store(engine)
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- operators ---------------------------------------------------------
+
+    async def create_admin_token_if_none(self) -> str | None:
+        """Make the first admin token; return it in clear once, or None if one exists."""
+        async with self.engine.begin() as conn:
+            existing = await conn.scalar(sa.select(sa.func.count()).select_from(operator_tokens))
+            if existing:
+                return None
+            token = new_secret("tth")
+            await conn.execute(operator_tokens.insert().values(
+                token_id=new_uuid(), name="admin", token_hash=hash_secret(token),
+                created_at=time.time()))
+            return token
+
+    async def operator_for_token(self, token: str) -> str | None:
+        async with self.engine.connect() as conn:
+            name: str | None = await conn.scalar(
+                sa.select(operator_tokens.c.name).where(
+                    operator_tokens.c.token_hash == hash_secret(token),
+                    operator_tokens.c.revoked_at.is_(None)))
+            return name
+
+    # -- activations -------------------------------------------------------
+
+    async def create_activation(self, *, limit: int, expires_at: float, tags: dict[str, str],
+                                name_prefix: str | None) -> tuple[Row, str]:
+        code = new_secret("tac", 15)
+        row: Row = dict(activation_id=new_uuid(), code_hash=hash_secret(code),
+                        name_prefix=name_prefix, tags=tags, registration_limit=limit,
+                        registrations=0, expires_at=expires_at, created_at=time.time())
+        async with self.engine.begin() as conn:
+            await conn.execute(activations.insert().values(**row))
+        del row["code_hash"]
+        return row, code
+
+    async def list_activations(self) -> list[Row]:
+        cols = [c for c in activations.c if c.name != "code_hash"]
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                sa.select(*cols).order_by(activations.c.created_at.desc()))
+            return [dict(r._mapping) for r in result]
+
+    async def register_node(self, *, activation_id: str, code: str, computer_name: str | None,
+                            replaces: tuple[str, str] | None) -> tuple[Row, str]:
+        """Register a device under an activation; return the node and its credential."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            act = (await conn.execute(sa.select(activations).where(
+                activations.c.activation_id == activation_id))).mappings().first()
+            if act is None or not matches(code, act["code_hash"]):
+                raise RegistrationError("invalid_activation",
+                                        "the activation id or code is wrong")
+            if act["expires_at"] <= now:
+                raise RegistrationError("activation_expired", "the activation has expired")
+            taken = await conn.execute(activations.update().where(
+                activations.c.activation_id == activation_id,
+                activations.c.registrations < activations.c.registration_limit,
+            ).values(registrations=activations.c.registrations + 1))
+            if taken.rowcount != 1:
+                raise RegistrationError(
+                    "registration_limit_reached",
+                    f"the activation allows {act['registration_limit']} registrations "
+                    "and all are used")
+            if replaces is not None:
+                await self._revoke_replaced(conn, *replaces, now=now)
+            credential = new_secret("tnc")
+            name = computer_name
+            if act["name_prefix"]:
+                name = f"{act['name_prefix']}-{computer_name}" if computer_name \
+                    else act["name_prefix"]
+            row: Row = dict(node_id=new_node_id(), credential_hash=hash_secret(credential),
+                            name=name, activation_id=activation_id, registered_at=now,
+                            ping_status=CONNECTION_LOST)
+            await conn.execute(nodes.insert().values(**row))
+            tags: dict[str, str] = dict(act["tags"] or {})
+            if tags:
+                await conn.execute(node_tags.insert(), [
+                    dict(node_id=row["node_id"], key=k, value=v) for k, v in tags.items()])
+            del row["credential_hash"]
+            return row, credential
+
+    async def _revoke_replaced(self, conn: AsyncConnection, node_id: str, credential: str,
+                               *, now: float) -> None:
+        """--force on the device: the old identity is deregistered if it proves itself."""
+        old = (await conn.execute(sa.select(nodes.c.credential_hash).where(
+            nodes.c.node_id == node_id))).first()
+        if old is not None and matches(credential, old[0]):
+            await self._deregister(conn, node_id, now)
+
+    # -- nodes -------------------------------------------------------------
+
+    async def authenticate_node(self, node_id: str, credential: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(nodes).where(
+                nodes.c.node_id == node_id))).mappings().first()
+        if row is None or not matches(credential, row["credential_hash"]):
+            return None
+        return dict(row)
+
+    async def set_presence(self, node_id: str, status: str, now: float,
+                           peer_address: str | None = None) -> None:
+        values: Row = dict(ping_status=status, last_seen_at=now)
+        if peer_address is not None:
+            values["peer_address"] = peer_address
+        async with self.engine.begin() as conn:
+            await conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(**values))
+
+    async def touch(self, seen: dict[str, float]) -> None:
+        """Persist last-seen times of live connections in one batch."""
+        if not seen:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                nodes.update().where(nodes.c.node_id == sa.bindparam("nid"))
+                .values(last_seen_at=sa.bindparam("seen")),
+                [dict(nid=k, seen=v) for k, v in seen.items()])
+
+    async def mark_all_connection_lost(self) -> None:
+        """At start-up no agent is connected to this process yet."""
+        async with self.engine.begin() as conn:
+            await conn.execute(nodes.update().where(nodes.c.ping_status != CONNECTION_LOST)
+                               .values(ping_status=CONNECTION_LOST))
+
+    async def update_inventory(self, node_id: str, inventory: Row) -> None:
+        addresses = {(i["name"], a["address"]) for i in inventory.get("interfaces", [])
+                     for a in i.get("addresses", [])}
+        async with self.engine.begin() as conn:
+            await conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(
+                inventory=inventory, primary_address=inventory.get("primary_address"),
+                agent_version=inventory.get("agent_version"),
+                name=sa.func.coalesce(nodes.c.name, inventory.get("computer_name"))))
+            await conn.execute(node_addresses.delete().where(node_addresses.c.node_id == node_id))
+            if addresses:
+                await conn.execute(node_addresses.insert(), [
+                    dict(node_id=node_id, interface=i, address=a) for i, a in addresses])
+
+    async def list_nodes(self, f: NodeFilter = NodeFilter()) -> list[Row]:
+        q = sa.select(nodes)
+        if not f.include_deregistered:
+            q = q.where(nodes.c.deregistered_at.is_(None))
+        if f.ping_status:
+            q = q.where(nodes.c.ping_status == f.ping_status)
+        if f.name:
+            q = q.where(nodes.c.name.contains(f.name, autoescape=True))
+        if f.activation_id:
+            q = q.where(nodes.c.activation_id == f.activation_id)
+        if f.ip:
+            q = q.where(sa.or_(
+                nodes.c.primary_address == f.ip, nodes.c.peer_address == f.ip,
+                nodes.c.node_id.in_(sa.select(node_addresses.c.node_id)
+                                    .where(node_addresses.c.address == f.ip))))
+        for key, value in f.tags:
+            q = q.where(nodes.c.node_id.in_(sa.select(node_tags.c.node_id).where(
+                node_tags.c.key == key, node_tags.c.value == value)))
+        async with self.engine.connect() as conn:
+            rows = [dict(r) for r in (await conn.execute(q.order_by(nodes.c.node_id))).mappings()]
+            await self._attach_tags(conn, rows)
+        for r in rows:
+            del r["credential_hash"]
+        return rows
+
+    async def _attach_tags(self, conn: AsyncConnection, rows: list[Row]) -> None:
+        by_id = {r["node_id"]: r for r in rows}
+        for r in rows:
+            r["tags"] = {}
+        if not by_id:
+            return
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            result = await conn.execute(sa.select(node_tags).where(
+                node_tags.c.node_id.in_(ids[start:start + 500])))
+            for t in result.mappings():
+                by_id[t["node_id"]]["tags"][t["key"]] = t["value"]
+
+    async def get_node(self, node_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(nodes).where(
+                nodes.c.node_id == node_id))).mappings().first()
+            if row is None:
+                return None
+            out = dict(row)
+            del out["credential_hash"]
+            await self._attach_tags(conn, [out])
+            return out
+
+    async def set_tags(self, node_id: str, tags: dict[str, str], remove: Iterable[str]) -> None:
+        async with self.engine.begin() as conn:
+            keys = list(tags) + list(remove)
+            if keys:
+                await conn.execute(node_tags.delete().where(
+                    node_tags.c.node_id == node_id, node_tags.c.key.in_(keys)))
+            if tags:
+                await conn.execute(node_tags.insert(), [
+                    dict(node_id=node_id, key=k, value=v) for k, v in tags.items()])
+
+    async def deregister(self, node_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            return await self._deregister(conn, node_id, time.time())
+
+    async def _deregister(self, conn: AsyncConnection, node_id: str, now: float) -> bool:
+        """Revoke the credential (its hash is overwritten) and end open invocations."""
+        done = await conn.execute(nodes.update().where(
+            nodes.c.node_id == node_id, nodes.c.deregistered_at.is_(None),
+        ).values(deregistered_at=now, credential_hash="revoked", ping_status=CONNECTION_LOST))
+        if done.rowcount != 1:
+            return False
+        for status in (InvocationStatus.PENDING, InvocationStatus.IN_PROGRESS):
+            await conn.execute(invocations.update().where(
+                invocations.c.node_id == node_id, invocations.c.status == status.value,
+            ).values(status=InvocationStatus.UNDELIVERABLE.value, ended_at=now,
+                     reason="node deregistered"))
+        return True
+
+    # -- commands ----------------------------------------------------------
+
+    async def create_command(self, command: Row, node_ids: Sequence[str]) -> list[Row]:
+        """Persist a command and one Pending invocation per node, before any dispatch."""
+        deliver_by = command["created_at"] + command["delivery_timeout"]
+        rows = [dict(invocation_id=new_uuid(), command_id=command["command_id"], node_id=n,
+                     status=InvocationStatus.PENDING.value, deliver_by=deliver_by,
+                     stdout_truncated=False, stderr_truncated=False) for n in node_ids]
+        async with self.engine.begin() as conn:
+            await conn.execute(commands.insert().values(**command))
+            for start in range(0, len(rows), 1000):
+                await conn.execute(invocations.insert(), rows[start:start + 1000])
+        return rows
+
+    async def get_command(self, command_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(commands).where(
+                commands.c.command_id == command_id))).mappings().first()
+            return dict(row) if row else None
+
+    async def list_commands(self, limit: int = 50) -> list[Row]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                sa.select(commands).order_by(commands.c.created_at.desc()).limit(limit))
+            return [dict(r) for r in result.mappings()]
+
+    async def status_counts(self, command_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {c: {} for c in command_ids}
+        if not command_ids:
+            return out
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                sa.select(invocations.c.command_id, invocations.c.status, sa.func.count())
+                .where(invocations.c.command_id.in_(command_ids))
+                .group_by(invocations.c.command_id, invocations.c.status))
+            for cid, status, n in result:
+                out[cid][status] = n
+        return out
+
+    async def list_invocations(self, command_id: str) -> list[Row]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(sa.select(invocations).where(
+                invocations.c.command_id == command_id).order_by(invocations.c.node_id))
+            return [dict(r) for r in result.mappings()]
+
+    async def get_invocation(self, invocation_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(invocations).where(
+                invocations.c.invocation_id == invocation_id))).mappings().first()
+            return dict(row) if row else None
+
+    async def find_invocation(self, command_id: str, node_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(invocations).where(
+                invocations.c.command_id == command_id,
+                invocations.c.node_id == node_id))).mappings().first()
+            return dict(row) if row else None
+
+    async def transition(self, invocation_id: str, target: InvocationStatus,
+                         **values: Any) -> bool:
+        """Move one invocation to ``target`` if the table allows it from where it is."""
+        sources = [s.value for s in allowed_sources(target)]
+        async with self.engine.begin() as conn:
+            done = await conn.execute(invocations.update().where(
+                invocations.c.invocation_id == invocation_id,
+                invocations.c.status.in_(sources),
+            ).values(status=target.value, **values))
+            return done.rowcount == 1
+
+    async def deliverable(self, node_id: str, now: float) -> list[Row]:
+        """Invocations waiting for this node, oldest first, with their command."""
+        q = (sa.select(invocations.c.invocation_id, invocations.c.status, commands)
+             .join(commands, commands.c.command_id == invocations.c.command_id)
+             .where(invocations.c.node_id == node_id,
+                    sa.or_(sa.and_(invocations.c.status == InvocationStatus.PENDING.value,
+                                   invocations.c.deliver_by > now),
+                           invocations.c.status == InvocationStatus.IN_PROGRESS.value))
+             .order_by(invocations.c.seq))
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def expire_deliveries(self, now: float) -> list[str]:
+        """Pending invocations whose delivery deadline passed become DeliveryTimedOut."""
+        async with self.engine.begin() as conn:
+            ids = list(await conn.scalars(sa.select(invocations.c.invocation_id).where(
+                invocations.c.status == InvocationStatus.PENDING.value,
+                invocations.c.deliver_by <= now)))
+            if ids:
+                await conn.execute(invocations.update().where(
+                    invocations.c.invocation_id.in_(ids),
+                    invocations.c.status == InvocationStatus.PENDING.value,
+                ).values(status=InvocationStatus.DELIVERY_TIMED_OUT.value, ended_at=now,
+                         reason="the node did not connect before the delivery timeout"))
+            return ids
+
+    async def request_cancel(self, command_id: str) -> list[Row]:
+        """Cancel what has not started; return the running invocations to stop."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(commands.update().where(commands.c.command_id == command_id)
+                               .values(cancel_requested=True))
+            await conn.execute(invocations.update().where(
+                invocations.c.command_id == command_id,
+                invocations.c.status == InvocationStatus.PENDING.value,
+            ).values(status=InvocationStatus.CANCELLED.value, ended_at=now,
+                     reason="cancelled before delivery"))
+            result = await conn.execute(sa.select(invocations.c.invocation_id,
+                                                  invocations.c.node_id).where(
+                invocations.c.command_id == command_id,
+                invocations.c.status == InvocationStatus.IN_PROGRESS.value))
+            return [dict(r) for r in result.mappings()]
