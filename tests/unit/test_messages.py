@@ -273,10 +273,10 @@ def message_shaped(draw: Callable[..., Any]) -> str:
             del base[field]
         else:
             base[field] = draw(json_values)
-    if "interfaces" in base and isinstance(base["interfaces"], list) and base["interfaces"]:
-        iface = base["interfaces"][0]
+    ifaces = base.get("interfaces")
+    if isinstance(ifaces, list) and ifaces and isinstance(ifaces[0], dict):
         key = draw(st.sampled_from(["name", "flags", "addresses"]))
-        iface[key] = draw(json_values)
+        ifaces[0][key] = draw(json_values)
     return json.dumps(base)
 
 

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 from tether import __version__
 from tether.agent.backoff import DEFAULT_CAP, Backoff
@@ -117,7 +117,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"register": _register, "run": _run, "status": _status}[args.action]
     return handler(args)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Dict, Optional, Set
+from typing import Optional
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -66,9 +66,9 @@ class Agent:
         self.identity = identity
         self.spool = Spool(state_dir / "spool")
         self.backoff = backoff
-        self.running: Dict[str, Execution] = {}
+        self.running: dict[str, Execution] = {}
         self.ws: Optional[ClientConnection] = None
-        self._tasks: Set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._fingerprint = ""
 
     # -- lifecycle ---------------------------------------------------------
@@ -155,7 +155,7 @@ class Agent:
             for w in watchers:
                 w.cancel()
         # The iterator ends on a normal close: surface it like any other close.
-        raise ConnectionClosed(ws.close_rcvd, ws.close_sent)
+        raise ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent)
 
     async def _keepalive(self, ws: ClientConnection, keepalive: Keepalive) -> None:
         while True:

@@ -10,7 +10,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from tether.agent.state import Identity
 
@@ -36,13 +36,13 @@ def normalise_server_url(url: str) -> str:
 def register(server_url: str, activation_id: str, activation_code: str,
              computer_name: Optional[str], replaces: Optional[Identity]) -> Identity:
     base = normalise_server_url(server_url)
-    body: Dict[str, Any] = {"activation_id": activation_id,
+    body: dict[str, Any] = {"activation_id": activation_id,
                             "activation_code": activation_code,
                             "computer_name": computer_name or socket.gethostname()}
     if replaces is not None:
         body["replaces"] = {"node_id": replaces.node_id, "credential": replaces.credential}
     url = base + "/api/v1/registrations"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",  # noqa: S310
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310

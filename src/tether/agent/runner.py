@@ -14,8 +14,9 @@ import contextlib
 import os
 import pwd
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Awaitable, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Optional
 
 from tether.protocol.messages import Command, Result
 
@@ -26,7 +27,7 @@ KILL_GRACE = 5.0
 OnOutput = Callable[[str, str, int, bytes], Awaitable[None]]
 
 
-def clean_environment(command: Command, node_id: str) -> Dict[str, str]:
+def clean_environment(command: Command, node_id: str) -> dict[str, str]:
     """The whole environment a script sees; nothing leaks in from the agent's own."""
     user = pwd.getpwuid(os.getuid())
     return {
@@ -53,7 +54,7 @@ class Execution:
         self.on_output = on_output
         self._cancelled = asyncio.Event()
         self._proc: Optional[asyncio.subprocess.Process] = None
-        self._sizes: Dict[str, Tuple[int, bool]] = {"stdout": (0, False),
+        self._sizes: dict[str, tuple[int, bool]] = {"stdout": (0, False),
                                                     "stderr": (0, False)}
 
     def cancel(self) -> None:
@@ -64,7 +65,7 @@ class Execution:
         script = self.folder / "script"
         script.write_text(cmd.script)
         workdir = cmd.workdir or pwd.getpwuid(os.getuid()).pw_dir
-        if not os.path.isdir(workdir):
+        if not os.path.isdir(workdir):  # noqa: ASYNC240 - one stat, not worth a thread
             return Result(cmd.invocation_id, "Failed", 0, 0,
                           reason=f"working directory {workdir} does not exist")
         try:
@@ -79,7 +80,8 @@ class Execution:
         pumps = asyncio.gather(self._pump("stdout", proc.stdout),
                                self._pump("stderr", proc.stderr), proc.wait())
         cancelled = asyncio.ensure_future(self._cancelled.wait())
-        done, _ = await asyncio.wait({pumps, cancelled}, timeout=cmd.timeout,
+        waiters: set[asyncio.Future[Any]] = {pumps, cancelled}
+        done, _ = await asyncio.wait(waiters, timeout=cmd.timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         status, reason = "Success", None
         if pumps not in done:

@@ -18,8 +18,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional, Set
+from typing import Optional
 
 from tether.agent.state import ensure_private_dir, write_private
 from tether.protocol.messages import Command, Result
@@ -33,7 +34,7 @@ class Spool:
         self.root = root
         ensure_private_dir(root)
         self._ledger_path = root / "ledger"
-        self._ledger: Set[str] = set()
+        self._ledger: set[str] = set()
         if self._ledger_path.exists():
             self._ledger = set(self._ledger_path.read_text().split())
 
@@ -94,7 +95,7 @@ class Spool:
             if not (self.folder(invocation_id) / "result.json").exists():
                 yield invocation_id
 
-    def pending(self) -> List[str]:
+    def pending(self) -> list[str]:
         """Every invocation whose result the server has not acknowledged, oldest first."""
         folders = [p for p in self.root.iterdir()
                    if p.is_dir() and (p / "command.json").exists()]

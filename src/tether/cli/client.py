@@ -44,6 +44,8 @@ def save_login(server: str, token: str) -> Path:
 
 class Client:
     def __init__(self, server: str, token: str, timeout: float = 90.0) -> None:
+        if not server.startswith(("http://", "https://")):
+            raise ValueError(f"server URL must start with http:// or https://, got {server!r}")
         self.base = server.rstrip("/") + "/api/v1"
         self.token = token
         self.timeout = timeout
@@ -56,7 +58,7 @@ class Client:
                      for x in (v if isinstance(v, list) else [v])]
             url += "?" + urllib.parse.urlencode(pairs)
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={
+        req = urllib.request.Request(url, data=data, method=method, headers={  # noqa: S310
             "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310

@@ -13,7 +13,8 @@ import base64
 import dataclasses
 import json
 import typing
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, Union
+from collections.abc import Mapping
+from typing import Any, ClassVar, Optional, Union
 
 from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.ids import is_node_id
@@ -70,8 +71,8 @@ class Address:
 @dataclasses.dataclass(frozen=True)
 class Interface:
     name: str
-    flags: List[str]  # among "up", "loopback", "pointopoint", "running", ...
-    addresses: List[Address]
+    flags: list[str]  # among "up", "loopback", "pointopoint", "running", ...
+    addresses: list[Address]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Inventory(Message):
     arch: str
     agent_version: str
     python_version: str
-    interfaces: List[Interface]
+    interfaces: list[Interface]
     primary_address: Optional[str] = None
 
 
@@ -196,19 +197,19 @@ class Cancel(Message):
     invocation_id: str
 
 
-def _by_type(*classes: Type[Message]) -> Dict[str, Type[Message]]:
+def _by_type(*classes: type[Message]) -> dict[str, type[Message]]:
     return {c.TYPE: c for c in classes}
 
 
-AGENT_MESSAGES: Mapping[str, Type[Message]] = _by_type(
+AGENT_MESSAGES: Mapping[str, type[Message]] = _by_type(
     Hello, Inventory, Ping, Accepted, Output, Result)
-SERVER_MESSAGES: Mapping[str, Type[Message]] = _by_type(
+SERVER_MESSAGES: Mapping[str, type[Message]] = _by_type(
     Welcome, Pong, Command, ResultAck, Cancel)
 
 
 def encode(message: Message) -> str:
     """One compact JSON object; fields still at a None default are left out."""
-    body: Dict[str, Any] = {"t": message.TYPE}
+    body: dict[str, Any] = {"t": message.TYPE}
     for f in dataclasses.fields(message):
         value = getattr(message, f.name)
         if value is None and f.default is None:
@@ -225,7 +226,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def decode(frame: Union[str, bytes], allowed: Mapping[str, Type[Message]]) -> Message:
+def decode(frame: Union[str, bytes], allowed: Mapping[str, type[Message]]) -> Message:
     """Parse one frame into a message of one of the ``allowed`` types, or raise."""
     if isinstance(frame, bytes):
         raise ProtocolError(CloseCode.MALFORMED, "binary frames are not used by this protocol")
@@ -247,10 +248,10 @@ def decode(frame: Union[str, bytes], allowed: Mapping[str, Type[Message]]) -> Me
         raise ProtocolError(CloseCode.MALFORMED, f"bad {kind!r} message: {exc}") from None
 
 
-_HINTS: Dict[type, Dict[str, Any]] = {}
+_HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _hints(cls: type) -> Dict[str, Any]:
+def _hints(cls: type) -> dict[str, Any]:
     hints = _HINTS.get(cls)
     if hints is None:
         hints = _HINTS[cls] = typing.get_type_hints(cls)
@@ -259,7 +260,7 @@ def _hints(cls: type) -> Dict[str, Any]:
 
 def _build(cls: type, body: Mapping[str, Any]) -> Any:
     hints = _hints(cls)
-    kwargs: Dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in body:
             kwargs[f.name] = _check(body[f.name], hints[f.name], f.name)
@@ -271,7 +272,7 @@ def _build(cls: type, body: Mapping[str, Any]) -> Any:
 def _check(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Union:
-        args: Tuple[Any, ...] = typing.get_args(tp)
+        args: tuple[Any, ...] = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]

@@ -19,8 +19,8 @@ comes from ``allowed_sources``, so two racing writers cannot both win.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from enum import Enum
-from typing import Dict, FrozenSet, Iterable, Mapping
 
 
 class InvocationStatus(str, Enum):
@@ -54,7 +54,7 @@ class CommandStatus(str, Enum):
 
 
 _I = InvocationStatus
-TRANSITIONS: Mapping[InvocationStatus, FrozenSet[InvocationStatus]] = {
+TRANSITIONS: Mapping[InvocationStatus, frozenset[InvocationStatus]] = {
     _I.PENDING: frozenset({_I.IN_PROGRESS, _I.DELIVERY_TIMED_OUT, _I.CANCELLED,
                            _I.UNDELIVERABLE, _I.SUCCESS, _I.FAILED, _I.TIMED_OUT}),
     _I.IN_PROGRESS: frozenset({_I.SUCCESS, _I.FAILED, _I.TIMED_OUT, _I.CANCELLED,
@@ -68,7 +68,7 @@ def can_transition(source: InvocationStatus, target: InvocationStatus) -> bool:
     return target in TRANSITIONS.get(source, frozenset())
 
 
-def allowed_sources(target: InvocationStatus) -> FrozenSet[InvocationStatus]:
+def allowed_sources(target: InvocationStatus) -> frozenset[InvocationStatus]:
     """Every status from which ``target`` may be reached (for the store's WHERE)."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
@@ -93,8 +93,8 @@ def command_status(counts: Mapping[InvocationStatus, int],
     return CommandStatus.FAILED
 
 
-def count(statuses: Iterable[InvocationStatus]) -> Dict[InvocationStatus, int]:
-    out: Dict[InvocationStatus, int] = {}
+def count(statuses: Iterable[InvocationStatus]) -> dict[InvocationStatus, int]:
+    out: dict[InvocationStatus, int] = {}
     for s in statuses:
         out[s] = out.get(s, 0) + 1
     return out

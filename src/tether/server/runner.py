@@ -45,7 +45,7 @@ def serve(settings: Settings, log_level: str = "info") -> None:
 
     async def main() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
+        while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.05)
         if server.started:
             print(f"tether server listening on {url_of(sock)}", flush=True)

@@ -30,8 +30,11 @@ async def _receive_frame(ws: WebSocket) -> str | bytes | None:
     msg = await ws.receive()
     if msg["type"] == "websocket.disconnect":
         return None
-    text = msg.get("text")
-    return text if text is not None else msg.get("bytes", b"")
+    text: str | None = msg.get("text")
+    if text is not None:
+        return text
+    data: bytes = msg.get("bytes") or b""
+    return data
 
 
 async def _handshake(ws: WebSocket, store: Store) -> Hello:
