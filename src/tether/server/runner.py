@@ -34,6 +34,15 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _first_steps(settings: Settings, url: str) -> str:
+    return (f"To register a first device:\n"
+            f"  export TETHER_SERVER={url} TETHER_TOKEN=$(cat {settings.admin_token_file})\n"
+            f"  tether activation create            # prints an activation id and code\n"
+            f"  # on the device (the server must listen on an address it can reach):\n"
+            f"  tether-agent register --server URL --activation-id ID --activation-code CODE\n"
+            f"  tether-agent run")
+
+
 def serve(settings: Settings, log_level: str = "info") -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
@@ -49,6 +58,7 @@ def serve(settings: Settings, log_level: str = "info") -> None:
             await asyncio.sleep(0.05)
         if server.started:
             print(f"tether server listening on {url_of(sock)}", flush=True)
+            print(_first_steps(settings, url_of(sock)), flush=True)
         await task
 
     asyncio.run(main())
