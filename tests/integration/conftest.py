@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import Agent, Server, postgres_database  # noqa: E402
+from harness import Agent, Server, postgres_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from harness import PYTHON, Agent, Server, clean_env
 
 NODE_ID = re.compile(r"^mi-[0-9a-f]{17}$")
@@ -66,7 +67,8 @@ def mode(path: Path) -> int:
 def activation_row(server: Server, activation_id: str) -> dict[str, Any]:
     rows = [a for a in server.cli("activation", "list") if a["activation_id"] == activation_id]
     assert len(rows) == 1, rows
-    return rows[0]
+    row: dict[str, Any] = rows[0]
+    return row
 
 
 def stored_text(server: Server) -> str:
@@ -357,14 +359,15 @@ def test_force_disconnects_a_running_old_identity(
     old_id = running.node_id
     # The same device re-registers (e.g. a reinstall) while the old agent still runs.
     reinstalled = Agent(server, tmp_path / "reinstalled")
-    shutil.copytree(running.state_dir, reinstalled.state_dir, ignore=shutil.ignore_patterns("spool"))
+    shutil.copytree(running.state_dir, reinstalled.state_dir,
+                    ignore=shutil.ignore_patterns("spool"))
     activation_id, code = server.activation()
     result = reinstalled.register_raw(activation_id, code, "--force")
     assert result.returncode == 0, result
     assert server.node(old_id)["deregistered_at"] is not None
     assert running.proc is not None and running.output is not None
     try:
-        exit_code = running.proc.wait(10)
+        exit_code = running.proc.wait(5)
     except subprocess.TimeoutExpired:
         pytest.fail("the agent with the revoked identity is still connected")
     assert exit_code == EXIT_REFUSED, running.output.text()

@@ -4,11 +4,10 @@ Text strategies use Hypothesis' default alphabet, which leaves out lone
 surrogates (U+D800-U+DFFF). ``encode`` keeps them as they are
 (``ensure_ascii=False``), so a str holding one round-trips through
 encode/decode but cannot become the UTF-8 bytes of a WebSocket text frame;
-see ``test_lone_surrogates_cannot_reach_the_wire`` and the xfail tests below.
+see ``test_lone_surrogates_cannot_reach_the_wire``; decode refuses them.
 
-Tests marked ``xfail(strict=True)`` pin down bugs found in
-``tether.protocol``; once a bug is fixed the test XPASSes, fails the run, and
-its marker should go.
+Tests named ``test_regression_*`` pin down bugs found (and fixed) in
+``tether.protocol``.
 """
 
 from __future__ import annotations
@@ -103,7 +102,7 @@ DIRECTIONS = [(name, cls, AGENT_MESSAGES) for name, cls in AGENT_MESSAGES.items(
 DIRECTION_IDS = [name for name, _, _ in DIRECTIONS]
 
 # Arbitrary JSON values. NaN/Infinity and integers beyond float range are left
-# out here because they trip known bugs (see the xfail tests).
+# out here; the regression tests below cover them.
 json_leaves = (st.none() | st.booleans() | st.integers(min_value=-(2**200), max_value=2**200)
                | st.floats(allow_nan=False, allow_infinity=False) | st.text())
 json_values = st.recursive(
@@ -191,7 +190,7 @@ def test_unknown_fields_are_ignored(name: str, cls: type[Message], allowed: Any,
                                       min_size=1, max_size=4))
     body.update(extra)
     # Nested objects grow fields too.
-    for iface in body.get("interfaces", []):
+    for iface in body["interfaces"] if cls is Inventory else []:
         iface["mtu"] = 1500
         for addr in iface["addresses"]:
             addr["scope"] = {"global": True}
@@ -435,17 +434,14 @@ def test_negative_infinity_in_float_field_is_malformed() -> None:
     _malformed(json.dumps(WELCOME).replace("30.0", "-Infinity"))
 
 
-# --- known bugs (xfail strict: they XPASS, and fail the run, once fixed) -----
+# --- regressions: bugs found by these tests, now fixed ---------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: decode accepts NaN/Infinity/1e400 in float fields (Welcome.keepalive_*, "
-    "Command.timeout): NaN passes '<= 0' checks, and encode (allow_nan=False) then "
-    "raises ValueError, so the message cannot be sent back"))
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "1e400"])
 @pytest.mark.parametrize(("base", "field"), [
     (WELCOME, "keepalive_interval"), (WELCOME, "keepalive_timeout"), (COMMAND, "timeout")])
-def test_bug_non_finite_floats_accepted(base: dict[str, Any], field: str, literal: str) -> None:
+def test_regression_non_finite_floats_accepted(base: dict[str, Any], field: str,
+                                               literal: str) -> None:
     frame = json.dumps({**base, field: 1.25}).replace("1.25", literal)
     try:
         message = decode(frame, SERVER_MESSAGES)
@@ -456,23 +452,15 @@ def test_bug_non_finite_floats_accepted(base: dict[str, Any], field: str, litera
     assert math.isfinite(value), f"decode returned {message!r}"
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "BUG: an integer beyond float range in a float field makes _check's float(value) raise "
-    "OverflowError, which escapes decode instead of becoming ProtocolError(MALFORMED)"))
 @pytest.mark.parametrize(("base", "field"), [
     (WELCOME, "keepalive_interval"), (WELCOME, "keepalive_timeout"), (COMMAND, "timeout")])
-def test_bug_huge_int_in_float_field_escapes_as_overflow_error(base: dict[str, Any],
+def test_regression_huge_int_in_float_field_escapes_as_overflow_error(base: dict[str, Any],
                                                                field: str) -> None:
     _malformed(json.dumps({**base, field: 10**400}))
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason=(
-    "BUG: a JSON escape for a lone surrogate (e.g. \"\\ud800\") decodes into a str that "
-    "cannot be UTF-8 encoded: the message is accepted, but Output.payload() and re-sending "
-    "any field holding it (ResultAck(invocation_id), a database write) raise "
-    "UnicodeEncodeError"))
 @pytest.mark.parametrize("field", ["data", "invocation_id"])
-def test_bug_lone_surrogate_escape_accepted(field: str) -> None:
+def test_regression_lone_surrogate_escape_accepted(field: str) -> None:
     frame = json.dumps({**OUTPUT, field: "\ud800"})
     assert "\\ud800" in frame  # the frame itself is plain ASCII, valid on the wire
     frame.encode("utf-8")
@@ -481,21 +469,15 @@ def test_bug_lone_surrogate_escape_accepted(field: str) -> None:
         result.payload()
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "BUG: Output with encoding 'base64' is not validated on decode; invalid base64 data is "
-    "accepted and Output.payload() raises binascii.Error later"))
 @pytest.mark.parametrize("data", ["!!!!", "abc", "é"])
-def test_bug_invalid_base64_output_accepted(data: str) -> None:
+def test_regression_invalid_base64_output_accepted(data: str) -> None:
     frame = json.dumps({**OUTPUT, "data": data, "encoding": "base64"})
     result = _decode_or_garbage(frame, AGENT_MESSAGES)
     if isinstance(result, Output):
         result.payload()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: ids.NODE_ID_RE ends in '$', which also matches before a trailing newline, so "
-    "'mi-<17 hex>\\n' passes is_node_id and Hello accepts it (use \\Z or fullmatch)"))
-def test_bug_node_id_with_trailing_newline_accepted() -> None:
+def test_regression_node_id_with_trailing_newline_accepted() -> None:
     frame = json.dumps({**HELLO, "node_id": HELLO["node_id"] + "\n"})
     result = _decode_or_garbage(frame, AGENT_MESSAGES)
     assert isinstance(result, ProtocolError), f"accepted {result!r}"
@@ -506,9 +488,9 @@ def test_lone_surrogates_cannot_reach_the_wire() -> None:
     # but the frame is not valid UTF-8, so no WebSocket library can send it.
     message = Accepted("\ud800")
     frame = encode(message)
-    assert decode(frame, AGENT_MESSAGES) == message
     with pytest.raises(UnicodeEncodeError):
         frame.encode("utf-8")
+    _malformed(frame)
 
 
 # --- Output payloads -----------------------------------------------------------

@@ -6,7 +6,7 @@ import re
 import secrets
 import uuid
 
-NODE_ID_RE = re.compile(r"^mi-[0-9a-f]{17}$")
+NODE_ID_RE = re.compile(r"mi-[0-9a-f]{17}")
 
 
 def new_node_id() -> str:
@@ -15,7 +15,7 @@ def new_node_id() -> str:
 
 
 def is_node_id(value: str) -> bool:
-    return NODE_ID_RE.match(value) is not None
+    return NODE_ID_RE.fullmatch(value) is not None
 
 
 def new_uuid() -> str:

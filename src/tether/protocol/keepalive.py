@@ -33,10 +33,12 @@ class Keepalive:
 
     def poll(self, now: float) -> Action:
         """What to do now; call again no later than ``next_deadline()``."""
-        if now - self.last_received >= self.interval + self.timeout:
+        # Compare against the very sums next_deadline() returns, so waking at a
+        # deadline always finds it due (float rounding could otherwise disagree).
+        if now >= self.last_received + self.interval + self.timeout:
             return Action.DEAD
         if self.probing and self.ping_sent_at is None \
-                and now - self.last_received >= self.interval:
+                and now >= self.last_received + self.interval:
             self.ping_sent_at = now
             return Action.SEND_PING
         return Action.NONE

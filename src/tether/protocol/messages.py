@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Optional, Union
@@ -146,6 +147,8 @@ class Output(Message):
             raise ValueError(f"encoding must be one of {ENCODINGS}")
         if self.offset < 0:
             raise ValueError("offset must not be negative")
+        if self.encoding == "base64":
+            self.payload()  # binascii.Error is a ValueError: refused at decode time
 
     @classmethod
     def from_bytes(cls, invocation_id: str, stream: str, offset: int, raw: bytes) -> Output:
@@ -292,9 +295,20 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        if ok:
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ValueError(f"{where} is out of range") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{where} must be a finite number")
     elif tp is str:
         ok = isinstance(value, str)
+        if ok:
+            try:  # a lone surrogate (from a \ud800 escape) could never be sent on again
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{where} is not valid Unicode") from None
     else:  # pragma: no cover - a new annotation without a checker is a bug here
         raise TypeError(f"no checker for {tp!r}")
     if not ok:
