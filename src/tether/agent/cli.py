@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import pwd
 import sys
 from pathlib import Path
 from typing import Optional
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
     run.add_argument("--reconnect-cap", type=float, default=DEFAULT_CAP, metavar="SECONDS",
                      help=f"longest wait between reconnect attempts (default {DEFAULT_CAP:g})")
+    run.add_argument("--run-as", metavar="USER",
+                     help="user scripts run as (needs the agent to run as root; default: "
+                          "the agent's own user)")
     run.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
 
@@ -97,7 +101,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tether-agent: not registered (no identity in {args.state_dir}); "
               "run 'tether-agent register' first", file=sys.stderr)
         return EXIT_REFUSED
-    agent = Agent(identity, args.state_dir, Backoff(cap=args.reconnect_cap))
+    run_as = None
+    if args.run_as:
+        try:
+            run_as = pwd.getpwnam(args.run_as)
+        except KeyError:
+            print(f"tether-agent: no user {args.run_as!r}", file=sys.stderr)
+            return 2
+        if os.getuid() != 0 and run_as.pw_uid != os.getuid():
+            print("tether-agent: --run-as needs the agent to run as root", file=sys.stderr)
+            return 2
+    agent = Agent(identity, args.state_dir, Backoff(cap=args.reconnect_cap), run_as)
     try:
         asyncio.run(agent.run_forever())
     except FatalLinkError as exc:

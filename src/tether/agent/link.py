@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pwd
 import time
 from pathlib import Path
 from typing import Optional
@@ -62,8 +63,10 @@ def websocket_url(server_url: str) -> str:
 
 
 class Agent:
-    def __init__(self, identity: Identity, state_dir: Path, backoff: Backoff) -> None:
+    def __init__(self, identity: Identity, state_dir: Path, backoff: Backoff,
+                 run_as: Optional[pwd.struct_passwd] = None) -> None:
         self.identity = identity
+        self.run_as = run_as
         self.spool = Spool(state_dir / "spool")
         self.backoff = backoff
         self.running: dict[str, Execution] = {}
@@ -217,7 +220,8 @@ class Agent:
             return
         folder = self.spool.record(command)
         await self.send(Accepted(inv))
-        execution = Execution(command, folder, self.identity.node_id, self._on_output)
+        execution = Execution(command, folder, self.identity.node_id, self._on_output,
+                              self.run_as)
         self.running[inv] = execution
         task = asyncio.ensure_future(self._execute(execution))
         self._tasks.add(task)
