@@ -288,8 +288,12 @@ def test_offline_node_gets_commands_in_order(server: Server, make_agent: MakeAge
                                              tmp_path: Path) -> None:
     agent = make_agent().register()
     log = tmp_path / "order.log"
-    first = submit(server, [agent.node_id], f"echo first >> {log}")
-    second = submit(server, [agent.node_id], f"echo second >> {log}")
+    # Each script appends its shell's pid and its name. The agent starts the
+    # queued invocations in delivery order but runs them concurrently, so the
+    # order in which the two lines land in the file is a race between two
+    # running shells; the pids (allocated in fork order) say which started first.
+    first = submit(server, [agent.node_id], f'echo "$$ first" >> {log}')
+    second = submit(server, [agent.node_id], f'echo "$$ second" >> {log}')
     for c in (first, second):
         assert show(server, c["command_id"])["status"] == "Pending"
 
@@ -298,7 +302,9 @@ def test_offline_node_gets_commands_in_order(server: Server, make_agent: MakeAge
     for c in done:
         assert c["status"] == "Success"
         assert inv(c, agent.node_id)["status"] == "Success"
-    assert log.read_text() == "first\nsecond\n"
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(name for _, name in lines) == ["first", "second"]  # each ran exactly once
+    assert [name for _, name in sorted(lines, key=lambda x: int(x[0]))] == ["first", "second"]
     started = [inv(c, agent.node_id)["started_at"] for c in done]
     assert started[0] <= started[1]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from tether.protocol.errors import CloseCode, ProtocolError
@@ -46,6 +45,15 @@ class NoTargetsError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Owner:
+    """Whose an invocation is, and how much output it may store."""
+
+    command_id: str
+    node_id: str
+    output_cap: int
+
+
+@dataclasses.dataclass(frozen=True)
 class CommandSpec:
     script: str
     targets: list[str]
@@ -63,7 +71,7 @@ class Dispatcher:
         self.bus = bus
         self.watch = watch
         # invocation id -> (command id, node id), so hot paths skip a query.
-        self._owners: dict[str, tuple[str, str]] = {}
+        self._owners: dict[str, Owner] = {}
 
     # -- operator side -----------------------------------------------------
 
@@ -93,7 +101,8 @@ class Dispatcher:
                             cancel_requested=False)
         rows = await self.store.create_command(command, node_ids)
         for inv in rows:
-            self._owners[inv["invocation_id"]] = (command["command_id"], inv["node_id"])
+            self._owners[inv["invocation_id"]] = Owner(command["command_id"], inv["node_id"],
+                                                       command["output_cap"])
             await self.bus.send_to_node(inv["node_id"], self._command_message(inv, command))
         return command
 
@@ -121,7 +130,8 @@ class Dispatcher:
     async def node_connected(self, conn: AgentConnection) -> None:
         await self.store.set_presence(conn.node_id, ONLINE, time.time(), conn.peer)
         for row in await self.store.deliverable(conn.node_id, time.time()):
-            self._owners[row["invocation_id"]] = (row["command_id"], conn.node_id)
+            self._owners[row["invocation_id"]] = Owner(row["command_id"], conn.node_id,
+                                                       row["output_cap"])
             if row["status"] == InvocationStatus.PENDING.value:
                 conn.send(self._command_message(row, row))
             elif row["cancel_requested"]:
@@ -137,7 +147,7 @@ class Dispatcher:
             body: dict[str, Any] = dataclasses.asdict(message)
             await self.store.update_inventory(conn.node_id, body)
         elif isinstance(message, Accepted):
-            command_id = await self._owned(conn, message.invocation_id)
+            command_id = (await self._owned(conn, message.invocation_id)).command_id
             if await self.store.transition(message.invocation_id, InvocationStatus.IN_PROGRESS,
                                            started_at=time.time()):
                 await self.watch.bump(command_id)
@@ -150,25 +160,34 @@ class Dispatcher:
         else:  # pragma: no cover - decode only yields agent messages
             raise ProtocolError(CloseCode.UNEXPECTED, f"unexpected {message.TYPE!r}")
 
-    async def _owned(self, conn: AgentConnection, invocation_id: str) -> str:
+    async def _owner(self, invocation_id: str) -> Owner | None:
         owner = self._owners.get(invocation_id)
         if owner is None:
             inv = await self.store.get_invocation(invocation_id)
-            if inv is not None:
-                owner = self._owners[invocation_id] = (inv["command_id"], inv["node_id"])
-        if owner is None or owner[1] != conn.node_id:
+            command = await self.store.get_command(inv["command_id"]) if inv else None
+            if inv is not None and command is not None:
+                owner = self._owners[invocation_id] = Owner(
+                    inv["command_id"], inv["node_id"], command["output_cap"])
+        return owner
+
+    async def _owned(self, conn: AgentConnection, invocation_id: str) -> Owner:
+        owner = await self._owner(invocation_id)
+        if owner is None or owner.node_id != conn.node_id:
             raise ProtocolError(CloseCode.UNEXPECTED,
                                 f"invocation {invocation_id[:40]} is not this node's")
-        return owner[0]
+        return owner
 
     async def _output(self, conn: AgentConnection, message: Output) -> None:
-        command_id = await self._owned(conn, message.invocation_id)
+        owner = await self._owned(conn, message.invocation_id)
         data = message.payload()
-        self.blobs.write_at(output_key(command_id, conn.node_id, message.stream),
+        if message.offset + len(data) > owner.output_cap:
+            raise ProtocolError(CloseCode.UNEXPECTED,
+                                f"output beyond the {owner.output_cap}-byte cap")
+        self.blobs.write_at(output_key(owner.command_id, conn.node_id, message.stream),
                             message.offset, data)
 
     async def _result(self, conn: AgentConnection, message: Result) -> None:
-        command_id = await self._owned(conn, message.invocation_id)
+        command_id = (await self._owned(conn, message.invocation_id)).command_id
         have = {s: self.blobs.size(output_key(command_id, conn.node_id, s))
                 for s in ("stdout", "stderr")}
         if have["stdout"] < message.stdout_size or have["stderr"] < message.stderr_size:
@@ -191,14 +210,9 @@ class Dispatcher:
         expired = await self.store.expire_deliveries(now)
         commands: set[str] = set()
         for inv_id in expired:
-            owner = self._owners.pop(inv_id, None)
-            if owner is None:
-                row = await self.store.get_invocation(inv_id)
-                owner = (row["command_id"], row["node_id"]) if row else None
+            owner = await self._owner(inv_id)
+            self._owners.pop(inv_id, None)
             if owner:
-                commands.add(owner[0])
+                commands.add(owner.command_id)
         if commands:
             await self.watch.bump(*commands)
-
-    def invocation_owners(self) -> Sequence[tuple[str, str]]:
-        return list(self._owners.values())
