@@ -350,9 +350,6 @@ def test_force_replaces_identity_and_revokes_old_credential(
     agent.start().connected()
 
 
-@pytest.mark.xfail(strict=True, reason="PRODUCT BUG: register --force revokes the old "
-                   "credential in the store but does not close the old node's live "
-                   "connection, so an agent running with the old identity stays connected")
 def test_force_disconnects_a_running_old_identity(
         server: Server, make_agent: Callable[..., Agent], tmp_path: Path) -> None:
     running = make_agent().register().start().connected()

@@ -60,6 +60,8 @@ async def register(body: models.RegistrationRequest, s: State) -> dict[str, Any]
             computer_name=body.computer_name, replaces=replaces)
     except RegistrationError as exc:
         raise ApiError(403, exc.code, str(exc)) from None
+    if node["replaced"]:
+        await s.dispatcher.disconnect_deregistered(node["replaced"])
     return {"node_id": node["node_id"], "credential": credential, "name": node["name"]}
 
 

@@ -115,9 +115,13 @@ class Dispatcher:
     async def deregister(self, node_id: str) -> bool:
         done = await self.store.deregister(node_id)
         if done:
-            await self.bus.disconnect_node(node_id, CloseCode.DEREGISTERED,
-                                           f"{node_id} was deregistered")
+            await self.disconnect_deregistered(node_id)
         return done
+
+    async def disconnect_deregistered(self, node_id: str) -> None:
+        """A revoked credential must not keep a link that was opened with it."""
+        await self.bus.disconnect_node(node_id, CloseCode.DEREGISTERED,
+                                       f"{node_id} was deregistered")
 
     @staticmethod
     def _command_message(inv: Row, command: Row) -> Command:

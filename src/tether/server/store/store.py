@@ -150,8 +150,9 @@ class Store:
                     "registration_limit_reached",
                     f"the activation allows {act['registration_limit']} registrations "
                     "and all are used")
-            if replaces is not None:
-                await self._revoke_replaced(conn, *replaces, now=now)
+            replaced = None
+            if replaces is not None and await self._revoke_replaced(conn, *replaces, now=now):
+                replaced = replaces[0]
             credential = new_secret("tnc")
             name = computer_name
             if act["name_prefix"]:
@@ -166,15 +167,17 @@ class Store:
                 await conn.execute(node_tags.insert(), [
                     dict(node_id=row["node_id"], key=k, value=v) for k, v in tags.items()])
             del row["credential_hash"]
+            row["replaced"] = replaced
             return row, credential
 
     async def _revoke_replaced(self, conn: AsyncConnection, node_id: str, credential: str,
-                               *, now: float) -> None:
+                               *, now: float) -> bool:
         """--force on the device: the old identity is deregistered if it proves itself."""
         old = (await conn.execute(sa.select(nodes.c.credential_hash).where(
             nodes.c.node_id == node_id))).first()
         if old is not None and matches(credential, old[0]):
-            await self._deregister(conn, node_id, now)
+            return await self._deregister(conn, node_id, now)
+        return False
 
     # -- nodes -------------------------------------------------------------
 
