@@ -16,6 +16,7 @@ import contextlib
 import os
 import pwd
 import signal
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -141,16 +142,29 @@ class Execution:
                 self._sizes[stream] = (kept, truncated)
 
     async def _kill_group(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM the whole group, then SIGKILL what is left after a grace period."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                await asyncio.wait_for(proc.wait(), KILL_GRACE)
-                if sig == signal.SIGTERM:
-                    # The shell is gone; make sure nothing it left behind survives.
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                return
-            except asyncio.TimeoutError:
-                continue
+        """SIGTERM the whole group, then SIGKILL whatever is left after a grace period.
+
+        The group is watched, not the shell: a child that ignores SIGTERM and keeps
+        the output pipes open must not hold the result back for the whole grace.
+        """
+        _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE
+        # No event tells when a process group is empty: poll it.
+        while time.monotonic() < deadline and _group_alive(proc.pid):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

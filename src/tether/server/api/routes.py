@@ -139,13 +139,19 @@ def _summary(command: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
 
 
 async def _detail(s: ServerState, command_id: str) -> dict[str, Any]:
+    # Order matters: the version before the data (a waiter never misses a change),
+    # and the invocations before the command, so a cancel landing in between reads
+    # as Cancelling rather than as a Cancelled invocation of an uncancelled command.
+    # Counts come from the same rows the response lists, so the two always agree.
     version = s.watch.version(command_id)
+    invocations = await s.store.list_invocations(command_id)
     command = await s.store.get_command(command_id)
     if command is None:
         raise ApiError(404, "command_not_found", f"no command {command_id}")
-    counts = (await s.store.status_counts([command_id]))[command_id]
-    return {**_summary(command, counts), "version": version,
-            "invocations": await s.store.list_invocations(command_id)}
+    counts: dict[str, int] = {}
+    for inv in invocations:
+        counts[inv["status"]] = counts.get(inv["status"], 0) + 1
+    return {**_summary(command, counts), "version": version, "invocations": invocations}
 
 
 @router.post("/commands", status_code=201, response_model=models.CommandDetail,

@@ -212,6 +212,7 @@ class Dispatcher:
 
     async def expire(self, now: float) -> None:
         expired = await self.store.expire_deliveries(now)
+        expired += await self.store.expire_executions(now)
         commands: set[str] = set()
         for inv_id in expired:
             owner = await self._owner(inv_id)

@@ -398,6 +398,29 @@ class Store:
                          reason="the node did not connect before the delivery timeout"))
             return ids
 
+    async def expire_executions(self, now: float) -> list[str]:
+        """InProgress past timeout + delivery timeout: the node will not report any more.
+
+        The agent reports every invocation it started, across reconnects and
+        restarts, so this only fires for a node that stays away (or lost its disk)
+        for longer than the operator was willing to wait for it in the first place.
+        """
+        overdue = (sa.select(invocations.c.invocation_id)
+                   .join(commands, commands.c.command_id == invocations.c.command_id)
+                   .where(invocations.c.status == InvocationStatus.IN_PROGRESS.value,
+                          invocations.c.started_at + commands.c.timeout
+                          + commands.c.delivery_timeout <= now))
+        async with self.engine.begin() as conn:
+            ids = list(await conn.scalars(overdue))
+            if ids:
+                await conn.execute(invocations.update().where(
+                    invocations.c.invocation_id.in_(ids),
+                    invocations.c.status == InvocationStatus.IN_PROGRESS.value,
+                ).values(status=InvocationStatus.TIMED_OUT.value, ended_at=now,
+                         reason="no result from the node within the timeout plus the "
+                                "delivery timeout"))
+            return ids
+
     async def request_cancel(self, command_id: str) -> list[Row]:
         """Cancel what has not started; return the running invocations to stop."""
         now = time.time()
