@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import Agent, Server  # noqa: E402
+from harness import Agent, Server
 
 
 def timed(server: Server, *args: str) -> float:
