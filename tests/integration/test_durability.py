@@ -101,3 +101,31 @@ def test_an_invocation_whose_node_never_reports_ends_timed_out(own_server: Serve
     assert inv["status"] == "TimedOut"
     assert "no result from the node" in inv["reason"]
     assert done["status"] == "TimedOut"
+
+
+def test_spool_over_its_cap_evicts_oldest_output_and_the_server_is_told(
+        own_server: Server, tmp_path: Path) -> None:
+    """A long outage with chatty commands: the device drops output, never the result."""
+    server = own_server
+    agent = Agent(server, tmp_path / "a").register().start("--spool-cap", "1000").connected()
+    cmd = server.cli("run", "--target", agent.node_id, "--no-wait", "--workdir", str(tmp_path),
+                     "--", "while [ ! -e go ]; do sleep 0.05; done; "
+                     "head -c 5000 /dev/zero | tr '\\0' x")
+    deadline = time.monotonic() + 20
+    while server.cli("commands", "show", cmd["command_id"])["invocations"][0]["status"] \
+            != "InProgress":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    server.stop(signal.SIGKILL)  # the outage: nothing the agent sends now arrives
+    assert agent.output is not None
+    mark = len(agent.output.lines)
+    (tmp_path / "go").touch()  # the script may finish now, with nobody to hear it
+    agent.output.wait_for(r"output of \S+ evicted", start=mark)
+    server.start()
+    done = wait_terminal(server, cmd["command_id"])
+    inv = done["invocations"][0]
+    assert inv["status"] == "Success"
+    assert inv["stdout_truncated"] is True
+    assert inv["stdout_size"] < 5000
+    assert "evicted from the device's spool" in inv["reason"]
+    agent.stop()

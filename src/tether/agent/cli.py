@@ -18,8 +18,9 @@ from typing import Optional
 
 from tether import __version__
 from tether.agent.backoff import DEFAULT_CAP, Backoff
-from tether.agent.link import Agent, FatalLinkError
+from tether.agent.link import INVENTORY_CHECK_INTERVAL, Agent, FatalLinkError
 from tether.agent.registration import RegistrationFailed, register
+from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
 from tether.agent.state import DEFAULT_STATE_DIR, load_identity, save_identity
 
 EXIT_REFUSED = 3
@@ -59,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-as", metavar="USER",
                      help="user scripts run as (needs the agent to run as root; default: "
                           "the agent's own user)")
+    run.add_argument("--spool-cap", type=int, default=DEFAULT_SPOOL_CAP, metavar="BYTES",
+                     help="output kept on disk until the server stores it; beyond this the "
+                          "oldest finished output is dropped and reported "
+                          f"(default {DEFAULT_SPOOL_CAP // 2**20} MiB)")
+    run.add_argument("--inventory-interval", type=float, default=INVENTORY_CHECK_INTERVAL,
+                     metavar="SECONDS",
+                     help="how often addresses are checked for changes (default "
+                          f"{INVENTORY_CHECK_INTERVAL:g}); a change is sent at once")
     run.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
 
@@ -111,7 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         if os.getuid() != 0 and run_as.pw_uid != os.getuid():
             print("tether-agent: --run-as needs the agent to run as root", file=sys.stderr)
             return 2
-    agent = Agent(identity, args.state_dir, Backoff(cap=args.reconnect_cap), run_as)
+    agent = Agent(identity, args.state_dir, Backoff(cap=args.reconnect_cap), run_as,
+                  spool_cap=args.spool_cap, inventory_interval=args.inventory_interval)
     try:
         asyncio.run(agent.run_forever())
     except FatalLinkError as exc:

@@ -23,6 +23,7 @@ from tether import __version__
 from tether.agent.backoff import Backoff
 from tether.agent.inventory import collect_inventory, inventory_fingerprint
 from tether.agent.runner import Execution
+from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
 from tether.agent.spool import STREAMS, Spool
 from tether.agent.state import Identity
 from tether.protocol.errors import CloseCode, ProtocolError
@@ -64,10 +65,13 @@ def websocket_url(server_url: str) -> str:
 
 class Agent:
     def __init__(self, identity: Identity, state_dir: Path, backoff: Backoff,
-                 run_as: Optional[pwd.struct_passwd] = None) -> None:
+                 run_as: Optional[pwd.struct_passwd] = None,
+                 spool_cap: int = DEFAULT_SPOOL_CAP,
+                 inventory_interval: float = INVENTORY_CHECK_INTERVAL) -> None:
         self.identity = identity
         self.run_as = run_as
-        self.spool = Spool(state_dir / "spool")
+        self.inventory_interval = inventory_interval
+        self.spool = Spool(state_dir / "spool", spool_cap)
         self.backoff = backoff
         self.running: dict[str, Execution] = {}
         self.ws: Optional[ClientConnection] = None
@@ -174,7 +178,7 @@ class Agent:
 
     async def _watch_inventory(self, ws: ClientConnection) -> None:
         while True:
-            await asyncio.sleep(INVENTORY_CHECK_INTERVAL)
+            await asyncio.sleep(self.inventory_interval)
             await self._send_inventory_if_changed(ws)
 
     async def _send_inventory_if_changed(self, ws: ClientConnection) -> None:
@@ -239,6 +243,9 @@ class Agent:
         self.spool.save_result(result)
         del self.running[inv]
         await self.send(result)
+        for evicted in self.spool.evict_over_cap(set(self.running)):
+            log.warning("spool over its cap: output of %s evicted", evicted.invocation_id)
+            await self.send(evicted)
 
     async def _on_output(self, invocation_id: str, stream: str, offset: int,
                          data: bytes) -> None:

@@ -9,6 +9,12 @@ The ledger is the "never twice" half of exactly-once: an id is written and
 fsynced before its script starts, and a delivery of an id already in the
 ledger never starts anything. The per-invocation folder is the "never lost"
 half: output and result stay there until the server acknowledges the result.
+
+Both are bounded. The server never re-delivers an invocation whose result it
+acknowledged, so the ledger is compacted to the ids still spooled plus the
+most recent acknowledged ones. Output is capped in total (``cap``): when
+finished invocations hold more than that (a long outage with chatty
+commands), the oldest lose their output first, and their result says so.
 """
 
 from __future__ import annotations
@@ -25,24 +31,29 @@ from typing import Optional
 from tether.agent.state import ensure_private_dir, write_private
 from tether.protocol.messages import Command, Result
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 STREAMS = ("stdout", "stderr")
+DEFAULT_CAP = 256 * 1024 * 1024
+LEDGER_COMPACT_AT = 4096
+LEDGER_KEEP_ACKED = 1024
 
 
 class Spool:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cap: int = DEFAULT_CAP) -> None:
         self.root = root
+        self.cap = cap
         ensure_private_dir(root)
         self._ledger_path = root / "ledger"
-        self._ledger: set[str] = set()
+        # Insertion-ordered, so compaction keeps the most recent ids.
+        self._ledger: dict[str, None] = {}
         if self._ledger_path.exists():
-            self._ledger = set(self._ledger_path.read_text().split())
+            self._ledger = dict.fromkeys(self._ledger_path.read_text().split())
 
     def seen(self, invocation_id: str) -> bool:
         return invocation_id in self._ledger
 
     def folder(self, invocation_id: str) -> Path:
-        if not _SAFE_ID.match(invocation_id):
+        if not _SAFE_ID.fullmatch(invocation_id):
             raise ValueError(f"unsafe invocation id {invocation_id[:80]!r}")
         return self.root / invocation_id
 
@@ -58,7 +69,7 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._ledger.add(command.invocation_id)
+        self._ledger[command.invocation_id] = None
         return folder
 
     def stream_path(self, invocation_id: str, stream: str) -> Path:
@@ -105,3 +116,42 @@ class Spool:
     def forget(self, invocation_id: str) -> None:
         """The server has the result: drop output and result, keep the ledger line."""
         shutil.rmtree(self.folder(invocation_id), ignore_errors=True)
+        if len(self._ledger) > LEDGER_COMPACT_AT:
+            self._compact_ledger()
+
+    def _compact_ledger(self) -> None:
+        spooled = set(self.pending())
+        acked = [i for i in self._ledger if i not in spooled][-LEDGER_KEEP_ACKED:]
+        keep = [i for i in self._ledger if i in spooled or i in set(acked)]
+        write_private(self._ledger_path, "".join(i + "\n" for i in keep).encode())
+        self._ledger = dict.fromkeys(keep)
+
+    def ledger_size(self) -> int:
+        return len(self._ledger)
+
+    def evict_over_cap(self, protect: set[str]) -> list[Result]:
+        """Drop the output of the oldest finished invocations until under the cap.
+
+        Returns the rewritten results, which the caller sends so the server
+        learns of the loss at once. Running invocations (``protect``) keep theirs.
+        """
+        pending = self.pending()
+        total = sum(self.stream_size(i, s) for i in pending for s in STREAMS)
+        evicted: list[Result] = []
+        for invocation_id in pending:
+            if total <= self.cap:
+                break
+            result = self.load_result(invocation_id)
+            if invocation_id in protect or result is None or result.output_evicted:
+                continue
+            for stream in STREAMS:
+                total -= self.stream_size(invocation_id, stream)
+                self.stream_path(invocation_id, stream).unlink(missing_ok=True)
+            note = (f"output evicted from the device's spool (over its {self.cap}-byte cap) "
+                    "before the server stored it")
+            result = dataclasses.replace(
+                result, output_evicted=True,
+                reason=f"{result.reason}; {note}" if result.reason else note)
+            self.save_result(result)
+            evicted.append(result)
+        return evicted

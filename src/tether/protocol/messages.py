@@ -178,6 +178,9 @@ class Result(Message):
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     reason: Optional[str] = None
+    # The agent had to drop this output from its spool; sizes are what it produced,
+    # and the server keeps whatever part of it already arrived.
+    output_evicted: bool = False
 
     def __post_init__(self) -> None:
         if self.status not in AGENT_RESULT_STATUSES:

@@ -194,15 +194,22 @@ class Dispatcher:
         command_id = (await self._owned(conn, message.invocation_id)).command_id
         have = {s: self.blobs.size(output_key(command_id, conn.node_id, s))
                 for s in ("stdout", "stderr")}
-        if have["stdout"] < message.stdout_size or have["stderr"] < message.stderr_size:
+        size = {"stdout": message.stdout_size, "stderr": message.stderr_size}
+        truncated = {"stdout": message.stdout_truncated, "stderr": message.stderr_truncated}
+        if message.output_evicted:
+            # The device lost part of the output; keep what did arrive, say it is cut.
+            for s in size:
+                truncated[s] = truncated[s] or have[s] < size[s]
+                size[s] = min(size[s], have[s])
+        elif have["stdout"] < size["stdout"] or have["stderr"] < size["stderr"]:
             # Not all output arrived; no ack, so the agent sends it all again next time.
             log.warning("result for %s before all output (have %s)", message.invocation_id, have)
             return
         changed = await self.store.transition(
             message.invocation_id, InvocationStatus(message.status), ended_at=time.time(),
-            exit_code=message.exit_code, stdout_size=message.stdout_size,
-            stderr_size=message.stderr_size, stdout_truncated=message.stdout_truncated,
-            stderr_truncated=message.stderr_truncated, reason=message.reason)
+            exit_code=message.exit_code, stdout_size=size["stdout"],
+            stderr_size=size["stderr"], stdout_truncated=truncated["stdout"],
+            stderr_truncated=truncated["stderr"], reason=message.reason)
         conn.send(ResultAck(message.invocation_id))
         self._owners.pop(message.invocation_id, None)
         if changed:
