@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,42 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def _bundle_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser("agent-bundle", help="prepare what the server serves to install agents")
+    acts = b.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = acts.add_parser("fetch", help="download the agent's dependency wheels",
+                        description="Download the pure-Python wheels the agent needs, for "
+                                    "every supported Python, into DATA/agent-bundle. Run it "
+                                    "where a package index (or a wheel folder) is reachable; "
+                                    "devices then install from the server alone.")
+    f.add_argument("--data-dir", type=Path, default=Path("data"), metavar="DIR")
+    f.add_argument("--index-url", metavar="URL", help="package index to use instead of PyPI")
+    f.add_argument("--find-links", metavar="DIR", help="a folder of wheels to use, offline")
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from tether.server.agent_dist.bundle import AgentBundle, fetch_dependencies
+    from tether.server.config import Settings
+
+    folder = Settings.for_data_dir(args.data_dir).agent_bundle_dir
+    index: list[str] = []
+    if args.index_url:
+        index += ["--index-url", args.index_url]
+    if args.find_links:
+        index += ["--no-index", "--find-links", args.find_links]
+    try:
+        wheels = fetch_dependencies(folder, index)
+    except subprocess.CalledProcessError:
+        fail("pip could not download the wheels (see above)")
+        return 1
+    AgentBundle(folder).prepare()
+    for wheel in sorted(folder.glob("*.whl")):
+        print(wheel)
+    print(f"{len(wheels)} dependency wheel(s) in {folder}; devices can now run: curl -fsS "
+          "http://SERVER/agent/install.sh | sh -s -- --activation-id ID --activation-code CODE")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether", description="Operate a fleet of devices "
                                 "through a tether server. Set TETHER_SERVER and TETHER_TOKEN, "
@@ -48,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tether {__version__}")
     sub = p.add_subparsers(dest="area", required=True, metavar="COMMAND")
     _server_parser(sub)
+    _bundle_parser(sub)
 
     lg = sub.add_parser("login", help="save the server URL and an operator token")
     lg.add_argument("--server", required=True, metavar="URL")
@@ -169,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.area == "server":
         return _serve(args)
+    if args.area == "agent-bundle":
+        return _bundle(args)
     try:
         if args.area == "login":
             return _login(args)

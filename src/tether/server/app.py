@@ -13,6 +13,8 @@ from fastapi import FastAPI, WebSocket
 
 from tether import __version__
 from tether.protocol.errors import CloseCode
+from tether.server.agent_dist.bundle import AgentBundle
+from tether.server.api import agent_install
 from tether.server.api.errors import ApiError, api_error_handler
 from tether.server.api.routes import router
 from tether.server.blobs import FolderBlobStore
@@ -51,7 +53,9 @@ async def start(settings: Settings) -> ServerState:
     watch = CommandWatch()
     blobs = FolderBlobStore(settings.blob_dir)
     dispatcher = Dispatcher(store, blobs, InProcessBus(registry), watch)
-    return ServerState(settings, store, blobs, registry, watch, dispatcher)
+    bundle = AgentBundle(settings.agent_bundle_dir)
+    await asyncio.to_thread(bundle.prepare)
+    return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle)
 
 
 async def sweep(s: ServerState) -> None:
@@ -93,6 +97,7 @@ def build_app(settings: Settings) -> FastAPI:
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
     app.add_exception_handler(ApiError, api_error_handler)
     app.include_router(router)
+    app.include_router(agent_install.router)
 
     @app.websocket("/agent/v1/connect")
     async def agent_connect(ws: WebSocket) -> None:

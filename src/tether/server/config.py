@@ -32,6 +32,10 @@ class Settings:
         return self.data_dir / "outputs"
 
     @property
+    def agent_bundle_dir(self) -> Path:
+        return self.data_dir / "agent-bundle"
+
+    @property
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin-token"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.blobs import FolderBlobStore
 from tether.server.config import Settings
 from tether.server.dispatch.dispatcher import Dispatcher
@@ -20,3 +21,4 @@ class ServerState:
     registry: Registry
     watch: CommandWatch
     dispatcher: Dispatcher
+    agent_bundle: AgentBundle

@@ -1,0 +1,1 @@
+"""Serving the agent to devices that cannot reach any package index."""

@@ -1,0 +1,60 @@
+"""Unauthenticated endpoints a device uses to install the agent from the server.
+
+Nothing here is secret: the installer and the wheels are code. The one input
+that reaches the installer's text is the server's own URL, taken from the
+request; it is checked against a strict pattern before it is written into a
+shell script, so a forged Host header cannot inject shell.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse
+
+from tether import __version__
+from tether.server.agent_dist.bundle import BundleError
+from tether.server.api.errors import ApiError
+from tether.server.state import ServerState
+
+router = APIRouter(prefix="/agent", tags=["agent install"])
+_SAFE_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\]"
+                       r"(:[0-9]{1,5})?")
+
+
+def _state(request: Request) -> ServerState:
+    s: ServerState = request.app.state.tether
+    return s
+
+
+@router.get("/install.sh", response_class=PlainTextResponse)
+async def install_script(request: Request) -> PlainTextResponse:
+    """The installer: ``curl -fsS SERVER/agent/install.sh | sh -s -- --activation-id ...``."""
+    base = str(request.base_url).rstrip("/")
+    if not _SAFE_URL.fullmatch(base):
+        raise ApiError(400, "bad_host", "the Host header is not a plain host name or address")
+    text = resources.files("tether.server.agent_dist").joinpath("install.sh").read_text()
+    text = text.replace("__SERVER_URL__", base).replace("__AGENT_VERSION__", __version__)
+    return PlainTextResponse(text, media_type="text/x-shellscript")
+
+
+@router.get("/wheels", response_class=PlainTextResponse)
+async def wheel_list(request: Request,
+                     python: Annotated[str, Query(description="e.g. 3.11")]) -> PlainTextResponse:
+    """The wheel files a device with this Python version installs, one per line."""
+    try:
+        names = _state(request).agent_bundle.wheels_for(python)
+    except BundleError as exc:
+        raise ApiError(404, "no_agent_bundle", str(exc)) from None
+    return PlainTextResponse("\n".join(names) + "\n")
+
+
+@router.get("/wheels/{filename}", response_class=FileResponse)
+async def wheel_file(filename: str, request: Request) -> FileResponse:
+    path = _state(request).agent_bundle.path_of(filename)
+    if path is None:
+        raise ApiError(404, "no_such_wheel", f"no wheel {filename[:100]}")
+    return FileResponse(path, media_type="application/octet-stream", filename=filename)
