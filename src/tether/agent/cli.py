@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from tether import __version__
-from tether.agent.backoff import DEFAULT_CAP, Backoff
+from tether.agent.backoff import DEFAULT_BASE, DEFAULT_CAP, Backoff
 from tether.agent.link import INVENTORY_CHECK_INTERVAL, Agent, FatalLinkError
 from tether.agent.registration import RegistrationFailed, register
 from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
@@ -110,6 +110,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tether-agent: not registered (no identity in {args.state_dir}); "
               "run 'tether-agent register' first", file=sys.stderr)
         return EXIT_REFUSED
+    if not args.reconnect_cap > 0:
+        print("tether-agent: --reconnect-cap must be a positive number of seconds",
+              file=sys.stderr)
+        return 2
     run_as = None
     if args.run_as:
         try:
@@ -120,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
         if os.getuid() != 0 and run_as.pw_uid != os.getuid():
             print("tether-agent: --run-as needs the agent to run as root", file=sys.stderr)
             return 2
-    agent = Agent(identity, args.state_dir, Backoff(cap=args.reconnect_cap), run_as,
+    backoff = Backoff(base=min(DEFAULT_BASE, args.reconnect_cap), cap=args.reconnect_cap)
+    agent = Agent(identity, args.state_dir, backoff, run_as,
                   spool_cap=args.spool_cap, inventory_interval=args.inventory_interval)
     try:
         asyncio.run(agent.run_forever())
