@@ -31,13 +31,19 @@ class BundleError(Exception):
 class AgentBundle:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._packed = False
 
     def prepare(self) -> None:
-        """Pack the agent wheel of this server's version (once per version)."""
-        if not (self.folder / agent_wheel_name()).exists():
+        """Pack the agent wheel from the code this process runs, once per process.
+
+        Packing again at every start (a few milliseconds) means a rebuilt server
+        never serves stale agent code under an unchanged version number.
+        """
+        if not self._packed:
             for old in self.folder.glob("tether-*.whl"):
                 old.unlink()
             pack_agent_wheel(self.folder)
+            self._packed = True
 
     def wheels_for(self, python: str) -> list[str]:
         """File names of the wheels a device with this Python must install."""

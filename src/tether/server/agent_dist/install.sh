@@ -25,20 +25,28 @@ RUN_AS=
 SERVICE=yes
 
 die() { echo "tether install: $*" >&2; exit 1; }
+need() { [ "$1" -ge 2 ] || die "$2 needs a value"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --activation-id) ACTIVATION_ID=${2?}; shift 2 ;;
-        --activation-code) ACTIVATION_CODE=${2?}; shift 2 ;;
-        --python) PYTHON=${2?}; shift 2 ;;
-        --prefix) PREFIX=${2?}; shift 2 ;;
-        --state-dir) STATE_DIR=${2?}; shift 2 ;;
-        --run-as) RUN_AS=${2?}; shift 2 ;;
-        --server) SERVER=${2?}; shift 2 ;;
+        --activation-id) need $# "$1"; ACTIVATION_ID=$2; shift 2 ;;
+        --activation-code) need $# "$1"; ACTIVATION_CODE=$2; shift 2 ;;
+        --python) need $# "$1"; PYTHON=$2; shift 2 ;;
+        --prefix) need $# "$1"; PREFIX=$2; shift 2 ;;
+        --state-dir) need $# "$1"; STATE_DIR=$2; shift 2 ;;
+        --run-as) need $# "$1"; RUN_AS=$2; shift 2 ;;
+        --server) need $# "$1"; SERVER=$2; shift 2 ;;
         --no-service) SERVICE=no; shift ;;
         *) die "unknown option $1 (see the comment at the top of this script)" ;;
     esac
 done
+
+# Paths end up in a shebang and a systemd unit: absolute, and without blanks.
+case "$PREFIX" in /*) ;; *) PREFIX="$(pwd)/$PREFIX" ;; esac
+case "$STATE_DIR" in /*) ;; *) STATE_DIR="$(pwd)/$STATE_DIR" ;; esac
+case "$PREFIX$STATE_DIR$RUN_AS" in
+    *[[:space:]]*) die "--prefix, --state-dir and --run-as must not contain blanks" ;;
+esac
 
 if command -v curl >/dev/null 2>&1; then
     fetch() { curl -fsS --retry 5 --retry-connrefused -o "$2" "$1"; }
@@ -85,7 +93,8 @@ for wheel in wheels:
                         os.chmod(path, 0o755)
 PYTHON
 rm -rf "$VENV.old"
-if [ -d "$VENV" ]; then mv "$VENV" "$VENV.old"; fi
+UPGRADE=no
+if [ -d "$VENV" ]; then mv "$VENV" "$VENV.old"; UPGRADE=yes; fi
 mv "$VENV.new" "$VENV"
 rm -rf "$VENV.old"
 AGENT="$VENV/bin/tether-agent"
@@ -123,5 +132,8 @@ UNIT
     systemctl restart tether-agent
     echo "systemd unit tether-agent enabled and (re)started"
 else
+    if [ "$UPGRADE" = yes ]; then
+        echo "upgraded: restart a running agent to use the new version"
+    fi
     echo "run the agent with: $AGENT run $RUN_ARGS"
 fi
