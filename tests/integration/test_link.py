@@ -38,6 +38,7 @@ from tether.protocol.messages import (
     Hello,
     Output,
     Ping,
+    Pong,
     Result,
     Welcome,
     decode,
@@ -238,7 +239,7 @@ HANDSHAKE_ABUSE: dict[str, tuple[Frame, int, str]] = {
     "hello with a string protocol": (hello_json(protocol="1"), CloseCode.MALFORMED,
                                      "protocol"),
     "hello with protocol 99": (hello_json(protocol=99), CloseCode.UNSUPPORTED_VERSION,
-                               "agent speaks protocol 99; this server speaks 1..1"),
+                               "agent speaks protocol 99; this server speaks 1..2"),
     "hello from an unknown node": (hello_json(), CloseCode.AUTH_FAILED, UNKNOWN_NODE),
     "ping before hello": ('{"t": "ping"}', CloseCode.UNEXPECTED, "hello"),
     "result before hello": (encode(Result("x", "Success", 0, 0)), CloseCode.UNEXPECTED,
@@ -265,14 +266,14 @@ def test_protocol_abuse_is_refused_and_harmless(server: Server, agent: Agent) ->
     expected = {name: (int(code), part) for name, (_, code, part) in HANDSHAKE_ABUSE.items()}
     expected["hello with a wrong credential"] = (CloseCode.AUTH_FAILED, node_id)
     expected["protocol 99 and a wrong credential"] = (CloseCode.UNSUPPORTED_VERSION,
-                                                      "this server speaks 1..1")
+                                                      "this server speaks 1..2")
     for name, (code, part) in expected.items():
         got_code, got_reason = results[name]
         assert (got_code, bool(got_reason)) == (code, True), (name, got_code, got_reason)
         assert part in got_reason, (name, got_reason)
         assert len(got_reason.encode()) <= 123, (name, got_reason)
     assert results["hello with protocol 99"][1] == \
-        "agent speaks protocol 99; this server speaks 1..1"
+        "agent speaks protocol 99; this server speaks 1..2"
     print(f"\n{len(results)} refusals in {time.monotonic() - start:.2f} s")
 
     # The real agent was connected all along, kept its link, and still works.
@@ -508,3 +509,27 @@ def test_output_beyond_the_commands_cap_is_refused(server: Server,
     beyond = encode(Output(invocation_id, "stdout", 1 << 40, "x"))
     code, reason = refusal(server, inside, beyond, after_hello=hello)
     assert code == CloseCode.UNEXPECTED and "cap" in reason, (code, reason)
+
+
+@pytest.mark.parametrize(("protocol", "answered"), [(1, True), (2, False)])
+def test_protocol_1_agents_get_pongs_and_protocol_2_agents_do_not(
+        server: Server, make_agent: Callable[..., Agent], protocol: int,
+        answered: bool) -> None:
+    """Old agents keep working: they rely on pongs; new ones on TCP acknowledgements."""
+    ident = identity(make_agent().register())
+    url = server.url.replace("http://", "ws://") + "/agent/v1/connect"
+    with connect(url) as ws:
+        ws.send(hello_frame(ident["node_id"], ident["credential"], protocol))
+        welcome = decode(ws.recv(timeout=10), SERVER_MESSAGES)
+        assert isinstance(welcome, Welcome) and welcome.protocol == protocol
+        ws.send(encode(Ping()))
+        # Then a frame the server must refuse: what arrives first tells whether a pong
+        # came before the close, without waiting for an absence.
+        ws.send(encode(Output("00000000-0000-0000-0000-000000000000", "stdout", 0, "x")))
+        try:
+            first: object = ws.recv(timeout=10)
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None and exc.rcvd.code == CloseCode.UNEXPECTED
+            first = "closed"
+    assert (first == encode(Pong())) is answered, first
+    assert answered or first == "closed"

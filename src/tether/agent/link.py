@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import pwd
+import socket
 import time
 from pathlib import Path
 from typing import Optional
@@ -76,6 +78,7 @@ class Agent:
         self.running: dict[str, Execution] = {}
         self.ws: Optional[ClientConnection] = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._clock: Optional[Keepalive] = None
         self._fingerprint = ""
 
     # -- lifecycle ---------------------------------------------------------
@@ -112,7 +115,7 @@ class Agent:
         except InvalidURI as exc:
             raise FatalLinkError(str(exc)) from None
         async with ws:
-            await ws.send(encode(Hello(PROTOCOL_VERSION, self.identity.node_id,
+            await ws.send(encode(Hello(_protocol_version(), self.identity.node_id,
                                        self.identity.credential, __version__)))
             try:
                 welcome = decode(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT),
@@ -147,8 +150,16 @@ class Agent:
                                  f"(close code {rcvd.code})") from None
 
     async def _serve(self, ws: ClientConnection, welcome: Welcome) -> None:
+        answered = welcome.protocol < 2
+        if not answered:
+            # The server's TCP ACK of our ping is the answer: the kernel drops the
+            # connection when anything we sent stays unacknowledged this long.
+            sock = ws.transport.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(welcome.keepalive_timeout * 1000))
         keepalive = Keepalive(welcome.keepalive_interval, welcome.keepalive_timeout,
-                              time.monotonic(), probing=True)
+                              time.monotonic(), probing=True, answered=answered)
+        self._clock = keepalive
         self._fingerprint = ""
         await self._send_inventory_if_changed(ws)
         await self._resend_spool()
@@ -197,6 +208,8 @@ class Agent:
             return
         with contextlib.suppress(ConnectionClosed):
             await ws.send(encode(message))
+            if self._clock is not None:
+                self._clock.sent(time.monotonic())
 
     # -- messages ----------------------------------------------------------
 
@@ -274,7 +287,16 @@ class Agent:
             await self.send(result)
 
 
+def _protocol_version() -> int:
+    """Protocol 2 needs TCP_USER_TIMEOUT (Linux); elsewhere speak 1 (ping and pong)."""
+    return PROTOCOL_VERSION if hasattr(socket, "TCP_USER_TIMEOUT") else 1
+
+
 def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, ConnectionClosed) and exc.rcvd is None \
+            and isinstance(cause, OSError) and cause.errno == errno.ETIMEDOUT:
+        return "no answer from the server: what we sent stayed unacknowledged"
     if isinstance(exc, ConnectionClosed):
         frame = exc.rcvd
         if frame is not None:

@@ -13,6 +13,7 @@ from tether import __version__
 from tether.cli import commands, fleet
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail
+from tether.server.config import DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT
 
 EXIT_API = 3
 Handler = Callable[[Client, argparse.Namespace], int]
@@ -33,10 +34,13 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                    "127.0.0.1; use 0.0.0.0 to serve devices on the network)")
     s.add_argument("--port", type=int, default=8720, help="port (default 8720; 0 picks one)")
-    s.add_argument("--keepalive-interval", type=float, default=60.0, metavar="SECONDS",
-                   help="agents probe after this much silence (default 60)")
-    s.add_argument("--keepalive-timeout", type=float, default=20.0, metavar="SECONDS",
-                   help="a link silent for interval + timeout is ConnectionLost (default 20)")
+    s.add_argument("--keepalive-interval", type=float, default=DEFAULT_KEEPALIVE_INTERVAL,
+                   metavar="SECONDS", help="agents send a keepalive after this much silence "
+                   f"(default {DEFAULT_KEEPALIVE_INTERVAL:g}; see docs/benchmarks.md for "
+                   "the traffic each setting costs)")
+    s.add_argument("--keepalive-timeout", type=float, default=DEFAULT_KEEPALIVE_TIMEOUT,
+                   metavar="SECONDS", help="a link silent for interval + timeout is "
+                   f"ConnectionLost (default {DEFAULT_KEEPALIVE_TIMEOUT:g})")
     s.add_argument("--output-cap", type=int, default=16 * 1024 * 1024, metavar="BYTES",
                    help="default bytes kept per output stream (default 16 MiB)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

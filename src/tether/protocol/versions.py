@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from tether.protocol.errors import CloseCode, ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = range(1, PROTOCOL_VERSION + 1)
+# History: 1 - ping answered by pong. 2 - ping not answered; the agent relies on
+# TCP_USER_TIMEOUT (the server's ACK is the answer), halving idle traffic.
 
 
 def check_version(agent_version: int, supported: range = SUPPORTED_VERSIONS) -> int:

@@ -146,7 +146,8 @@ class Dispatcher:
 
     async def handle(self, conn: AgentConnection, message: Message) -> None:
         if isinstance(message, Ping):
-            conn.send(Pong())
+            if conn.protocol < 2:  # protocol 2 agents take the TCP ACK as the answer
+                conn.send(Pong())
         elif isinstance(message, Inventory):
             body: dict[str, Any] = dataclasses.asdict(message)
             await self.store.update_inventory(conn.node_id, body)

@@ -68,7 +68,7 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         with contextlib.suppress(Exception):
             await ws.close(exc.code, exc.reason)
         return
-    conn = AgentConnection(hello.node_id, peer, ws)
+    conn = AgentConnection(hello.node_id, peer, ws, hello.protocol)
     old = registry.add(conn)
     if old is not None:
         old.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")

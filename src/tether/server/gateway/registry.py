@@ -24,8 +24,9 @@ _CLOSE = object()
 
 
 class AgentConnection:
-    def __init__(self, node_id: str, peer: str | None, ws: WebSocket) -> None:
+    def __init__(self, node_id: str, peer: str | None, ws: WebSocket, protocol: int) -> None:
         self.node_id = node_id
+        self.protocol = protocol
         self.peer = peer
         self.ws = ws
         self.last_received = time.monotonic()
