@@ -146,3 +146,21 @@ def test_regression_poll_at_next_deadline_can_do_nothing(interval: float, timeou
                                                   start: float, probing: bool) -> None:
     ka = Keepalive(interval, timeout, start, probing=probing)
     assert ka.poll(ka.next_deadline()) is not Action.NONE
+
+
+def test_protocol_2_agent_pings_after_sending_nothing_for_an_interval() -> None:
+    ka = Keepalive(10.0, 5.0, 0.0, probing=True, answered=False)
+    assert ka.next_deadline() == 10.0
+    ka.sent(4.0)  # any frame sent proves life to the server
+    ka.received(9.0)  # frames received do not: the server needs to hear from us
+    assert ka.poll(13.9) is Action.NONE
+    assert ka.poll(ka.next_deadline()) is Action.SEND_PING
+    assert ka.next_deadline() == 24.0  # the ping itself counts as sent
+    assert ka.poll(1000.0) is Action.SEND_PING  # never DEAD: the kernel judges the link
+
+
+def test_protocol_2_server_side_declares_death_after_interval_plus_timeout() -> None:
+    ka = Keepalive(10.0, 5.0, 0.0, probing=False, answered=False)
+    ka.received(2.0)
+    assert ka.poll(16.9) is Action.NONE
+    assert ka.poll(ka.next_deadline()) is Action.DEAD
