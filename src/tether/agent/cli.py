@@ -18,6 +18,8 @@ from typing import Optional
 
 from tether import __version__
 from tether.agent.backoff import DEFAULT_BASE, DEFAULT_CAP, Backoff
+from tether.agent.doctor import DEFAULT_TIMEOUT as DOCTOR_TIMEOUT
+from tether.agent.doctor import run as run_doctor
 from tether.agent.link import INVENTORY_CHECK_INTERVAL, Agent, FatalLinkError
 from tether.agent.registration import RegistrationFailed, register
 from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
@@ -73,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show this device's identity")
     st.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
+
+    dr = sub.add_parser("doctor", help="check, step by step, that this device can reach its server",
+                        description="Check the identity, name resolution, route, TCP, TLS, "
+                                    "WebSocket, authentication and clock toward the server, "
+                                    "in that order, with a hint for each failure. The "
+                                    "authentication check briefly takes over a running "
+                                    "agent's connection; the agent reconnects by itself.")
+    dr.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
+    dr.add_argument("--json", action="store_true",
+                    help="print a JSON list of {check, ok, status, detail, hint}")
+    dr.add_argument("--timeout", type=float, default=DOCTOR_TIMEOUT, metavar="SECONDS",
+                    help=f"for each network step (default {DOCTOR_TIMEOUT:g})")
     return p
 
 
@@ -137,6 +151,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    return run_doctor(args.state_dir, as_json=args.json, timeout=args.timeout)
+
+
 def _status(args: argparse.Namespace) -> int:
     identity = load_identity(args.state_dir)
     if identity is None:
@@ -148,7 +166,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"register": _register, "run": _run, "status": _status}[args.action]
+    handler = {"register": _register, "run": _run, "status": _status,
+               "doctor": _doctor}[args.action]
     return handler(args)
 
 

@@ -40,6 +40,9 @@ class Hello(Message):
     node_id: str
     credential: str
     agent_version: str
+    # A check (tether-agent doctor), not a session: the server authenticates,
+    # welcomes and closes, leaving the node's real connection alone.
+    probe: bool = False
 
     def __post_init__(self) -> None:
         if not is_node_id(self.node_id):

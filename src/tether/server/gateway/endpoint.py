@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket
 
 from tether import __version__
 from tether.protocol.errors import CloseCode, ProtocolError
-from tether.protocol.messages import AGENT_MESSAGES, Hello, Welcome, decode
+from tether.protocol.messages import AGENT_MESSAGES, Hello, Welcome, decode, encode
 from tether.protocol.versions import check_version
 from tether.server.config import Settings
 from tether.server.dispatch.dispatcher import Dispatcher
@@ -57,6 +57,12 @@ async def _handshake(ws: WebSocket, store: Store) -> Hello:
     return hello
 
 
+def _welcome(hello: Hello, settings: Settings) -> Welcome:
+    return Welcome(protocol=hello.protocol, server_version=__version__,
+                   keepalive_interval=settings.keepalive_interval,
+                   keepalive_timeout=settings.keepalive_timeout)
+
+
 async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry: Registry,
                       dispatcher: Dispatcher) -> None:
     await ws.accept()
@@ -68,14 +74,17 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         with contextlib.suppress(Exception):
             await ws.close(exc.code, exc.reason)
         return
+    if hello.probe:
+        with contextlib.suppress(Exception):
+            await ws.send_text(encode(_welcome(hello, settings)))
+            await ws.close(CloseCode.NORMAL, "probe answered")
+        return
     conn = AgentConnection(hello.node_id, peer, ws, hello.protocol)
     old = registry.add(conn)
     if old is not None:
         old.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
     writer = asyncio.create_task(conn.run_writer())
-    conn.send(Welcome(protocol=hello.protocol, server_version=__version__,
-                      keepalive_interval=settings.keepalive_interval,
-                      keepalive_timeout=settings.keepalive_timeout))
+    conn.send(_welcome(hello, settings))
     try:
         await dispatcher.node_connected(conn)
         while not conn.closing:
