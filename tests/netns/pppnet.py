@@ -11,8 +11,10 @@ Why this shape: in the field the device's only address is on a point-to-point
 link from an LTE dongle, the operator's server sits behind the carrier, and the
 server sees the device's own address. The kernel here has no ppp, so the link
 is a pair of tun devices joined by ``tunlink.py``, which also lets tests count,
-cut and restore it. Nothing has a route outside these namespaces, and the
-device resolves the server's name through its own ``/etc/netns/<ns>/hosts``
+cut and restore it, and shape it like a cellular link (``shape``: latency,
+jitter, loss, a bandwidth cap), repeatably when the network has a ``seed``.
+Nothing has a route outside these namespaces, and the device resolves the
+server's name through its own ``/etc/netns/<ns>/hosts``
 (``ip netns exec`` bind-mounts it over ``/etc/hosts``), as a device would.
 
 Everything created is removed by ``close()``, also after a failed test; the
@@ -44,6 +46,8 @@ CARRIER_LAN_ADDR = "10.65.0.2"
 SERVER_ADDR = "10.65.0.1"
 SERVER_NAME = "tether.carrier.internal"
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+# The relay's end A is the device: its a_to_b pipe carries what the device sends.
+LINK_DIRECTIONS = {"both": "both", "uplink": "a_to_b", "downlink": "b_to_a"}
 
 
 class NetnsUnavailable(RuntimeError):
@@ -124,8 +128,10 @@ class PppNetwork:
 
     _serial = itertools.count()
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
+        """``seed`` makes the link's random loss and jitter repeatable."""
         n = next(self._serial)
+        self.seed = seed
         tag = f"{os.getpid()}-{n}"  # the pid keeps parallel runs apart
         self.device_ns = f"tether-dev-{tag}"
         self.carrier_ns = f"tether-car-{tag}"
@@ -184,9 +190,64 @@ class PppNetwork:
     # -- the link -----------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Relay counters; uplink is device -> carrier, downlink the other way."""
+        """Relay counters; uplink is device -> carrier, downlink the other way.
+
+        Each direction: ``packets`` and ``bytes`` delivered (whole IP packets),
+        ``dropped`` with ``dropped_by`` reason (cut, loss, queue, write),
+        ``queued`` (in flight now) and its ``shape`` settings.
+        """
         raw = self._control("stats")
         return {"cut": raw["cut"], "uplink": raw["a_to_b"], "downlink": raw["b_to_a"]}
+
+    def reset_stats(self) -> None:
+        """Zero every counter (and the trace), both ways; effective on return."""
+        self._control("reset-stats")
+
+    def shape(self, latency_ms: float | None = None, jitter_ms: float | None = None,
+              loss: float | None = None, rate_kbit: float | None = None,
+              queue_bytes: int | None = None, direction: str = "both") -> None:
+        """Make the link behave like a cellular one; what is not given stays as it is.
+
+        ``latency_ms`` is the one-way delay of each packet, uniform within
+        ``latency_ms +- jitter_ms`` (never reordered); ``loss`` a percentage of
+        packets dropped at random; ``rate_kbit`` a cap in kbit/s (1000 bit/s)
+        with a queue of ``queue_bytes`` (tunlink's default if not given), beyond
+        which packets drop. 0 turns a setting off. ``direction`` is ``both``,
+        ``uplink`` (device -> carrier) or ``downlink``. Effective on return, for
+        packets entering the link from then on.
+        """
+        where = LINK_DIRECTIONS[direction]
+        if jitter_ms is not None and latency_ms is None:
+            raise ValueError("jitter_ms needs latency_ms")
+        if queue_bytes is not None and rate_kbit is None:
+            raise ValueError("queue_bytes needs rate_kbit")
+        if latency_ms is not None:
+            self._control(f"latency {where} {latency_ms} {jitter_ms or 0}")
+        if loss is not None:
+            self._control(f"loss {where} {loss}")
+        if rate_kbit is not None:
+            queue = "" if queue_bytes is None else f" {queue_bytes}"
+            self._control(f"rate {where} {rate_kbit}{queue}")
+
+    def unshape(self, direction: str = "both") -> None:
+        """No latency, loss or rate cap any more (a cut stays a cut)."""
+        self._control(f"clear {LINK_DIRECTIONS[direction]}")
+
+    def reseed(self, seed: int) -> None:
+        """Restart the link's random draws (loss, jitter) from ``seed``."""
+        self._control(f"seed {seed}")
+
+    def trace(self, on: bool = True, max_packets: int = 10000) -> None:
+        """Start (afresh) or stop recording each packet the link delivers."""
+        self._control(f"trace on {max_packets}" if on else "trace off")
+
+    def traced(self) -> list[dict[str, Any]]:
+        """Packets delivered while tracing, oldest first: ``t`` (monotonic s),
+        ``dir`` (``uplink``/``downlink``), ``len`` (IP bytes), ``proto`` and, for
+        TCP, ``flags`` (e.g. ``"PA"``) and ``payload`` bytes."""
+        names = {v: k for k, v in LINK_DIRECTIONS.items()}
+        packets: list[dict[str, Any]] = self._control("trace dump")["packets"]
+        return [{**p, "dir": names[p["dir"]]} for p in packets]
 
     def cut(self) -> None:
         """Drop every packet both ways, like losing the radio; effective on return."""
@@ -225,7 +286,8 @@ class PppNetwork:
         tun_dev, tun_car = self._tun_names
         self._relay = subprocess.Popen(
             [sys.executable, str(TUNLINK), "--a", tun_dev, "--b", tun_car,
-             "--control", self._control_path],
+             "--control", self._control_path,
+             *(() if self.seed is None else ("--seed", str(self.seed)))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, start_new_session=True)
         assert self._relay.stdout is not None
