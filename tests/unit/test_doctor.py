@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Response
 from websockets.sync.server import ServerConnection, serve
 
+import tether.agent.doctor
 from tether.agent.doctor import (
     CHECKS,
     DATE_AGE,
@@ -50,6 +51,7 @@ from tether.agent.doctor import (
     judge_clock,
     judge_identity,
     judge_permissions,
+    judge_probe_end,
     parse_hosts,
     parse_resolv_conf,
     render_json,
@@ -359,6 +361,35 @@ def test_close_codes_are_explained() -> None:
     assert odd.detail == "closed by the server: close code (4999)" and odd.hint is None
 
 
+WELCOME = Welcome(2, "9.9.9", 60.0, 20.0)
+WELCOMED = f"welcome for {NODE}: server 9.9.9, protocol 2, keepalive 60 s + 20 s"
+
+
+def test_a_probe_closed_normally_after_the_welcome_passes() -> None:
+    assert judge_probe_end(WELCOME, NODE, True, 1000, "probe answered") == CheckResult(
+        "auth", Status.PASS, WELCOMED)
+
+
+def test_a_server_that_keeps_the_probe_open_predates_probes() -> None:
+    kept = judge_probe_end(WELCOME, NODE, False)
+    assert kept.status is Status.WARN
+    assert kept.detail.startswith(WELCOMED + "; but the server kept the connection open")
+    assert "predates probe hellos" in kept.detail
+    assert kept.hint is not None and "replaced (close code 4005)" in kept.hint
+    assert "upgrade the server" in kept.hint
+
+
+def test_any_other_end_of_a_welcomed_probe_is_a_warning() -> None:
+    going = judge_probe_end(WELCOME, NODE, True, 1001, "shutting down")
+    assert going.status is Status.WARN
+    assert going.detail == f"{WELCOMED}; then closed by the server: GOING_AWAY (1001): " \
+                           "shutting down"
+    assert going.hint is not None and "shutting down" in going.hint
+    dropped = judge_probe_end(WELCOME, NODE, True, None)
+    assert dropped.status is Status.WARN
+    assert dropped.detail == f"{WELCOMED}; then the connection dropped without a close"
+
+
 def test_upgrade_failure() -> None:
     url = "ws://s/agent/v1/connect"
     missing = upgrade_failure(url, InvalidStatus(Response(404, "Not Found", Headers())), 5)
@@ -495,10 +526,15 @@ def test_refused_port_on_loopback(tmp_path: Path) -> None:
 
 
 class FakeServer:
-    """The tether server's side of the handshake, and a record of what the doctor did."""
+    """The tether server's side of the handshake, and a record of what the doctor did.
 
-    def __init__(self, close_code: Optional[int]) -> None:
-        self.close_code = close_code  # None: answer welcome
+    ``mode``: "probe" answers a probe hello as the server does (welcome, then
+    close 1000); "session" predates probes and keeps the connection after
+    the welcome; "refuse" closes with AUTH_FAILED.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
         self.hellos: list[Hello] = []
         self.after_hello: list[Any] = []
         self.closed_with: Optional[int] = None
@@ -509,10 +545,13 @@ class FakeServer:
             hello = decode(ws.recv(timeout=5), {"hello": Hello})
             assert isinstance(hello, Hello)
             self.hellos.append(hello)
-            if self.close_code is not None:
-                ws.close(self.close_code, "unknown node or wrong credential for " + NODE)
+            if self.mode == "refuse":
+                ws.close(CloseCode.AUTH_FAILED, "unknown node or wrong credential for " + NODE)
                 return
-            ws.send(encode(Welcome(2, "9.9.9", 60.0, 20.0)))
+            ws.send(encode(WELCOME))
+            if self.mode == "probe" and hello.probe:
+                ws.close(CloseCode.NORMAL, "probe answered")
+                return
             while True:
                 self.after_hello.append(ws.recv(timeout=5))
         except ConnectionClosed as exc:
@@ -521,7 +560,7 @@ class FakeServer:
             self.done.set()
 
 
-@pytest.fixture(params=[None, int(CloseCode.AUTH_FAILED)], ids=["welcome", "auth-failed"])
+@pytest.fixture
 def fake_server(request: pytest.FixtureRequest) -> Iterator[tuple[FakeServer, int]]:
     fake = FakeServer(request.param)
     with serve(fake.handler, "127.0.0.1", 0) as server:
@@ -532,24 +571,48 @@ def fake_server(request: pytest.FixtureRequest) -> Iterator[tuple[FakeServer, in
         thread.join(5)
 
 
-def test_hello_then_a_normal_close_and_nothing_else(
+@pytest.mark.parametrize("fake_server", ["probe", "refuse"], indirect=True)
+def test_a_probe_hello_and_the_servers_close(
         tmp_path: Path, fake_server: tuple[FakeServer, int]) -> None:
     fake, port = fake_server
+    started = time.monotonic()
     results = list(iter_checks(make_state(tmp_path, f"http://127.0.0.1:{port}"), 5))
     assert fake.done.wait(5)
     (hello,) = fake.hellos
-    assert (hello.node_id, hello.credential) == (NODE, "secret")
+    assert (hello.node_id, hello.credential, hello.probe) == (NODE, "secret", True)
     auth = results[CHECKS.index("auth")]
-    if fake.close_code is None:
+    if fake.mode == "probe":
         assert statuses(results) == {**{c: "pass" for c in CHECKS}, "tls": "n/a"}, results
-        assert auth.detail == (f"welcome for {NODE}: server 9.9.9, protocol 2, keepalive "
-                               "60 s + 20 s")
-        assert fake.after_hello == [] and fake.closed_with == 1000
+        assert auth.detail == WELCOMED
+        # The server's close after the welcome is the expected end: nothing else
+        # was sent, and the timeout was not waited out.
+        assert fake.after_hello == []
+        assert time.monotonic() - started < 5
     else:
         assert auth.status is Status.FAIL and "AUTH_FAILED (4003)" in auth.detail, auth
         assert results[CHECKS.index("clock")].status is Status.PASS  # read over plain HTTP
     # The websockets server answers a plain GET with 426 and a Date header.
     assert "clocks agree" in results[CHECKS.index("clock")].detail
+
+
+@pytest.mark.parametrize("fake_server", ["session"], indirect=True)
+def test_a_server_that_predates_probes_gets_a_warning_and_a_normal_close(
+        tmp_path: Path, fake_server: tuple[FakeServer, int]) -> None:
+    fake, port = fake_server
+    results = list(iter_checks(make_state(tmp_path, f"http://127.0.0.1:{port}"), 1))
+    assert fake.done.wait(5)
+    auth = results[CHECKS.index("auth")]
+    assert auth.status is Status.WARN, auth
+    assert "predates probe hellos" in auth.detail
+    assert exit_code(results) == 0
+    # After the timeout the doctor closes (1000) and accepts nothing it was offered.
+    assert fake.after_hello == [] and fake.closed_with == 1000
+
+
+def test_the_package_exports_what_it_lists() -> None:
+    names = tether.agent.doctor.__all__
+    assert names == sorted(names, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
+    assert all(hasattr(tether.agent.doctor, n) for n in names)
 
 
 @pytest.fixture(scope="module")

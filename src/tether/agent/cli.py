@@ -80,8 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                         description="Check the identity, name resolution, route, TCP, TLS, "
                                     "WebSocket, authentication and clock toward the server, "
                                     "in that order, with a hint for each failure. The "
-                                    "authentication check briefly takes over a running "
-                                    "agent's connection; the agent reconnects by itself.")
+                                    "authentication check sends a probe hello, which the "
+                                    "server answers without touching a running agent's "
+                                    "connection.")
     dr.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
     dr.add_argument("--json", action="store_true",
                     help="print a JSON list of {check, ok, status, detail, hint}")
