@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import http.client
+import os
+import re
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -75,3 +78,48 @@ def test_the_installer_names_this_server_and_refuses_a_forged_host(server: Serve
             assert f"SERVER='{server.url}'" in body
         else:
             assert resp.status == 400 and "bad_host" in body
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root for a private mount namespace")
+def test_where_systemd_runs_the_installer_writes_enables_and_starts_a_unit(
+        fetched: Server, tmp_path: Path) -> None:
+    """No systemd runs in this sandbox, so its two touch points are stood in for.
+
+    In a private mount namespace, /run/systemd/system (how the installer tells that
+    systemd runs) and /etc/systemd/system are fresh tmpfs folders, and a recording
+    ``systemctl`` comes first on PATH. The unit's ExecStart is then run for real.
+    """
+    act_id, code = fetched.activation()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "systemctl.calls"
+    (fake_bin / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (fake_bin / "systemctl").chmod(0o755)
+    prefix, state, unit = tmp_path / "prefix", tmp_path / "state", tmp_path / "unit"
+    script = (
+        "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/systemd/system; "
+        "mount -t tmpfs tmpfs /etc/systemd/system; "
+        f"curl -fsS {fetched.url}/agent/install.sh | sh -s -- --activation-id {act_id} "
+        f"--activation-code {code} --prefix {prefix} --state-dir {state} "
+        f"--python {sys.base_prefix}/bin/python3 --run-as nobody; "
+        f"cp /etc/systemd/system/tether-agent.service {unit}")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             script], capture_output=True, text=True, timeout=120,
+                            env={"PATH": f"{fake_bin}:/usr/bin:/bin:/usr/sbin:/sbin"})
+    assert result.returncode == 0, result.stderr
+    assert "systemd unit tether-agent enabled and (re)started" in result.stdout
+    assert calls.read_text().splitlines() == ["daemon-reload", "enable tether-agent",
+                                              "restart tether-agent"]
+    text = unit.read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    argv = exec_start.removeprefix("ExecStart=").split()
+    assert argv == [f"{prefix}/venv/bin/tether-agent", "run", "--state-dir", str(state),
+                    "--run-as", "nobody"]
+    assert "Restart=always" in text and "WantedBy=multi-user.target" in text
+    node_id = re.search(r"mi-[0-9a-f]{17}", result.stdout).group(0)  # type: ignore[union-attr]
+    agent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        fetched.wait_node(node_id, lambda n: n["ping_status"] == "Online")
+    finally:
+        agent.terminate()
+        agent.wait(10)
