@@ -17,7 +17,7 @@ How the agent learns that the link died differs by protocol version:
   TCP_USER_TIMEOUT to ``timeout``, so its kernel drops the connection when a
   ping stays unacknowledged that long. One small frame and one bare ACK per
   interval is within 20 % of the cheapest possible TCP keepalive exchange,
-  where a ping/pong pair costs about 1.6 times as much (docs/benchmarks.md).
+  where a ping/pong pair costs about 1.8 times it (docs/benchmarks.md).
 """
 
 from __future__ import annotations
