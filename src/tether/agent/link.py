@@ -79,6 +79,7 @@ class Agent:
         self.ws: Optional[ClientConnection] = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._clock: Optional[Keepalive] = None
+        self._synced: set[str] = set()
         self._fingerprint = ""
 
     # -- lifecycle ---------------------------------------------------------
@@ -161,6 +162,7 @@ class Agent:
                               time.monotonic(), probing=True, answered=answered)
         self._clock = keepalive
         self._fingerprint = ""
+        self._synced = set()  # invocations whose spool this link has caught up
         await self._send_inventory_if_changed(ws)
         await self._resend_spool()
         watchers = [asyncio.ensure_future(self._keepalive(ws, keepalive)),
@@ -236,6 +238,7 @@ class Agent:
                 await self._resend(inv)
             return
         folder = self.spool.record(command)
+        self._synced.add(inv)  # nothing spooled yet: its output may go out live
         await self.send(Accepted(inv))
         execution = Execution(command, folder, self.identity.node_id, self._on_output,
                               self.run_as)
@@ -255,34 +258,51 @@ class Agent:
                             reason=f"agent error: {exc}")
         self.spool.save_result(result)
         del self.running[inv]
-        await self.send(result)
+        await self._send_result(result)
         for evicted in self.spool.evict_over_cap(set(self.running)):
             log.warning("spool over its cap: output of %s evicted", evicted.invocation_id)
-            await self.send(evicted)
+            await self._send_result(evicted)
 
     async def _on_output(self, invocation_id: str, stream: str, offset: int,
                          data: bytes) -> None:
-        await self.send(Output.from_bytes(invocation_id, stream, offset, data))
+        if invocation_id in self._synced:
+            await self.send(Output.from_bytes(invocation_id, stream, offset, data))
+
+    async def _send_result(self, result: Result) -> None:
+        if result.invocation_id in self._synced:
+            await self.send(result)
 
     async def _resend_spool(self) -> None:
         for invocation_id in self.spool.pending():
             await self._resend(invocation_id)
 
     async def _resend(self, invocation_id: str) -> None:
-        """Upload everything spooled for one invocation, then its result if it has one."""
+        """Upload everything spooled for one invocation, then its result if it has one.
+
+        Until this catches up, live output and the result of this invocation are
+        held back (they are in the spool, and this loop sends them): each stream
+        then reaches the server in order, so a full-length output file on the
+        server never hides a gap that a later slice would still fill.
+        """
+        offsets = dict.fromkeys(STREAMS, 0)
+        progressed = True
+        while progressed:
+            progressed = False
+            for stream in STREAMS:
+                end = self.spool.stream_size(invocation_id, stream)
+                while offsets[stream] < end:
+                    data = self.spool.read_stream(invocation_id, stream, offsets[stream],
+                                                  min(UPLOAD_CHUNK, end - offsets[stream]))
+                    if not data:
+                        break
+                    await self.send(Output.from_bytes(invocation_id, stream,
+                                                      offsets[stream], data))
+                    offsets[stream] += len(data)
+                    progressed = True
+        # Caught up, with no await since the last size check: from here on the
+        # runner's own sends carry this invocation.
+        self._synced.add(invocation_id)
         result = self.spool.load_result(invocation_id)
-        for stream in STREAMS:
-            end = self.spool.stream_size(invocation_id, stream)
-            if result is not None:
-                end = min(end, getattr(result, f"{stream}_size"))
-            offset = 0
-            while offset < end:
-                data = self.spool.read_stream(invocation_id, stream, offset,
-                                              min(UPLOAD_CHUNK, end - offset))
-                if not data:
-                    break
-                await self.send(Output.from_bytes(invocation_id, stream, offset, data))
-                offset += len(data)
         if result is not None:
             await self.send(result)
 
