@@ -33,6 +33,7 @@ PRODUCT CONTRACT under test (docs/protocol.md: Delivery guarantees, Keepalive):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -402,3 +403,32 @@ def test_queue_for_offline_node_delivered_in_order_and_expired_never_run(
         assert inv["status"] == "DeliveryTimedOut" and inv["started_at"] is None, inv
         assert not (out_dir / f"expired-{k}").exists(), f"expired command {k} ran"
 
+
+
+# -- 4. the agent killed during a command --------------------------------------------------
+
+
+def test_agent_killed_mid_command_reports_failed_and_never_runs_it_again(
+        field: Field) -> None:
+    start_online(field)
+    runs, pid = field.device_tmp / "killed-runs", field.device_tmp / "killed-pid"
+    command_id = field.submit(f"echo start >> {runs}; echo $$ > {pid}; sleep 30")
+    field.wait_invocation(command_id, {"InProgress"}, timeout=30)
+    agent = field.procs.pop()  # start_agent appended it last
+    os.killpg(agent.pid, signal.SIGKILL)
+    agent.wait(10)
+    proc, field.watchers["agent"] = field.net.spawn(field.net.device_ns, [
+        sys.executable, "-m", "tether.agent", "run", "--state-dir", str(field.tmp / "agent"),
+        "--reconnect-cap", f"{RECONNECT_CAP:g}"], env=clean_env())
+    field.procs.append(proc)
+    inv = field.wait_invocation(command_id, {"Failed", "Success", "TimedOut"}, timeout=30)
+    assert inv["status"] == "Failed"
+    assert inv["reason"] == "agent restarted during execution"
+    # A later command completing proves the agent is past any re-delivery.
+    later = field.submit("echo later")
+    assert field.wait_invocation(later, {"Success", "Failed"}, timeout=30)["status"] \
+        == "Success"
+    assert runs.read_text().splitlines() == ["start"]
+    # The killed agent's script (its own process group) is the test's to clean up.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(int(pid.read_text()), signal.SIGKILL)
