@@ -129,3 +129,20 @@ def test_spool_over_its_cap_evicts_oldest_output_and_the_server_is_told(
     assert inv["stdout_size"] < 5000
     assert "evicted from the device's spool" in inv["reason"]
     agent.stop()
+
+
+def test_a_command_stored_but_not_yet_delivered_survives_a_server_kill(
+        own_server: Server, tmp_path: Path) -> None:
+    """Stored, then the server dies before any agent got it: delivered after restart."""
+    server = own_server
+    agent = Agent(server, tmp_path / "a").register()  # registered, not connected
+    cmd = server.cli("run", "--target", agent.node_id, "--no-wait", "--", "echo delivered")
+    server.stop(signal.SIGKILL)
+    server.start()
+    agent.start().connected()
+    done = wait_terminal(server, cmd["command_id"])
+    assert done["invocations"][0]["status"] == "Success"
+    out = server.cli_raw("commands", "output", cmd["command_id"], agent.node_id,
+                         "--stream", "stdout")
+    assert out.stdout == "delivered\n"
+    agent.stop()
