@@ -18,6 +18,8 @@ from tether.cli.parsing import parse_duration
 
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
 POLL_WAIT = 25.0
+# Above this many nodes, progress is a line of counts, not a line per node.
+PER_NODE_PROGRESS = 50
 
 
 def _script(args: argparse.Namespace) -> str:
@@ -69,16 +71,24 @@ def run(c: Client, args: argparse.Namespace) -> int:
 
 
 def _wait(c: Client, command: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """Follow a command: one line per node change, or per count change for a big fleet."""
+    path = f"/commands/{command['command_id']}"
+    per_node = len(command["invocations"]) <= PER_NODE_PROGRESS
     seen: dict[str, str] = {}
+    last_counts = ""
     while True:
-        for inv in command["invocations"]:
-            if not quiet and seen.get(inv["node_id"]) != inv["status"]:
-                print(f"  {inv['node_id']}  {inv['status']}", file=sys.stderr)
-            seen[inv["node_id"]] = inv["status"]
+        if per_node:
+            for inv in command["invocations"]:
+                if not quiet and seen.get(inv["node_id"]) != inv["status"]:
+                    print(f"  {inv['node_id']}  {inv['status']}", file=sys.stderr)
+                seen[inv["node_id"]] = inv["status"]
+        elif not quiet and _counts(command) != last_counts:
+            last_counts = _counts(command)
+            print(f"  {last_counts}", file=sys.stderr)
         if command["status"] in TERMINAL:
-            return command
-        command = c.get(f"/commands/{command['command_id']}", after=command["version"],
-                        wait=POLL_WAIT)
+            return command if per_node else c.get(path)
+        command = c.get(path, after=command["version"], wait=POLL_WAIT,
+                        invocations=str(per_node).lower())
 
 
 def _outputs(c: Client, cid: str, inv: dict[str, Any]) -> dict[str, bytes]:

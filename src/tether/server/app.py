@@ -26,6 +26,7 @@ from tether.server.gateway.endpoint import serve_agent
 from tether.server.gateway.registry import Registry
 from tether.server.state import ServerState
 from tether.server.store import open_store
+from tether.server.store.writer import GroupWriter
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ async def start(settings: Settings) -> ServerState:
     registry = Registry()
     watch = CommandWatch()
     blobs = FolderBlobStore(settings.blob_dir)
-    dispatcher = Dispatcher(store, blobs, InProcessBus(registry), watch)
+    writer = GroupWriter(store)
+    writer.start()
+    dispatcher = Dispatcher(store, blobs, InProcessBus(registry), watch, writer)
     bundle = AgentBundle(settings.agent_bundle_dir)
     await asyncio.to_thread(bundle.prepare)
     return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle)
@@ -91,6 +94,7 @@ def build_app(settings: Settings) -> FastAPI:
         yield
         sweeper.cancel()
         s.registry.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await s.dispatcher.writer.stop()
         await s.store.close()
 
     app = FastAPI(title="tether", version=__version__, lifespan=lifespan,

@@ -186,11 +186,23 @@ async def list_commands(s: State, _who: Operator,
 async def show_command(command_id: str, s: State, _who: Operator,
                        after: Annotated[int | None, Query(ge=0)] = None,
                        wait: Annotated[float, Query(ge=0, le=60)] = 0,
+                       invocations: bool = True,
                        ) -> dict[str, Any]:
-    """With ``after`` and ``wait``, answer once the command changed past version ``after``."""
+    """With ``after`` and ``wait``, answer once the command changed past version ``after``.
+
+    ``invocations=false`` leaves the per-node list out (counts stay): what a client
+    following a fan-out to thousands of nodes needs on every change.
+    """
     if after is not None and wait > 0:
         await s.watch.wait(command_id, after, wait)
-    return await _detail(s, command_id)
+    if invocations:
+        return await _detail(s, command_id)
+    version = s.watch.version(command_id)
+    command = await s.store.get_command(command_id)
+    if command is None:
+        raise ApiError(404, "command_not_found", f"no command {command_id}")
+    counts = (await s.store.status_counts([command_id]))[command_id]
+    return {**_summary(command, counts), "version": version, "invocations": []}
 
 
 @router.post("/commands/{command_id}/cancel", response_model=models.CommandDetail,

@@ -36,6 +36,7 @@ from tether.server.dispatch.watch import CommandWatch
 from tether.server.gateway.registry import AgentConnection
 from tether.server.store import NodeFilter, Store
 from tether.server.store.store import CONNECTION_LOST, ONLINE, Row
+from tether.server.store.writer import GroupWriter
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ class CommandSpec:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, blobs: BlobStore, bus: Bus, watch: CommandWatch) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, bus: Bus, watch: CommandWatch,
+                 writer: GroupWriter) -> None:
         self.store = store
+        self.writer = writer
         self.blobs = blobs
         self.bus = bus
         self.watch = watch
@@ -132,7 +135,7 @@ class Dispatcher:
     # -- agent side --------------------------------------------------------
 
     async def node_connected(self, conn: AgentConnection) -> None:
-        await self.store.set_presence(conn.node_id, ONLINE, time.time(), conn.peer)
+        await self._presence(conn.node_id, ONLINE, time.time(), conn.peer)
         for row in await self.store.deliverable(conn.node_id, time.time()):
             self._owners[row["invocation_id"]] = Owner(row["command_id"], conn.node_id,
                                                        row["output_cap"])
@@ -142,7 +145,12 @@ class Dispatcher:
                 conn.send(Cancel(row["invocation_id"]))
 
     async def node_disconnected(self, conn: AgentConnection) -> None:
-        await self.store.set_presence(conn.node_id, CONNECTION_LOST, conn.last_received_wall)
+        await self._presence(conn.node_id, CONNECTION_LOST, conn.last_received_wall, None)
+
+    async def _presence(self, node_id: str, status: str, seen: float,
+                        peer: str | None) -> None:
+        await self.writer.write("presence", dict(b_node=node_id, b_status=status,
+                                                 b_seen=seen, b_peer=peer))
 
     async def handle(self, conn: AgentConnection, message: Message) -> None:
         if isinstance(message, Ping):
@@ -150,12 +158,14 @@ class Dispatcher:
                 conn.send(Pong())
         elif isinstance(message, Inventory):
             body: dict[str, Any] = dataclasses.asdict(message)
-            await self.store.update_inventory(conn.node_id, body)
+            await self.writer.write("inventories", dict(
+                b_node=conn.node_id, b_inventory=body, b_primary=message.primary_address,
+                b_agent_version=message.agent_version, b_name=message.computer_name))
         elif isinstance(message, Accepted):
             command_id = (await self._owned(conn, message.invocation_id)).command_id
-            if await self.store.transition(message.invocation_id, InvocationStatus.IN_PROGRESS,
-                                           started_at=time.time()):
-                await self.watch.bump(command_id)
+            await self.writer.write("accepted", dict(b_inv=message.invocation_id,
+                                                     b_at=time.time()))
+            await self.watch.bump(command_id)
         elif isinstance(message, Output):
             await self._output(conn, message)
         elif isinstance(message, Result):
@@ -206,15 +216,15 @@ class Dispatcher:
             # Not all output arrived; no ack, so the agent sends it all again next time.
             log.warning("result for %s before all output (have %s)", message.invocation_id, have)
             return
-        changed = await self.store.transition(
-            message.invocation_id, InvocationStatus(message.status), ended_at=time.time(),
-            exit_code=message.exit_code, stdout_size=size["stdout"],
-            stderr_size=size["stderr"], stdout_truncated=truncated["stdout"],
-            stderr_truncated=truncated["stderr"], reason=message.reason)
+        await self.writer.write("results", dict(
+            b_inv=message.invocation_id, b_status=message.status, b_ended_at=time.time(),
+            b_exit_code=message.exit_code, b_stdout_size=size["stdout"],
+            b_stderr_size=size["stderr"], b_stdout_truncated=truncated["stdout"],
+            b_stderr_truncated=truncated["stderr"], b_reason=message.reason))
+        # Stored (or already terminal, then dropped): either way the agent may forget it.
         conn.send(ResultAck(message.invocation_id))
         self._owners.pop(message.invocation_id, None)
-        if changed:
-            await self.watch.bump(command_id)
+        await self.watch.bump(command_id)
 
     # -- housekeeping ------------------------------------------------------
 

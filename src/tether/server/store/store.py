@@ -1,9 +1,9 @@
 """The store: every read and write of server state goes through this class.
 
 It speaks SQLAlchemy Core over an async engine, so the same statements run on
-SQLite (aiosqlite, WAL) and PostgreSQL (psycopg). Status changes go through
-``transition``, which turns the protocol's transition table into a
-conditional UPDATE: the database, not a Python check, decides who wins a race.
+SQLite (aiosqlite, WAL) and PostgreSQL (psycopg). Status changes are
+conditional UPDATEs whose WHERE clause comes from the protocol's transition
+table: the database, not a Python check, decides who wins a race.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -29,6 +29,17 @@ from tether.server.store.schema import (
     nodes,
     operator_tokens,
 )
+
+# Sources of the batched transitions, from the one table (protocol/statuses.py).
+_ACCEPT_SOURCES = sorted(s.value for s in allowed_sources(InvocationStatus.IN_PROGRESS))
+_RESULT_SOURCES = sorted(set.intersection(*(
+    {s.value for s in allowed_sources(InvocationStatus(t))}
+    for t in ("Success", "Failed", "TimedOut", "Cancelled"))))
+_RESULT_COLUMNS = ("status", "ended_at", "exit_code", "stdout_size", "stderr_size",
+                   "stdout_truncated", "stderr_truncated", "reason")
+
+if TYPE_CHECKING:
+    from tether.server.store.writer import WriteBatch
 
 ONLINE = "Online"
 CONNECTION_LOST = "ConnectionLost"
@@ -189,14 +200,6 @@ class Store:
             return None
         return dict(row)
 
-    async def set_presence(self, node_id: str, status: str, now: float,
-                           peer_address: str | None = None) -> None:
-        values: Row = dict(ping_status=status, last_seen_at=now)
-        if peer_address is not None:
-            values["peer_address"] = peer_address
-        async with self.engine.begin() as conn:
-            await conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(**values))
-
     async def touch(self, seen: dict[str, float]) -> None:
         """Persist last-seen times of live connections in one batch."""
         if not seen:
@@ -213,18 +216,51 @@ class Store:
             await conn.execute(nodes.update().where(nodes.c.ping_status != CONNECTION_LOST)
                                .values(ping_status=CONNECTION_LOST))
 
-    async def update_inventory(self, node_id: str, inventory: Row) -> None:
-        addresses = {(i["name"], a["address"]) for i in inventory.get("interfaces", [])
-                     for a in i.get("addresses", [])}
+    async def apply(self, batch: WriteBatch) -> None:
+        """Write a group of agent-caused rows in one transaction (see writer.py)."""
         async with self.engine.begin() as conn:
-            await conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(
-                inventory=inventory, primary_address=inventory.get("primary_address"),
-                agent_version=inventory.get("agent_version"),
-                name=sa.func.coalesce(nodes.c.name, inventory.get("computer_name"))))
-            await conn.execute(node_addresses.delete().where(node_addresses.c.node_id == node_id))
-            if addresses:
-                await conn.execute(node_addresses.insert(), [
-                    dict(node_id=node_id, interface=i, address=a) for i, a in addresses])
+            if batch.presence:
+                await conn.execute(
+                    nodes.update().where(nodes.c.node_id == sa.bindparam("b_node"))
+                    .values(ping_status=sa.bindparam("b_status"),
+                            last_seen_at=sa.bindparam("b_seen"),
+                            peer_address=sa.func.coalesce(sa.bindparam("b_peer"),
+                                                          nodes.c.peer_address)),
+                    batch.presence)
+            if batch.inventories:
+                await self._write_inventories(conn, batch.inventories)
+            if batch.accepted:
+                await conn.execute(
+                    invocations.update().where(
+                        invocations.c.invocation_id == sa.bindparam("b_inv"),
+                        invocations.c.status.in_(_ACCEPT_SOURCES))
+                    .values(status=InvocationStatus.IN_PROGRESS.value,
+                            started_at=sa.bindparam("b_at")),
+                    batch.accepted)
+            if batch.results:
+                await conn.execute(
+                    invocations.update().where(
+                        invocations.c.invocation_id == sa.bindparam("b_inv"),
+                        invocations.c.status.in_(_RESULT_SOURCES))
+                    .values({c: sa.bindparam(f"b_{c}") for c in _RESULT_COLUMNS}),
+                    batch.results)
+
+    async def _write_inventories(self, conn: AsyncConnection, rows: list[Row]) -> None:
+        await conn.execute(
+            nodes.update().where(nodes.c.node_id == sa.bindparam("b_node"))
+            .values(inventory=sa.bindparam("b_inventory", type_=sa.JSON),
+                    primary_address=sa.bindparam("b_primary"),
+                    agent_version=sa.bindparam("b_agent_version"),
+                    name=sa.func.coalesce(nodes.c.name, sa.bindparam("b_name"))),
+            rows)
+        ids = [r["b_node"] for r in rows]
+        await conn.execute(node_addresses.delete().where(node_addresses.c.node_id.in_(ids)))
+        addresses = {(r["b_node"], i["name"], a["address"])
+                     for r in rows for i in r["b_inventory"].get("interfaces", [])
+                     for a in i.get("addresses", [])}
+        if addresses:
+            await conn.execute(node_addresses.insert(), [
+                dict(node_id=n, interface=i, address=a) for n, i, a in addresses])
 
     async def list_nodes(self, f: NodeFilter = NodeFilter()) -> list[Row]:
         q = sa.select(nodes)
@@ -360,17 +396,6 @@ class Store:
                 invocations.c.command_id == command_id,
                 invocations.c.node_id == node_id))).mappings().first()
             return dict(row) if row else None
-
-    async def transition(self, invocation_id: str, target: InvocationStatus,
-                         **values: Any) -> bool:
-        """Move one invocation to ``target`` if the table allows it from where it is."""
-        sources = [s.value for s in allowed_sources(target)]
-        async with self.engine.begin() as conn:
-            done = await conn.execute(invocations.update().where(
-                invocations.c.invocation_id == invocation_id,
-                invocations.c.status.in_(sources),
-            ).values(status=target.value, **values))
-            return done.rowcount == 1
 
     async def deliverable(self, node_id: str, now: float) -> list[Row]:
         """Invocations waiting for this node, oldest first, with their command."""
