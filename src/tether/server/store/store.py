@@ -38,6 +38,15 @@ _RESULT_SOURCES = sorted(set.intersection(*(
 _RESULT_COLUMNS = ("status", "ended_at", "exit_code", "stdout_size", "stderr_size",
                    "stdout_truncated", "stderr_truncated", "reason")
 
+def _one_of(column: sa.ColumnElement[Any], values: list[str]) -> sa.ColumnElement[bool]:
+    """``column IN (...)`` written out: an expanding IN cannot be used with executemany.
+
+    The values are our own status names, never input, and checked to be plain words.
+    """
+    assert all(v.isalnum() for v in values)
+    return column.in_([sa.literal_column(f"'{v}'") for v in values])
+
+
 if TYPE_CHECKING:
     from tether.server.store.writer import WriteBatch
 
@@ -233,7 +242,7 @@ class Store:
                 await conn.execute(
                     invocations.update().where(
                         invocations.c.invocation_id == sa.bindparam("b_inv"),
-                        invocations.c.status.in_(_ACCEPT_SOURCES))
+                        _one_of(invocations.c.status, _ACCEPT_SOURCES))
                     .values(status=InvocationStatus.IN_PROGRESS.value,
                             started_at=sa.bindparam("b_at")),
                     batch.accepted)
@@ -241,7 +250,7 @@ class Store:
                 await conn.execute(
                     invocations.update().where(
                         invocations.c.invocation_id == sa.bindparam("b_inv"),
-                        invocations.c.status.in_(_RESULT_SOURCES))
+                        _one_of(invocations.c.status, _RESULT_SOURCES))
                     .values({c: sa.bindparam(f"b_{c}") for c in _RESULT_COLUMNS}),
                     batch.results)
 

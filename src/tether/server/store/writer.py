@@ -73,14 +73,30 @@ class GroupWriter:
                     getattr(batch, kind).append(row)
                 try:
                     await self.store.apply(batch)
-                except Exception as exc:
-                    log.exception("group write of %d rows failed", len(batch))
-                    for _, _, done in taken:
-                        if not done.done():
-                            done.set_exception(exc)
+                except Exception:
+                    # One bad row must not fail its neighbours: write them one by one.
+                    log.exception("group write of %d rows failed; writing them singly",
+                                  len(batch))
+                    await self._write_singly(taken)
                     continue
                 self.batches += 1
                 self.rows += len(batch)
                 for _, _, done in taken:
                     if not done.done():
                         done.set_result(None)
+
+    async def _write_singly(self,
+                            taken: list[tuple[str, dict[str, Any], asyncio.Future[None]]]
+                            ) -> None:
+        for kind, row, done in taken:
+            single = WriteBatch()
+            getattr(single, kind).append(row)
+            try:
+                await self.store.apply(single)
+            except Exception as exc:
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                self.rows += 1
+                if not done.done():
+                    done.set_result(None)
