@@ -675,7 +675,12 @@ def main() -> None:
         args.salt_user = pwd.getpwuid(os.getuid()).pw_name
 
     # A SIGTERM to the benchmark unwinds through the finally blocks that stop the fleets.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    def on_signal(signum: int, _frame: Any) -> None:
+        log(f"received signal {signum}: stopping the fleets")
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     raise_fd_limit()
     root = Path(tempfile.mkdtemp(prefix="salt_compare-"))
     log(f"temp folder {root}")

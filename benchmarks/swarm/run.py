@@ -828,9 +828,10 @@ def main() -> int:
         results["connect_storm"] = {
             "all_welcomed_s": round(swarm_s, 2), "all_online_api_s": round(api_s, 2),
             "api_confirm_calls": calls, "server_cpu_s": round(cpu, 1),
-            "swarm": swarm.summary()}
+            "server_cpu_ms_per_agent": round(1000 * cpu / n, 2), "swarm": swarm.summary()}
         say(f"connect storm: {n} agents welcomed in {swarm_s:.2f} s, all Online in the API "
-            f"by {api_s:.2f} s (server CPU {cpu:.1f} s; Online list call "
+            f"by {api_s:.2f} s (server CPU {cpu:.1f} s = {1000 * cpu / n:.1f} ms per agent; "
+            "Online list call "
             f"{calls[-1]['call_s']:.2f} s, {calls[-1]['bytes'] / 2**20:.1f} MiB)")
 
         # 2. RSS per idle agent (measured after the server went idle; the Online list above
@@ -863,7 +864,9 @@ def main() -> int:
                     f"({f['results_per_s']} results/s; POST {f['post_s']:.2f} s); latency "
                     f"p50 {f['latency_p50_s']:.2f} s p99 {f['latency_p99_s']:.2f} s; client "
                     f"saw it terminal at {f['terminal_seen_by_client_s']:.2f} s after "
-                    f"{f['polls']} {f['poll_mode']} polls; statuses {f['statuses']}")
+                    f"{f['polls']} {f['poll_mode']} polls; server CPU {f['server_cpu_s']} s = "
+                    f"{1000 * f['server_cpu_s'] / n:.2f} ms per result; "
+                    f"statuses {f['statuses']}")
             results["fanout"] = [{k: v for k, v in f.items() if k != "latencies_s"}
                                  for f in fanouts]
             (out / "fanout_latencies.json").write_text(json.dumps(
@@ -913,6 +916,7 @@ def main() -> int:
                 f"{' (SIGKILLed)' if killed else ''}, restarted in {restart_s:.1f} s; all "
                 f"{n} welcomed {swarm_s + (t_up - t0):.2f} s after SIGTERM, Online in the API "
                 f"{api_s:.2f} s after SIGTERM ({time.monotonic() - t_up:.2f} s after restart);"
+                f" server CPU {cpu:.1f} s = {1000 * cpu / n:.1f} ms per agent;"
                 f" gave up {after['gave_up']}, refused {after['refused'] - before['refused']}")
             rss_re = rss_kib(server.pid)
             results["reconnect_storm"]["rss_after_mib"] = round(rss_re / 1024, 1)
@@ -929,7 +933,8 @@ def main() -> int:
             ok_fetch = sum(f["equal"] for f in b["fetched"])
             say(f"bulk output: {b['nodes']} x {b['bytes_each'] / 2**20:g} MiB stored "
                 f"{b['last_result_stored_after_call_s']:.1f} s after the call "
-                f"({b['throughput_mib_s']} MiB/s); server RSS {b['rss_before_mib']:.0f} -> "
+                f"({b['throughput_mib_s']} MiB/s, server CPU {b['server_cpu_s']} s); "
+                f"server RSS {b['rss_before_mib']:.0f} -> "
                 f"peak {b['rss_peak_mib']:.0f} -> {b['rss_after_mib']:.0f} MiB; statuses "
                 f"{b['statuses']}; wrong sizes {b['rows_with_wrong_size']} rows, "
                 f"{b['blobs_with_wrong_size']} blobs; {ok_fetch}/{len(b['fetched'])} fetched "
