@@ -325,6 +325,13 @@ class Swarm:
     def __init__(self, procs: list[SwarmProc]) -> None:
         self.procs = procs
 
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += cpu_seconds(p.proc.pid)
+        return total
+
     def total(self, key: str) -> int:
         return sum(int(p.stats.get(key, 0)) for p in self.procs)
 
@@ -445,13 +452,18 @@ def wait_command(api: Api, command: dict[str, Any], mode: str, timeout: float,
     cid = command["command_id"]
     progress = Progress(f"command {cid[:8]}", timeout, stall)
     polls = 0
-    if mode == "longpoll":
+    if mode in ("longpoll", "longpoll-full"):
+        # As `tether run` follows a big fan-out: counts only on each change (servers
+        # without the parameter ignore it), the whole detail once at the end.
+        lean = {"invocations": "false"} if mode == "longpoll" else {}
         detail = command
         while detail["status"] not in TERMINAL:
             progress.check(detail["counts"])
             detail = api.get(f"/commands/{cid}", after=detail["version"],
-                             wait=min(30.0, stall / 2)).json()
+                             wait=min(30.0, stall / 2), **lean).json()
             polls += 1
+        if lean:
+            detail = api.get(f"/commands/{cid}").json()
         return detail, polls
     while True:
         polls += 1
@@ -547,7 +559,7 @@ def phase_bulk(api: Api, swarm: Swarm, server: ServerCtl, sampler: RssSampler,
     script = f"bytes:{size}"
     time.sleep(1.0)
     rss_before = rss_kib(server.pid)
-    cpu0 = cpu_seconds(server.pid)
+    cpu0, scpu0 = cpu_seconds(server.pid), swarm.cpu_seconds()
     t0 = time.monotonic()
     wall0 = time.time()
     r = api.post("/commands", {"targets": targets, "script": script, "timeout": 900,
@@ -556,6 +568,7 @@ def phase_bulk(api: Api, swarm: Swarm, server: ServerCtl, sampler: RssSampler,
     detail, polls = wait_command(api, command, "summary", timeout, stall)
     took = time.monotonic() - t0
     cpu = cpu_seconds(server.pid) - cpu0
+    swarm_cpu = swarm.cpu_seconds() - scpu0
     time.sleep(1.0)
     rss_after = rss_kib(server.pid)
     peak = sampler.peak(t0, time.monotonic())
@@ -586,7 +599,7 @@ def phase_bulk(api: Api, swarm: Swarm, server: ServerCtl, sampler: RssSampler,
         "statuses": statuses, "polls": polls,
         "all_done_seen_s": round(took, 3), "last_result_stored_after_call_s": round(last, 3),
         "throughput_mib_s": round(total / 2**20 / last, 1) if last > 0 else None,
-        "server_cpu_s": round(cpu, 1),
+        "server_cpu_s": round(cpu, 1), "swarm_cpu_s": round(swarm_cpu, 1),
         "rss_before_mib": round(rss_before / 1024, 1), "rss_peak_mib": round(peak / 1024, 1),
         "rss_after_mib": round(rss_after / 1024, 1),
         "rss_peak_growth_mib": round((peak - rss_before) / 1024, 1),
@@ -727,9 +740,12 @@ def main() -> int:
                    help="handshakes in flight per swarm process (0: unlimited)")
     p.add_argument("--backoff-cap", type=float, default=5.0)
     p.add_argument("--fanout-rounds", type=int, default=2)
-    p.add_argument("--fanout-poll", choices=["longpoll", "summary"], default="longpoll",
+    p.add_argument("--fanout-poll", choices=["longpoll", "longpoll-full", "summary"],
+                   default="longpoll",
                    help="how the driver waits for the fan-out: long poll on the command "
-                        "(as tether run does) or poll the summary list every 200 ms")
+                        "with invocations=false (as tether run does for big fleets), the "
+                        "same with the full detail on every change, or poll the summary "
+                        "list every 200 ms")
     p.add_argument("--bulk-nodes", type=int, default=1000)
     p.add_argument("--bulk-bytes", type=int, default=1024 * 1024)
     p.add_argument("--reads-repeat", type=int, default=5)
@@ -815,7 +831,7 @@ def main() -> int:
 
         # 1. connect storm
         with profiler.phase("connect", server.pid):
-            cpu0 = cpu_seconds(server.pid)
+            cpu0, scpu0 = cpu_seconds(server.pid), swarm.cpu_seconds()
             t0 = time.monotonic()
             marks["connect storm"] = t0
             for sp in procs:
@@ -828,7 +844,8 @@ def main() -> int:
         results["connect_storm"] = {
             "all_welcomed_s": round(swarm_s, 2), "all_online_api_s": round(api_s, 2),
             "api_confirm_calls": calls, "server_cpu_s": round(cpu, 1),
-            "server_cpu_ms_per_agent": round(1000 * cpu / n, 2), "swarm": swarm.summary()}
+            "server_cpu_ms_per_agent": round(1000 * cpu / n, 2),
+            "swarm_cpu_s": round(swarm.cpu_seconds() - scpu0, 1), "swarm": swarm.summary()}
         say(f"connect storm: {n} agents welcomed in {swarm_s:.2f} s, all Online in the API "
             f"by {api_s:.2f} s (server CPU {cpu:.1f} s = {1000 * cpu / n:.1f} ms per agent; "
             "Online list call "
@@ -854,10 +871,11 @@ def main() -> int:
                 time.sleep(1)
                 marks[f"fan-out {k + 1}"] = time.monotonic()
                 with profiler.phase(f"fanout{k + 1}", server.pid):
-                    cpu0 = cpu_seconds(server.pid)
+                    cpu0, scpu0 = cpu_seconds(server.pid), swarm.cpu_seconds()
                     f = phase_fanout(api, swarm, n, args.fanout_poll, args.timeout,
                                      args.stall)
                     f["server_cpu_s"] = round(cpu_seconds(server.pid) - cpu0, 1)
+                    f["swarm_cpu_s"] = round(swarm.cpu_seconds() - scpu0, 1)
                 fanouts.append(f)
                 say(f"fan-out {k + 1}: {f['invocations']} results stored "
                     f"{f['last_result_stored_after_call_s']:.2f} s after the call "
@@ -865,7 +883,8 @@ def main() -> int:
                     f"p50 {f['latency_p50_s']:.2f} s p99 {f['latency_p99_s']:.2f} s; client "
                     f"saw it terminal at {f['terminal_seen_by_client_s']:.2f} s after "
                     f"{f['polls']} {f['poll_mode']} polls; server CPU {f['server_cpu_s']} s = "
-                    f"{1000 * f['server_cpu_s'] / n:.2f} ms per result; "
+                    f"{1000 * f['server_cpu_s'] / n:.2f} ms per result; swarm CPU "
+                    f"{f['swarm_cpu_s']} s; "
                     f"statuses {f['statuses']}")
             results["fanout"] = [{k: v for k, v in f.items() if k != "latencies_s"}
                                  for f in fanouts]
@@ -893,7 +912,7 @@ def main() -> int:
             restart_s = server.start()
             t_up = time.monotonic()
             with profiler.phase("reconnect", server.pid):
-                cpu0 = cpu_seconds(server.pid)
+                cpu0, scpu0 = cpu_seconds(server.pid), swarm.cpu_seconds()
                 swarm_s = swarm.wait(
                     lambda: swarm.total("welcomes") - welcomes0 >= n
                     and swarm.total("connected") >= n, args.timeout, "reconnect storm",
@@ -909,6 +928,7 @@ def main() -> int:
                 "all_online_api_after_sigterm_s": round(api_s, 2),
                 "all_online_api_after_restart_s": round(time.monotonic() - t_up, 2),
                 "server_cpu_s": round(cpu, 1), "api_confirm_calls": calls,
+                "swarm_cpu_s": round(swarm.cpu_seconds() - scpu0, 1),
                 "gave_up": after["gave_up"], "refused": after["refused"] - before["refused"],
                 "swarm_processes_alive": after["processes_alive"],
                 "swarm_before": before, "swarm_after": after}
@@ -933,7 +953,8 @@ def main() -> int:
             ok_fetch = sum(f["equal"] for f in b["fetched"])
             say(f"bulk output: {b['nodes']} x {b['bytes_each'] / 2**20:g} MiB stored "
                 f"{b['last_result_stored_after_call_s']:.1f} s after the call "
-                f"({b['throughput_mib_s']} MiB/s, server CPU {b['server_cpu_s']} s); "
+                f"({b['throughput_mib_s']} MiB/s, server CPU {b['server_cpu_s']} s, swarm "
+                f"CPU {b['swarm_cpu_s']} s); "
                 f"server RSS {b['rss_before_mib']:.0f} -> "
                 f"peak {b['rss_peak_mib']:.0f} -> {b['rss_after_mib']:.0f} MiB; statuses "
                 f"{b['statuses']}; wrong sizes {b['rows_with_wrong_size']} rows, "
