@@ -42,6 +42,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -230,6 +231,7 @@ IDLE_LEAVES = ("Selector.select (selectors.py", "_connection_worker_thread (aios
 def summarize_profile(path: Path, n: int = 25) -> str:
     """Busy samples per thread, then top frames by own and inclusive time per thread."""
     threads: dict[str, dict[str, Any]] = {}
+    seen_ids: dict[str, set[str]] = {}
     for line in path.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
         try:
@@ -240,6 +242,10 @@ def summarize_profile(path: Path, n: int = 25) -> str:
         name = frames[0] if frames[0].startswith(("thread", "process")) else "all"
         if name != "all":
             frames = frames[1:]
+            # one entry per kind of thread: aiosqlite opens a thread per connection
+            ident = name
+            name = re.sub(r"^thread \(\d+\): (Thread-\d+ )?", "", name)
+            seen_ids.setdefault(name, set()).add(ident)
         if not frames or any(k in frames[-1] for k in IDLE_LEAVES):
             continue
         t = threads.setdefault(name, {"total": 0, "own": {}, "incl": {}})
@@ -251,8 +257,8 @@ def summarize_profile(path: Path, n: int = 25) -> str:
     lines = [f"{grand} busy samples at 100 Hz (= {grand / 100:.1f} thread-seconds working)"]
     for name, t in sorted(threads.items(), key=lambda kv: -kv[1]["total"]):
         total = t["total"]
-        lines += ["", f"== {name}: {total} samples ({100 * total / max(grand, 1):.1f}%)",
-                  "own time:"]
+        lines += ["", f"== {name} ({len(seen_ids.get(name, ()))} threads): {total} samples "
+                      f"({100 * total / max(grand, 1):.1f}%)", "own time:"]
         for f, c in sorted(t["own"].items(), key=lambda kv: -kv[1])[:n]:
             lines.append(f"{100 * c / total:6.1f}%  {f}")
         lines.append("inclusive time, tether frames:")
@@ -324,6 +330,13 @@ class SwarmProc:
 class Swarm:
     def __init__(self, procs: list[SwarmProc]) -> None:
         self.procs = procs
+
+    def rss_kib(self) -> int:
+        total = 0
+        for p in self.procs:
+            with contextlib.suppress(OSError, RuntimeError):
+                total += rss_kib(p.proc.pid)
+        return total
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -527,6 +540,7 @@ def phase_reads(api: Api, command_id: str, repeat: int) -> dict[str, Any]:
     out: dict[str, Any] = {"measured": "client side over loopback: request sent to body "
                                        "received (JSON parsing excluded)"}
     reads = {
+        "whoami_baseline": ("/whoami", {}),
         "nodes_tag_shard3": ("/nodes", {"tag": "shard=3"}),
         "commands_summary_list": ("/commands", {}),
         "command_detail": (f"/commands/{command_id}", {}),
@@ -538,7 +552,7 @@ def phase_reads(api: Api, command_id: str, repeat: int) -> dict[str, Any]:
             times.append(took)
             size = len(r.content)
         body = r.json()
-        items = len(body) if isinstance(body, list) else len(body.get("invocations", []))
+        items = len(body) if isinstance(body, list) else len(body.get("invocations", [1]))
         out[name] = {"median_ms": round(1000 * statistics.median(times), 1),
                      "min_ms": round(1000 * min(times), 1),
                      "max_ms": round(1000 * max(times), 1), "bytes": size, "items": items,
@@ -722,7 +736,15 @@ def machine_info() -> dict[str, Any]:
             "mem_gib": round(os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30, 1)}
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> int:
+    # SIGTERM, and SIGINT even when started in the background (where a shell ignores it),
+    # end the run through the clean-up below: every started process is stopped by pid.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", type=int, required=True, help="N simulated agents")
@@ -860,10 +882,13 @@ def main() -> int:
         results["server_memory"] = {
             "rss_before_mib": round(rss0 / 1024, 1), "rss_at_n_mib": round(rss_n / 1024, 1),
             "per_agent_kib": round(per_agent, 1), "idle_wait_s": round(idle_wait, 1),
+            "swarm_rss_mib": round(swarm.rss_kib() / 1024, 1),
+            "swarm_rss_per_agent_kib": round(swarm.rss_kib() / n, 1),
             "note": "VmRSS of the server pid; 'at N' is after the connect storm and the "
                     "API's Online-list confirmation, once the server's CPU went idle"}
         say(f"server memory: {rss0 / 1024:.0f} MiB before, {rss_n / 1024:.0f} MiB with {n} "
-            f"idle agents: {per_agent:.1f} KiB per connected agent")
+            f"idle agents: {per_agent:.1f} KiB per connected agent (swarm side: "
+            f"{swarm.rss_kib() / n:.0f} KiB per agent)")
 
         # 3. fan-out
         if "fanout" not in args.skip:

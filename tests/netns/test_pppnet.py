@@ -458,12 +458,17 @@ def test_trace_shows_each_delivered_packet(ppp_network: PppNetwork) -> None:
     port = start_echo(ppp_network)
     ppp_network.trace()
     assert connect(ppp_network, ppp_network.device_ns, SERVER_NAME, port).startswith("ok ")
+    # The closing FIN/ACKs may still cross the link after connect() returns, and the
+    # trace and the counters are two reads: wait until they describe the same packets.
+    def trace_matches_counters() -> bool:
+        stats = ppp_network.stats()
+        delivered = stats["uplink"]["bytes"] + stats["downlink"]["bytes"]
+        return sum(p["len"] for p in ppp_network.traced()) == delivered
+
+    wait_until(trace_matches_counters)
     packets = ppp_network.traced()
     assert [(p["dir"], p["flags"]) for p in packets[:2]] == [
         ("uplink", "S"), ("downlink", "SA")]
-    stats = ppp_network.stats()
-    assert sum(p["len"] for p in packets) == (
-        stats["uplink"]["bytes"] + stats["downlink"]["bytes"])
     request = b"hello over ppp0\n"
     assert [p["payload"] for p in packets if p["dir"] == "uplink" and p["payload"]] == [
         len(request)]
