@@ -128,9 +128,9 @@ class RssSampler:
 
 class ServerCtl:
     def __init__(self, data_dir: Path, database_url: Optional[str], keepalive: tuple[float, float],
-                 sampler: RssSampler) -> None:
+                 sampler: RssSampler, server_args: list[str]) -> None:
         self.server = Server(data_dir, database_url=database_url, keepalive=keepalive,
-                             extra=["--log-level", "warning"])
+                             extra=["--log-level", "warning", *server_args])
         self.sampler = sampler
         self.old_logs: list[str] = []
 
@@ -405,8 +405,8 @@ class Api:
         _ = r.content
         return time.perf_counter() - start, r
 
-    def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        r = self.client.post(path, json=body)
+    def post(self, path: str, body: dict[str, Any], **params: Any) -> httpx.Response:
+        r = self.client.post(path, json=body, params=params)
         r.raise_for_status()
         return r
 
@@ -475,9 +475,7 @@ def wait_command(api: Api, command: dict[str, Any], mode: str, timeout: float,
             detail = api.get(f"/commands/{cid}", after=detail["version"],
                              wait=min(30.0, stall / 2), **lean).json()
             polls += 1
-        if lean:
-            detail = api.get(f"/commands/{cid}").json()
-        return detail, polls
+        return api.get(f"/commands/{cid}").json(), polls
     while True:
         polls += 1
         rows = api.get("/commands", limit=5).json()
@@ -497,7 +495,8 @@ def phase_fanout(api: Api, swarm: Swarm, n: int, mode: str, timeout: float,
     wall0 = time.time()
     t0 = time.monotonic()
     r = api.post("/commands", {"targets": ["tag:fleet=swarm"], "script": "ok",
-                               "timeout": 600, "comment": "swarm fan-out"})
+                               "timeout": 600, "comment": "swarm fan-out"},
+                 invocations="false")  # as `tether run` asks
     post_s = time.monotonic() - t0
     command = r.json()
     detail, polls = wait_command(api, command, mode, timeout, stall)
@@ -577,7 +576,7 @@ def phase_bulk(api: Api, swarm: Swarm, server: ServerCtl, sampler: RssSampler,
     t0 = time.monotonic()
     wall0 = time.time()
     r = api.post("/commands", {"targets": targets, "script": script, "timeout": 900,
-                               "comment": "swarm bulk output"})
+                               "comment": "swarm bulk output"}, invocations="false")
     command = r.json()
     detail, polls = wait_command(api, command, "summary", timeout, stall)
     took = time.monotonic() - t0
@@ -773,6 +772,9 @@ def main() -> int:
     p.add_argument("--reads-repeat", type=int, default=5)
     p.add_argument("--skip", action="append", default=[],
                    choices=["fanout", "reads", "reconnect", "bulk"])
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="passed on to 'tether server' (repeat; e.g. --server-arg=--event-loop "
+                        "--server-arg=asyncio for a before/after)")
     p.add_argument("--timeout", type=float, default=600.0, help="bound on each phase (s)")
     p.add_argument("--profile", action="store_true",
                    help="py-spy record the server in each phase (OUT/profile-*.txt)")
@@ -807,10 +809,11 @@ def main() -> int:
         "agents": n, "swarm_processes": nproc, "database": label, "machine": machine_info(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
         "keepalive": [args.keepalive_interval, args.keepalive_timeout],
-        "dial_concurrency_per_process": args.dial_concurrency, "tether_source": source}
+        "dial_concurrency_per_process": args.dial_concurrency, "tether_source": source,
+        "server_args": args.server_arg}
     sampler = RssSampler()
     server = ServerCtl(data_dir, db_url, (args.keepalive_interval, args.keepalive_timeout),
-                       sampler)
+                       sampler, args.server_arg)
     profiler = Profiler(args.profile, out)
     swarm: Optional[Swarm] = None
     api: Optional[Api] = None

@@ -327,6 +327,21 @@ def test_cancel_pending_command_on_offline_node(server: Server, make_agent: Make
     assert not marker.exists()
 
 
+def test_submit_can_answer_with_counts_alone(server: Server, make_agent: MakeAgent) -> None:
+    """What ``tether run`` asks for: no per-node list, counts from what was stored."""
+    agents = [make_agent().register() for _ in range(3)]
+    client = Client(server.url, server.token)
+    body = {"targets": [a.node_id for a in agents], "script": "echo hi"}
+    answer = client.request("POST", "/commands", body=body, query={"invocations": "false"})
+    assert (answer["counts"], answer["invocations"], answer["status"]) == (
+        {"Pending": 3}, [], "Pending")
+    full = show(server, answer["command_id"])
+    assert sorted(i["node_id"] for i in full["invocations"]) == sorted(
+        a.node_id for a in agents)
+    assert answer["version"] == full["version"]
+    cancel(server, answer["command_id"])
+
+
 # -- offline nodes -----------------------------------------------------------
 
 def test_offline_node_gets_commands_in_order(server: Server, make_agent: MakeAgent,

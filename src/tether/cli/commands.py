@@ -41,16 +41,21 @@ def run(c: Client, args: argparse.Namespace) -> int:
         "workdir": args.workdir, "comment": args.comment}
     if args.output_cap is not None:
         body["output_cap"] = args.output_cap
-    command = c.post("/commands", body)
-    cid = command["command_id"]
     if args.no_wait:
+        command = c.post("/commands", body)
         if args.json:
             print_json(command)
         else:
-            print(cid)
+            print(command["command_id"])
         return 0
+    # Counts only: the per-node list of a big fan-out is fetched once, when it is done.
+    command = c.request("POST", "/commands", body=body, query={"invocations": "false"})
+    cid = command["command_id"]
+    nodes = sum(command["counts"].values())
     if not args.json:
-        print(f"command {cid} on {len(command['invocations'])} node(s)", file=sys.stderr)
+        print(f"command {cid} on {nodes} node(s)", file=sys.stderr)
+    if nodes <= PER_NODE_PROGRESS:
+        command = c.get(f"/commands/{cid}")
     try:
         command = _wait(c, command, quiet=args.json)
     except KeyboardInterrupt:
@@ -73,7 +78,7 @@ def run(c: Client, args: argparse.Namespace) -> int:
 def _wait(c: Client, command: dict[str, Any], quiet: bool) -> dict[str, Any]:
     """Follow a command: one line per node change, or per count change for a big fleet."""
     path = f"/commands/{command['command_id']}"
-    per_node = len(command["invocations"]) <= PER_NODE_PROGRESS
+    per_node = sum(command["counts"].values()) <= PER_NODE_PROGRESS
     seen: dict[str, str] = {}
     last_counts = ""
     while True:

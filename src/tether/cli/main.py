@@ -43,6 +43,8 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    f"ConnectionLost (default {DEFAULT_KEEPALIVE_TIMEOUT:g})")
     s.add_argument("--output-cap", type=int, default=16 * 1024 * 1024, metavar="BYTES",
                    help="default bytes kept per output stream (default 16 MiB)")
+    s.add_argument("--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
+                   help="auto (default): uvloop when installed, else asyncio's own loop")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -185,7 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.for_data_dir(
         args.data_dir, args.database_url, host=args.host, port=args.port,
         keepalive_interval=args.keepalive_interval, keepalive_timeout=args.keepalive_timeout,
-        output_cap=args.output_cap)
+        output_cap=args.output_cap, event_loop=args.event_loop)
     try:
         serve(settings, args.log_level)
     except OSError as exc:

@@ -27,6 +27,8 @@ class Settings:
     output_cap: int = DEFAULT_OUTPUT_CAP
     sweep_interval: float = 1.0
     last_seen_flush_interval: float = 30.0
+    # auto: uvloop when installed (it is with tether[server]), else the stdlib loop.
+    event_loop: str = "auto"
 
     @property
     def blob_dir(self) -> Path:

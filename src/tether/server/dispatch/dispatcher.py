@@ -80,11 +80,10 @@ class Dispatcher:
 
     async def resolve(self, targets: Targets) -> list[str]:
         if targets.everything:
-            return [n["node_id"] for n in await self.store.list_nodes()]
+            return sorted(await self.store.node_ids())
         found: set[str] = set()
         for key, value in targets.tags:
-            found.update(n["node_id"] for n in
-                         await self.store.list_nodes(NodeFilter(tags=((key, value),))))
+            found.update(await self.store.node_ids(NodeFilter(tags=((key, value),))))
         for node_id in targets.node_ids:
             node = await self.store.get_node(node_id)
             if node is None or node["deregistered_at"] is not None:
@@ -92,7 +91,9 @@ class Dispatcher:
             found.add(node_id)
         return sorted(found)
 
-    async def submit(self, spec: CommandSpec, targets: Targets, operator: str) -> Row:
+    async def submit(self, spec: CommandSpec, targets: Targets,
+                     operator: str) -> tuple[Row, int]:
+        """Store the command, send it to its targets online here; the command and its count."""
         node_ids = await self.resolve(targets)
         if not node_ids:
             raise NoTargetsError("no registered node matches the targets")
@@ -107,7 +108,7 @@ class Dispatcher:
             self._owners[inv["invocation_id"]] = Owner(command["command_id"], inv["node_id"],
                                                        command["output_cap"])
             await self.bus.send_to_node(inv["node_id"], self._command_message(inv, command))
-        return command
+        return command, len(rows)
 
     async def cancel(self, command_id: str) -> None:
         running = await self.store.request_cancel(command_id)
