@@ -88,10 +88,14 @@ def test_an_invocation_whose_node_never_reports_ends_timed_out(own_server: Serve
     server = own_server
     agent = Agent(server, tmp_path / "a").register().start().connected()
     cmd = server.cli("run", "--target", agent.node_id, "--no-wait", "--timeout", "1s",
-                     "--delivery-timeout", "2s", "--", "sleep 30")
+                     "--delivery-timeout", "2s", "--", "echo partial; sleep 30")
     deadline = time.monotonic() + 20
     while server.cli("commands", "show", cmd["command_id"])["invocations"][0]["status"] \
             != "InProgress":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    while server.cli_raw("commands", "output", cmd["command_id"], agent.node_id,
+                         "--stream", "stdout").stdout != "partial\n":  # readable while running
         assert time.monotonic() < deadline
         time.sleep(0.05)
     agent.stop(signal.SIGKILL)
@@ -101,6 +105,10 @@ def test_an_invocation_whose_node_never_reports_ends_timed_out(own_server: Serve
     assert inv["status"] == "TimedOut"
     assert "no result from the node" in inv["reason"]
     assert done["status"] == "TimedOut"
+    # What arrived before the node went silent stays readable.
+    out = server.cli_raw("commands", "output", cmd["command_id"], agent.node_id,
+                         "--stream", "stdout")
+    assert out.stdout == "partial\n"
 
 
 def test_spool_over_its_cap_evicts_oldest_output_and_the_server_is_told(

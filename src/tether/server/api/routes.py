@@ -233,7 +233,12 @@ async def invocation_output(command_id: str, node_id: str, stream: str, s: State
     if inv is None:
         raise ApiError(404, "invocation_not_found",
                        f"command {command_id} has no invocation on {node_id}")
-    data = s.blobs.read(output_key(command_id, node_id, stream))
+    key = output_key(command_id, node_id, stream)
+    data = inv[f"{stream}_inline"]
+    if data is None:
+        data = s.dispatcher.outputs.peek(key)  # still running: held until its result
+    if data is None:
+        data = s.blobs.read(key)
     size = inv[f"{stream}_size"]
     if size is not None:
         data = data[:size]

@@ -31,6 +31,7 @@ from tether.protocol.messages import (
 from tether.protocol.statuses import InvocationStatus
 from tether.server.blobs import BlobStore, output_key
 from tether.server.bus import Bus
+from tether.server.dispatch.small_outputs import SmallOutputs
 from tether.server.dispatch.targets import Targets
 from tether.server.dispatch.watch import CommandWatch
 from tether.server.gateway.registry import AgentConnection
@@ -71,6 +72,7 @@ class Dispatcher:
         self.store = store
         self.writer = writer
         self.blobs = blobs
+        self.outputs = SmallOutputs(blobs)
         self.bus = bus
         self.watch = watch
         # invocation id -> (command id, node id), so hot paths skip a query.
@@ -199,13 +201,13 @@ class Dispatcher:
         if message.offset + len(data) > owner.output_cap:
             raise ProtocolError(CloseCode.UNEXPECTED,
                                 f"output beyond the {owner.output_cap}-byte cap")
-        self.blobs.write_at(output_key(owner.command_id, conn.node_id, message.stream),
-                            message.offset, data)
+        self.outputs.write_at(output_key(owner.command_id, conn.node_id, message.stream),
+                              message.offset, data)
 
     async def _result(self, conn: AgentConnection, message: Result) -> None:
         command_id = (await self._owned(conn, message.invocation_id)).command_id
-        have = {s: self.blobs.size(output_key(command_id, conn.node_id, s))
-                for s in ("stdout", "stderr")}
+        keys = {s: output_key(command_id, conn.node_id, s) for s in ("stdout", "stderr")}
+        have = {s: self.outputs.size(key) for s, key in keys.items()}
         size = {"stdout": message.stdout_size, "stderr": message.stderr_size}
         truncated = {"stdout": message.stdout_truncated, "stderr": message.stderr_truncated}
         if message.output_evicted:
@@ -217,15 +219,28 @@ class Dispatcher:
             # Not all output arrived; no ack, so the agent sends it all again next time.
             log.warning("result for %s before all output (have %s)", message.invocation_id, have)
             return
+        inline = self._inline(keys, size)
         await self.writer.write("results", dict(
             b_inv=message.invocation_id, b_status=message.status, b_ended_at=time.time(),
             b_exit_code=message.exit_code, b_stdout_size=size["stdout"],
             b_stderr_size=size["stderr"], b_stdout_truncated=truncated["stdout"],
-            b_stderr_truncated=truncated["stderr"], b_reason=message.reason))
+            b_stderr_truncated=truncated["stderr"], b_reason=message.reason,
+            b_stdout_inline=inline["stdout"], b_stderr_inline=inline["stderr"]))
         # Stored (or already terminal, then dropped): either way the agent may forget it.
         conn.send(ResultAck(message.invocation_id))
         self._owners.pop(message.invocation_id, None)
         await self.watch.bump(command_id)
+
+    def _inline(self, keys: dict[str, str], size: dict[str, int]) -> dict[str, bytes | None]:
+        """Held streams go into the row; a stream held only in part goes to the blob."""
+        inline: dict[str, bytes | None] = {}
+        for stream, key in keys.items():
+            if self.outputs.holds(key) and self.outputs.size(key) == size[stream]:
+                inline[stream] = self.outputs.take(key)
+            else:
+                self.outputs.spill(key)
+                inline[stream] = None
+        return inline
 
     # -- housekeeping ------------------------------------------------------
 
@@ -238,5 +253,7 @@ class Dispatcher:
             self._owners.pop(inv_id, None)
             if owner:
                 commands.add(owner.command_id)
+                for stream in ("stdout", "stderr"):  # what did arrive stays readable
+                    self.outputs.spill(output_key(owner.command_id, owner.node_id, stream))
         if commands:
             await self.watch.bump(*commands)

@@ -99,6 +99,9 @@ invocations = sa.Table(
     sa.Column("stdout_truncated", sa.Boolean, nullable=False),
     sa.Column("stderr_truncated", sa.Boolean, nullable=False),
     sa.Column("reason", sa.String(500)),
+    # A stream of at most a few KiB lives here rather than in the blob store.
+    sa.Column("stdout_inline", sa.LargeBinary),
+    sa.Column("stderr_inline", sa.LargeBinary),
     sa.UniqueConstraint("command_id", "node_id", name="uq_invocations_command_node"),
     sa.Index("ix_invocations_node_status", "node_id", "status"),
     sa.Index("ix_invocations_status_deliver_by", "status", "deliver_by"),

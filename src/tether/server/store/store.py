@@ -36,7 +36,11 @@ _RESULT_SOURCES = sorted(set.intersection(*(
     {s.value for s in allowed_sources(InvocationStatus(t))}
     for t in ("Success", "Failed", "TimedOut", "Cancelled"))))
 _RESULT_COLUMNS = ("status", "ended_at", "exit_code", "stdout_size", "stderr_size",
-                   "stdout_truncated", "stderr_truncated", "reason")
+                   "stdout_truncated", "stderr_truncated", "reason", "stdout_inline",
+                   "stderr_inline")
+# What lists of invocations show: the row without the output bytes it may carry.
+_LISTED = [c for c in invocations.c if not c.name.endswith("_inline")]
+
 
 def _one_of(column: sa.ColumnElement[Any], values: list[str]) -> sa.ColumnElement[bool]:
     """``column IN (...)`` written out: an expanding IN cannot be used with executemany.
@@ -399,13 +403,13 @@ class Store:
 
     async def list_invocations(self, command_id: str) -> list[Row]:
         async with self.engine.connect() as conn:
-            result = await conn.execute(sa.select(invocations).where(
+            result = await conn.execute(sa.select(*_LISTED).where(
                 invocations.c.command_id == command_id).order_by(invocations.c.node_id))
             return [dict(r) for r in result.mappings()]
 
     async def get_invocation(self, invocation_id: str) -> Row | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(invocations).where(
+            row = (await conn.execute(sa.select(*_LISTED).where(
                 invocations.c.invocation_id == invocation_id))).mappings().first()
             return dict(row) if row else None
 
