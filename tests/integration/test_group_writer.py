@@ -63,13 +63,15 @@ async def test_many_rows_of_every_kind_in_one_turn(store: Store) -> None:
                for i in invs]))
         await asyncio.gather(*(writer.write("results", dict(
             b_inv=i["invocation_id"], b_status="Success", b_ended_at=now, b_exit_code=0,
-            b_stdout_size=0, b_stderr_size=0, b_stdout_truncated=False,
-            b_stderr_truncated=False, b_reason=None)) for i in invs))
+            b_stdout_size=len(i["node_id"]), b_stderr_size=0, b_stdout_truncated=False,
+            b_stderr_truncated=False, b_reason=None, b_stdout_inline=i["node_id"].encode(),
+            b_stderr_inline=None)) for i in invs))
         # A late duplicate result cannot move a terminal invocation again.
         await writer.write("results", dict(
             b_inv=invs[0]["invocation_id"], b_status="Failed", b_ended_at=now, b_exit_code=1,
-            b_stdout_size=0, b_stderr_size=0, b_stdout_truncated=False,
-            b_stderr_truncated=False, b_reason="late"))
+            b_stdout_size=4, b_stderr_size=0, b_stdout_truncated=False,
+            b_stderr_truncated=False, b_reason="late", b_stdout_inline=b"late",
+            b_stderr_inline=None))
     finally:
         await writer.stop()
     assert writer.rows == 5 * 4 + 1
@@ -77,6 +79,11 @@ async def test_many_rows_of_every_kind_in_one_turn(store: Store) -> None:
     rows = await store.list_invocations("c-1")
     assert {r["status"] for r in rows} == {InvocationStatus.SUCCESS.value}
     assert all(r["started_at"] == pytest.approx(now) for r in rows)
+    for i in invs:  # small outputs travel in the row, and the late duplicate changed nothing
+        stored = await store.find_invocation("c-1", i["node_id"])
+        assert stored is not None
+        assert (stored["stdout_inline"], stored["stderr_inline"], stored["reason"]) == (
+            i["node_id"].encode(), None, None)
     online = await store.list_nodes()
     assert {n["ping_status"] for n in online} == {"Online"}
     assert {n["primary_address"] for n in online} == {"10.64.0.2"}

@@ -46,10 +46,9 @@ from tether.protocol.messages import (
     decode,
     encode,
 )
-from tether.protocol.versions import PROTOCOL_VERSION
+from tether.protocol.versions import AGENT_WS_PATH, PROTOCOL_VERSION
 
 log = logging.getLogger("tether.agent")
-WS_PATH = "/agent/v1/connect"
 OPEN_TIMEOUT = 20.0
 INVENTORY_CHECK_INTERVAL = 30.0
 MAX_FRAME = 2 * 1024 * 1024
@@ -62,7 +61,7 @@ class FatalLinkError(Exception):
 
 def websocket_url(server_url: str) -> str:
     scheme, rest = server_url.split("://", 1)
-    return ("wss" if scheme == "https" else "ws") + "://" + rest.rstrip("/") + WS_PATH
+    return ("wss" if scheme == "https" else "ws") + "://" + rest.rstrip("/") + AGENT_WS_PATH
 
 
 class Agent:

@@ -9,10 +9,13 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from tether import __version__
 from tether.protocol.errors import CloseCode
+from tether.protocol.versions import AGENT_WS_PATH
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.api import agent_install
 from tether.server.api.errors import ApiError, api_error_handler
@@ -85,7 +88,7 @@ async def sweep(s: ServerState) -> None:
             log.exception("sweep failed; trying again")
 
 
-def build_app(settings: Settings) -> FastAPI:
+def build_app(settings: Settings) -> AgentFront:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = await start(settings)
@@ -103,9 +106,25 @@ def build_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(agent_install.router)
 
-    @app.websocket("/agent/v1/connect")
-    async def agent_connect(ws: WebSocket) -> None:
-        s: ServerState = ws.app.state.tether
-        await serve_agent(ws, s.settings, s.store, s.registry, s.dispatcher)
+    return AgentFront(app)
 
-    return app
+
+class AgentFront:
+    """ASGI front door: the agents' WebSocket goes straight to its handler.
+
+    Through FastAPI each of 10,000 idle links kept a dozen suspended coroutines
+    (middleware, router, dependency exit stacks) and their closures for its whole
+    life; the agent endpoint needs none of that. Everything else, lifespan
+    included, is the FastAPI app's.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == AGENT_WS_PATH:
+            s: ServerState = self.app.state.tether
+            await serve_agent(WebSocket(scope, receive, send), s.settings, s.store, s.registry,
+                              s.dispatcher)
+        else:
+            await self.app(scope, receive, send)

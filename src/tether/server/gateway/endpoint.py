@@ -83,7 +83,6 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
     old = registry.add(conn)
     if old is not None:
         old.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
-    writer = asyncio.create_task(conn.run_writer())
     conn.send(_welcome(hello, settings))
     try:
         await dispatcher.node_connected(conn)
@@ -104,7 +103,4 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         if registry.remove(conn):
             await dispatcher.node_disconnected(conn)
         conn.close(CloseCode.NORMAL, "")
-        try:
-            await asyncio.wait_for(writer, 5)
-        except (asyncio.TimeoutError, Exception):
-            writer.cancel()
+        await conn.drained(5)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 
 from starlette.websockets import WebSocket
@@ -24,6 +25,12 @@ _CLOSE = object()
 
 
 class AgentConnection:
+    """One agent's link: ``send`` never waits, and frames leave in order.
+
+    A writer task exists only while something is queued: an idle link (most of a
+    fleet, most of the time) holds no task, no coroutine and no queue waiters.
+    """
+
     def __init__(self, node_id: str, peer: str | None, ws: WebSocket, protocol: int) -> None:
         self.node_id = node_id
         self.protocol = protocol
@@ -32,7 +39,8 @@ class AgentConnection:
         self.last_received = time.monotonic()
         self.last_received_wall = time.time()
         self.closing = False
-        self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        self._outbox: deque[object] = deque()
+        self._writer: asyncio.Task[None] | None = None
         self._close_args: tuple[int, str] = (1000, "")
 
     def received(self) -> None:
@@ -42,19 +50,24 @@ class AgentConnection:
     def send(self, message: Message) -> bool:
         if self.closing:
             return False
-        self._outbox.put_nowait(encode(message))
+        self._queue(encode(message))
         return True
 
     def close(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True
             self._close_args = (code, reason)
-            self._outbox.put_nowait(_CLOSE)
+            self._queue(_CLOSE)
 
-    async def run_writer(self) -> None:
+    def _queue(self, item: object) -> None:
+        self._outbox.append(item)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
         try:
-            while True:
-                item = await self._outbox.get()
+            while self._outbox:
+                item = self._outbox.popleft()
                 if item is _CLOSE:
                     code, reason = self._close_args
                     await self.ws.close(code, reason)
@@ -64,6 +77,17 @@ class AgentConnection:
         except (RuntimeError, OSError) as exc:  # the peer is already gone
             log.debug("writer for %s stopped: %s", self.node_id, exc)
             self.closing = True
+            self._outbox.clear()
+
+    async def drained(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for what is queued, the close included, to go out."""
+        writer = self._writer
+        if writer is None or writer.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), timeout)
+        except (asyncio.TimeoutError, Exception):
+            writer.cancel()
 
 
 class Registry:
