@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import Any
 
 from tether.server.store.store import Store
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 2000
+SLOW_BATCH = 0.5
 
 
 @dataclasses.dataclass
@@ -71,6 +73,7 @@ class GroupWriter:
                 batch = WriteBatch()
                 for kind, row, _ in taken:
                     getattr(batch, kind).append(row)
+                started = time.monotonic()
                 try:
                     await self.store.apply(batch)
                 except Exception:
@@ -79,6 +82,9 @@ class GroupWriter:
                                   len(batch))
                     await self._write_singly(taken)
                     continue
+                took = time.monotonic() - started
+                if took > SLOW_BATCH:  # every agent waiting on it is held this long
+                    log.warning("group commit of %d rows took %.2f s", len(batch), took)
                 self.batches += 1
                 self.rows += len(batch)
                 for _, _, done in taken:
