@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tether import __version__
-from tether.cli import commands, fleet
+from tether.cli import access, commands, fleet
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail
 from tether.server.config import DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT
@@ -137,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     nd.add_argument("node_id")
     _json(nd)
     nd.set_defaults(handler=fleet.nodes_deregister)
+
+    access.add_parsers(sub)
+    access.add_audit_parsers(sub)
 
     r = sub.add_parser("run", help="run a script on nodes",
                        description="Run a script on every target and wait for the results. "

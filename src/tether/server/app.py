@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
@@ -17,7 +19,7 @@ from tether import __version__
 from tether.protocol.errors import CloseCode
 from tether.protocol.versions import AGENT_WS_PATH
 from tether.server.agent_dist.bundle import AgentBundle
-from tether.server.api import agent_install
+from tether.server.api import agent_install, audit, operators
 from tether.server.api.errors import ApiError, api_error_handler
 from tether.server.api.routes import router
 from tether.server.blobs import FolderBlobStore
@@ -41,6 +43,16 @@ def write_secret_file(path: os.PathLike[str] | str, secret: str) -> None:
         f.write(secret + "\n")
 
 
+def audit_key(path: Path) -> bytes:
+    """The audit chain's HMAC key: made once, kept beside the database, never in it."""
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        key = secrets.token_hex(32)
+        write_secret_file(path, key)
+        return bytes.fromhex(key)
+
+
 async def start(settings: Settings) -> ServerState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
@@ -53,6 +65,7 @@ async def start(settings: Settings) -> ServerState:
         print(f"tether: created the admin token; it is in {settings.admin_token_file} "
               "(readable by you only)", flush=True)
     await store.mark_all_connection_lost()
+    store.audit.key = audit_key(settings.audit_key_file)
     registry = Registry()
     watch = CommandWatch()
     blobs = FolderBlobStore(settings.blob_dir)
@@ -104,6 +117,9 @@ def build_app(settings: Settings) -> AgentFront:
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
     app.add_exception_handler(ApiError, api_error_handler)
     app.include_router(router)
+    app.include_router(operators.router)
+    app.include_router(audit.router)
+    app.middleware("http")(audit.record_call)
     app.include_router(agent_install.router)
 
     return AgentFront(app)

@@ -39,6 +39,10 @@ class Settings:
         return self.data_dir / "agent-bundle"
 
     @property
+    def audit_key_file(self) -> Path:
+        return self.data_dir / "audit-key"
+
+    @property
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin-token"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from tether.server.config import (
@@ -122,6 +124,78 @@ class CommandDetail(CommandSummary):
     invocations: list[Invocation]
 
 
+class PolicyStatement(BaseModel):
+    effect: str = Field(description="allow or deny")
+    actions: list[str] = Field(description="e.g. commands:send, commands:*, *")
+    resources: list[str] = Field(description="*, a node id, or tag:key=value")
+
+
 class WhoAmI(BaseModel):
     operator: str
+    roles: list[str]
+    statements: list[PolicyStatement] = Field(
+        description="every statement in force: the roles' and the operator's own")
     server_version: str
+
+
+OPERATOR_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
+
+
+class OperatorRequest(BaseModel):
+    name: str = Field(pattern=OPERATOR_NAME)
+    roles: list[str] = Field(default_factory=list, description="admin, operator, viewer")
+    statements: list[PolicyStatement] = Field(default_factory=list, max_length=200)
+
+
+class OperatorUpdate(BaseModel):
+    roles: list[str] | None = None
+    statements: list[PolicyStatement] | None = Field(default=None, max_length=200)
+
+
+class Operator(BaseModel):
+    name: str
+    roles: list[str]
+    statements: list[PolicyStatement]
+    created_at: float
+    created_by: str
+    disabled_at: float | None
+
+
+class TokenRequest(BaseModel):
+    operator: str = Field(pattern=OPERATOR_NAME)
+    label: str | None = Field(default=None, max_length=200)
+    expires_in: float | None = Field(default=None, gt=0, le=10 * 365 * 86400,
+                                     description="seconds; none: until revoked")
+
+
+class Token(BaseModel):
+    token_id: str
+    operator: str
+    label: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+class CreatedToken(Token):
+    token: str = Field(description="shown once; the server keeps only its hash")
+
+
+class AuditRecord(BaseModel):
+    seq: int
+    at: float
+    actor: str
+    action: str
+    target: str | None
+    source: str | None
+    outcome: str = Field(description="ok, denied or failed")
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditVerdict(BaseModel):
+    ok: bool
+    records: int
+    problem: str | None
+    seq: int | None = Field(description="the first record that does not fit the chain")

@@ -15,7 +15,10 @@ from fastapi.responses import Response
 from tether import __version__
 from tether.protocol.ids import is_node_id
 from tether.protocol.statuses import InvocationStatus, command_status
+from tether.server.access.policy import Node
 from tether.server.api import models
+from tether.server.api.audit_note import note
+from tether.server.api.auth import Principal, Who, require_nodes
 from tether.server.api.errors import ApiError
 from tether.server.blobs import output_key
 from tether.server.dispatch.dispatcher import CommandSpec, NoTargetsError
@@ -26,7 +29,7 @@ from tether.server.store import NodeFilter, RegistrationError
 router = APIRouter(prefix="/api/v1")
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": models.ErrorBody}, 401: {"model": models.ErrorBody},
-    404: {"model": models.ErrorBody}}
+    403: {"model": models.ErrorBody}, 404: {"model": models.ErrorBody}}
 
 
 def state(request: Request) -> ServerState:
@@ -34,25 +37,17 @@ def state(request: Request) -> ServerState:
     return s
 
 
-async def operator(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "send an operator token: Authorization: Bearer ...")
-    name = await state(request).store.operator_for_token(token.strip())
-    if name is None:
-        raise ApiError(401, "unauthorized", "the operator token is not valid")
-    return name
-
-
 State = Annotated[ServerState, Depends(state)]
-Operator = Annotated[str, Depends(operator)]
 
 
 @router.post("/registrations", status_code=201, response_model=models.RegistrationResponse,
              responses={403: {"model": models.ErrorBody}}, tags=["agents"])
-async def register(body: models.RegistrationRequest, s: State) -> dict[str, Any]:
+async def register(body: models.RegistrationRequest, s: State,
+                   request: Request) -> dict[str, Any]:
     """Register a device with an activation id and code (called by tether-agent)."""
+    request.state.audit_actor = f"activation:{body.activation_id}"
+    note(request, computer_name=body.computer_name,
+         replaces=body.replaces.node_id if body.replaces else None)
     replaces = (body.replaces.node_id, body.replaces.credential) if body.replaces else None
     try:
         node, credential = await s.store.register_node(
@@ -60,34 +55,41 @@ async def register(body: models.RegistrationRequest, s: State) -> dict[str, Any]
             computer_name=body.computer_name, replaces=replaces)
     except RegistrationError as exc:
         raise ApiError(403, exc.code, str(exc)) from None
+    note(request, target=node["node_id"])
     if node["replaced"]:
         await s.dispatcher.disconnect_deregistered(node["replaced"])
     return {"node_id": node["node_id"], "credential": credential, "name": node["name"]}
 
 
 @router.get("/whoami", response_model=models.WhoAmI, responses=ERRORS, tags=["operators"])
-async def whoami(who: Operator) -> dict[str, Any]:
-    return {"operator": who, "server_version": __version__}
+async def whoami(who: Who) -> dict[str, Any]:
+    return {"operator": who.operator, "roles": list(who.roles),
+            "statements": [st.as_dict() for st in who.policy.statements],
+            "server_version": __version__}
 
 
 @router.post("/activations", status_code=201, response_model=models.CreatedActivation,
              responses=ERRORS, tags=["activations"])
 async def create_activation(body: models.ActivationRequest, s: State,
-                            _who: Operator) -> dict[str, Any]:
+                            who: Who, request: Request) -> dict[str, Any]:
+    who.require("activations:create")
     row, code = await s.store.create_activation(
         limit=body.registration_limit, expires_at=time.time() + body.expires_in,
         tags=body.tags, name_prefix=body.name_prefix)
+    note(request, target=row["activation_id"], limit=body.registration_limit,
+         tags=body.tags)
     return {**row, "activation_code": code}
 
 
 @router.get("/activations", response_model=list[models.Activation], responses=ERRORS,
             tags=["activations"])
-async def list_activations(s: State, _who: Operator) -> list[dict[str, Any]]:
+async def list_activations(s: State, who: Who) -> list[dict[str, Any]]:
+    who.require("activations:read")
     return await s.store.list_activations()
 
 
 @router.get("/nodes", response_model=list[models.Node], responses=ERRORS, tags=["nodes"])
-async def list_nodes(s: State, _who: Operator,
+async def list_nodes(s: State, who: Who,
                      ping_status: str | None = None,
                      tag: Annotated[list[str] | None, Query()] = None,
                      name: str | None = None, activation_id: str | None = None,
@@ -96,8 +98,8 @@ async def list_nodes(s: State, _who: Operator,
         tags = tuple(parse_tag(t) for t in tag or [])
     except TargetError as exc:
         raise ApiError(400, "bad_tag", str(exc)) from None
-    return await s.store.list_nodes(NodeFilter(ping_status=ping_status, tags=tags, name=name,
-                                               activation_id=activation_id, ip=ip))
+    return who.readable("nodes:read", await s.store.list_nodes(NodeFilter(
+        ping_status=ping_status, tags=tags, name=name, activation_id=activation_id, ip=ip)))
 
 
 async def _node(s: ServerState, node_id: str) -> dict[str, Any]:
@@ -108,28 +110,43 @@ async def _node(s: ServerState, node_id: str) -> dict[str, Any]:
 
 
 @router.get("/nodes/{node_id}", response_model=models.Node, responses=ERRORS, tags=["nodes"])
-async def show_node(node_id: str, s: State, _who: Operator) -> dict[str, Any]:
-    return await _node(s, node_id)
+async def show_node(node_id: str, s: State, who: Who) -> dict[str, Any]:
+    node = await _node(s, node_id)
+    who.require_node("nodes:read", node)
+    return node
 
 
 @router.patch("/nodes/{node_id}/tags", response_model=models.Node, responses=ERRORS,
               tags=["nodes"])
 async def tag_node(node_id: str, body: models.TagsUpdate, s: State,
-                   _who: Operator) -> dict[str, Any]:
-    await _node(s, node_id)
+                   who: Who, request: Request) -> dict[str, Any]:
+    """Needs ``nodes:tag`` on the node as it is and as it would be: tags grant access."""
+    node = await _node(s, node_id)
+    after = {k: v for k, v in node["tags"].items() if k not in body.remove} | body.set
+    who.require_node("nodes:tag", node)
+    who.require_node("nodes:tag", {**node, "tags": after})
+    note(request, set=body.set, remove=body.remove)
     await s.store.set_tags(node_id, body.set, body.remove)
     return await _node(s, node_id)
 
 
 @router.delete("/nodes/{node_id}", response_model=models.Node, responses=ERRORS,
                tags=["nodes"])
-async def deregister_node(node_id: str, s: State, _who: Operator) -> dict[str, Any]:
+async def deregister_node(node_id: str, s: State, who: Who) -> dict[str, Any]:
     """Revoke the node's credential and close its connection at once."""
     node = await _node(s, node_id)
+    who.require_node("nodes:deregister", node)
     if node["deregistered_at"] is not None:
         raise ApiError(404, "node_not_found", f"{node_id} is already deregistered")
     await s.dispatcher.deregister(node_id)
     return await _node(s, node_id)
+
+
+async def _require_command(s: ServerState, who: Principal, action: str,
+                           command_id: str) -> None:
+    if not who.policy.allows_everywhere(action):
+        nodes = (await s.store.command_nodes([command_id]))[command_id]
+        await require_nodes(s, who, action, nodes)
 
 
 def _summary(command: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
@@ -156,14 +173,16 @@ async def _detail(s: ServerState, command_id: str) -> dict[str, Any]:
 
 @router.post("/commands", status_code=201, response_model=models.CommandDetail,
              responses=ERRORS, tags=["commands"])
-async def run_command(body: models.CommandRequest, s: State, who: Operator,
+async def run_command(body: models.CommandRequest, s: State, who: Who, request: Request,
                       invocations: bool = True) -> dict[str, Any]:
     """Store a command and deliver it to every target now online (others wait).
 
     ``invocations=false`` answers with the counts alone, from what was just stored
     and without reading it back: to a fan-out to 10,000 nodes the full answer is
     2.7 MB, and reading it back let the first results queue ahead of the reply.
+    Every target node must allow ``commands:send``, or nothing is sent.
     """
+    note(request, script=body.script, targets=body.targets)
     try:
         targets = parse_targets(body.targets)
         spec = CommandSpec(script=body.script, targets=body.targets, timeout=body.timeout,
@@ -171,7 +190,10 @@ async def run_command(body: models.CommandRequest, s: State, who: Operator,
                            output_cap=(s.settings.output_cap if body.output_cap is None
                                        else body.output_cap),
                            workdir=body.workdir, comment=body.comment)
-        command, count = await s.dispatcher.submit(spec, targets, who)
+        node_ids = await s.dispatcher.resolve(targets)
+        await require_nodes(s, who, "commands:send", node_ids)
+        command, count = await s.dispatcher.submit(spec, node_ids, who.operator)
+        note(request, target=command["command_id"], nodes=count)
     except (TargetError, NoTargetsError) as exc:
         raise ApiError(400, "bad_targets", str(exc)) from None
     if not invocations:
@@ -182,17 +204,23 @@ async def run_command(body: models.CommandRequest, s: State, who: Operator,
 
 @router.get("/commands", response_model=list[models.CommandSummary], responses=ERRORS,
             tags=["commands"])
-async def list_commands(s: State, _who: Operator,
+async def list_commands(s: State, who: Who,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                         ) -> list[dict[str, Any]]:
+    """The newest commands whose every node allows ``commands:read``."""
     rows = await s.store.list_commands(limit)
+    if not who.policy.allows_everywhere("commands:read"):
+        nodes = await s.store.command_nodes([r["command_id"] for r in rows])
+        tags = await s.store.tags_of(sorted({n for ids in nodes.values() for n in ids}))
+        rows = [r for r in rows if not who.policy.refused("commands:read", (
+            Node(n, tags[n]) for n in nodes[r["command_id"]]))]
     counts = await s.store.status_counts([r["command_id"] for r in rows])
     return [_summary(r, counts[r["command_id"]]) for r in rows]
 
 
 @router.get("/commands/{command_id}", response_model=models.CommandDetail, responses=ERRORS,
             tags=["commands"])
-async def show_command(command_id: str, s: State, _who: Operator,
+async def show_command(command_id: str, s: State, who: Who,
                        after: Annotated[int | None, Query(ge=0)] = None,
                        wait: Annotated[float, Query(ge=0, le=60)] = 0,
                        invocations: bool = True,
@@ -202,6 +230,7 @@ async def show_command(command_id: str, s: State, _who: Operator,
     ``invocations=false`` leaves the per-node list out (counts stay): what a client
     following a fan-out to thousands of nodes needs on every change.
     """
+    await _require_command(s, who, "commands:read", command_id)
     if after is not None and wait > 0:
         await s.watch.wait(command_id, after, wait)
     if invocations:
@@ -216,8 +245,9 @@ async def show_command(command_id: str, s: State, _who: Operator,
 
 @router.post("/commands/{command_id}/cancel", response_model=models.CommandDetail,
              responses=ERRORS, tags=["commands"])
-async def cancel_command(command_id: str, s: State, _who: Operator) -> dict[str, Any]:
+async def cancel_command(command_id: str, s: State, who: Who) -> dict[str, Any]:
     await _detail(s, command_id)
+    await _require_command(s, who, "commands:cancel", command_id)
     await s.dispatcher.cancel(command_id)
     return await _detail(s, command_id)
 
@@ -226,13 +256,14 @@ async def cancel_command(command_id: str, s: State, _who: Operator) -> dict[str,
             tags=["commands"], response_class=Response,
             response_description="the stream's bytes, whole")
 async def invocation_output(command_id: str, node_id: str, stream: str, s: State,
-                            _who: Operator) -> Response:
+                            who: Who) -> Response:
     if stream not in ("stdout", "stderr"):
         raise ApiError(404, "no_such_stream", "stream is stdout or stderr")
     inv = await s.store.find_invocation(command_id, node_id)
     if inv is None:
         raise ApiError(404, "invocation_not_found",
                        f"command {command_id} has no invocation on {node_id}")
+    await require_nodes(s, who, "commands:read-output", [node_id])
     key = output_key(command_id, node_id, stream)
     data = inv[f"{stream}_inline"]
     if data is None:

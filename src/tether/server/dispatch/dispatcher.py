@@ -93,10 +93,12 @@ class Dispatcher:
             found.add(node_id)
         return sorted(found)
 
-    async def submit(self, spec: CommandSpec, targets: Targets,
+    async def submit(self, spec: CommandSpec, node_ids: list[str],
                      operator: str) -> tuple[Row, int]:
-        """Store the command, send it to its targets online here; the command and its count."""
-        node_ids = await self.resolve(targets)
+        """Store the command, send it to its nodes online here; the command and its count.
+
+        ``node_ids`` come from ``resolve``; the caller checks them against policy between.
+        """
         if not node_ids:
             raise NoTargetsError("no registered node matches the targets")
         now = time.time()

@@ -71,6 +71,11 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         hello = await _handshake(ws, store)
     except ProtocolError as exc:
         log.info("agent from %s refused: %s", peer, exc)
+        if exc.code in (CloseCode.AUTH_FAILED, CloseCode.DEREGISTERED):
+            with contextlib.suppress(Exception):
+                await store.audit.append(actor="agent", action="agent connect",
+                                         outcome="denied", source=peer,
+                                         detail={"reason": exc.reason})
         with contextlib.suppress(Exception):
             await ws.close(exc.code, exc.reason)
         return

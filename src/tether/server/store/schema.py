@@ -12,13 +12,26 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+operators = sa.Table(
+    "operators", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("roles", sa.JSON, nullable=False),       # names from access/policy.py ROLES
+    sa.Column("statements", sa.JSON, nullable=False),  # the operator's own policy statements
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("disabled_at", sa.Float),
+)
+
 operator_tokens = sa.Table(
     "operator_tokens", metadata,
     sa.Column("token_id", sa.String(36), primary_key=True),
+    # The operator the token acts for.
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float),
+    sa.Column("label", sa.String(200)),
+    sa.Column("expires_at", sa.Float),
 )
 
 activations = sa.Table(
@@ -105,4 +118,25 @@ invocations = sa.Table(
     sa.UniqueConstraint("command_id", "node_id", name="uq_invocations_command_node"),
     sa.Index("ix_invocations_node_status", "node_id", "status"),
     sa.Index("ix_invocations_status_deliver_by", "status", "deliver_by"),
+)
+
+
+# Append-only: rows are only ever inserted. Each row's hash covers its fields and
+# the previous row's hash (access/audit_chain.py), so a changed, removed or
+# inserted row breaks the chain from that point on.
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+              primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(200)),
+    sa.Column("source", sa.String(64)),
+    sa.Column("outcome", sa.String(40), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_audit_log_at", "at"),
+    sa.Index("ix_audit_log_actor", "actor"),
 )

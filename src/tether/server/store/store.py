@@ -20,6 +20,8 @@ from tether.protocol.ids import new_node_id, new_uuid
 from tether.protocol.statuses import InvocationStatus, allowed_sources
 from tether.server.secrets import hash_secret, matches, new_secret
 from tether.server.store import migrate
+from tether.server.store.audit import AuditLog
+from tether.server.store.operators import Operators
 from tether.server.store.schema import (
     activations,
     commands,
@@ -27,7 +29,6 @@ from tether.server.store.schema import (
     node_addresses,
     node_tags,
     nodes,
-    operator_tokens,
 )
 
 # Sources of the batched transitions, from the one table (protocol/statuses.py).
@@ -107,6 +108,8 @@ async def open_store(url: str) -> Store:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.operators = Operators(engine)
+        self.audit = AuditLog(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -114,24 +117,8 @@ class Store:
     # -- operators ---------------------------------------------------------
 
     async def create_admin_token_if_none(self) -> str | None:
-        """Make the first admin token; return it in clear once, or None if one exists."""
-        async with self.engine.begin() as conn:
-            existing = await conn.scalar(sa.select(sa.func.count()).select_from(operator_tokens))
-            if existing:
-                return None
-            token = new_secret("tth")
-            await conn.execute(operator_tokens.insert().values(
-                token_id=new_uuid(), name="admin", token_hash=hash_secret(token),
-                created_at=time.time()))
-            return token
-
-    async def operator_for_token(self, token: str) -> str | None:
-        async with self.engine.connect() as conn:
-            name: str | None = await conn.scalar(
-                sa.select(operator_tokens.c.name).where(
-                    operator_tokens.c.token_hash == hash_secret(token),
-                    operator_tokens.c.revoked_at.is_(None)))
-            return name
+        """Make the admin operator and its first token; the token in clear once, or None."""
+        return await self.operators.bootstrap_admin()
 
     # -- activations -------------------------------------------------------
 
@@ -333,6 +320,27 @@ class Store:
             del out["credential_hash"]
             await self._attach_tags(conn, [out])
             return out
+
+    async def tags_of(self, node_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Each node's tags, for policy checks over many nodes."""
+        out: dict[str, dict[str, str]] = {n: {} for n in node_ids}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(node_ids), 1000):
+                result = await conn.execute(sa.select(node_tags).where(
+                    node_tags.c.node_id.in_(node_ids[start:start + 1000])))
+                for t in result.mappings():
+                    out[t["node_id"]][t["key"]] = t["value"]
+        return out
+
+    async def command_nodes(self, command_ids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {c: [] for c in command_ids}
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                sa.select(invocations.c.command_id, invocations.c.node_id)
+                .where(invocations.c.command_id.in_(command_ids)))
+            for cid, node_id in result:
+                out[cid].append(node_id)
+        return out
 
     async def set_tags(self, node_id: str, tags: dict[str, str], remove: Iterable[str]) -> None:
         async with self.engine.begin() as conn:

@@ -1,0 +1,1 @@
+"""Who may do what: policy documents, built-in roles, and their evaluation."""
