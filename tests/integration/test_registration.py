@@ -254,6 +254,26 @@ def test_expired_activation_via_cli_duration(server: Server,
     assert "expired" in result.stderr
 
 
+def test_revoked_activation_is_refused_and_its_nodes_stay(
+        server: Server, make_agent: Callable[..., Agent]) -> None:
+    activation_id, code = server.activation("--limit", "5")
+    first = make_agent().register(activation_id, code)
+    revoked = server.cli("activation", "revoke", activation_id)
+    assert revoked["revoked_at"] is not None and revoked["registrations"] == 1
+    assert "code_hash" not in revoked
+    listed = {a["activation_id"]: a for a in server.cli("activation", "list")}
+    assert listed[activation_id]["revoked_at"] == revoked["revoked_at"]
+    later = make_agent()
+    result = later.register_raw(activation_id, code)
+    assert result.returncode == EXIT_REFUSED, result
+    assert "the activation was revoked" in result.stderr
+    assert "tether activation create" in result.stderr
+    assert not later.state_dir.exists()
+    assert server.cli("nodes", "show", first.node_id)["deregistered_at"] is None
+    again = server.cli_raw("activation", "revoke", str(uuid.uuid4()))
+    assert again.returncode != 0 and "no activation" in again.stderr
+
+
 def test_registration_limit(server: Server, make_agent: Callable[..., Agent]) -> None:
     activation_id, code = server.activation("--limit", "1")
     make_agent().register(activation_id, code)

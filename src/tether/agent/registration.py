@@ -69,6 +69,7 @@ def _refusal(exc: urllib.error.HTTPError) -> RegistrationFailed:
     hints = {
         "invalid_activation": "check the activation id and code you were given",
         "activation_expired": "ask for a new activation (tether activation create)",
+        "activation_revoked": "ask for a new activation (tether activation create)",
         "registration_limit_reached": "ask for a new activation or a higher --limit",
     }
     hint = hints.get(code)

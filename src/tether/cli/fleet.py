@@ -32,9 +32,19 @@ def activation_list(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(acts)
         return 0
-    table(["ACTIVATION", "USED", "LIMIT", "EXPIRES", "TAGS"],
+    table(["ACTIVATION", "USED", "LIMIT", "EXPIRES", "REVOKED", "TAGS"],
           [[a["activation_id"], a["registrations"], a["registration_limit"],
-            when(a["expires_at"]), _tags(a["tags"])] for a in acts])
+            when(a["expires_at"]), when(a.get("revoked_at")), _tags(a["tags"])] for a in acts])
+    return 0
+
+
+def activation_revoke(c: Client, args: argparse.Namespace) -> int:
+    act = c.request("DELETE", f"/activations/{args.activation_id}")
+    if args.json:
+        print_json(act)
+    else:
+        print(f"activation {act['activation_id']} revoked; the {act['registrations']} node(s) "
+              "it registered stay registered")
     return 0
 
 

@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--token", help="the token (default: read it from standard input or a "
                                     "prompt, so it stays out of your shell history)")
 
-    act = sub.add_parser("activation", help="create and list activations").add_subparsers(
+    act = sub.add_parser("activation", help="create, list and revoke activations").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     ac = act.add_parser("create", help="create an activation (its code is shown once)")
     ac.add_argument("--limit", type=int, default=1, help="devices it may register (default 1)")
@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     al = act.add_parser("list", help="list activations")
     _json(al)
     al.set_defaults(handler=fleet.activation_list)
+    ar = act.add_parser("revoke", help="refuse every later registration with an activation")
+    ar.add_argument("activation_id")
+    _json(ar)
+    ar.set_defaults(handler=fleet.activation_revoke)
 
     nodes = sub.add_parser("nodes", help="see and manage nodes").add_subparsers(
         dest="action", required=True, metavar="ACTION")

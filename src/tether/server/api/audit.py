@@ -24,7 +24,7 @@ from tether.server.state import ServerState
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-TARGET_PARAMS = ("node_id", "command_id", "name", "token_id")
+TARGET_PARAMS = ("node_id", "command_id", "name", "token_id", "activation_id")
 
 
 def outcome_of(status: int) -> str:

@@ -53,6 +53,7 @@ class Activation(BaseModel):
     created_at: float
     tags: dict[str, str]
     name_prefix: str | None
+    revoked_at: float | None = None
 
 
 class CreatedActivation(Activation):

@@ -88,6 +88,17 @@ async def list_activations(s: State, who: Who) -> list[dict[str, Any]]:
     return await s.store.list_activations()
 
 
+@router.delete("/activations/{activation_id}", response_model=models.Activation,
+               responses=ERRORS, tags=["activations"])
+async def revoke_activation(activation_id: str, s: State, who: Who) -> dict[str, Any]:
+    """Refuse every later registration with this activation (registered nodes stay)."""
+    who.require("activations:revoke")
+    row = await s.store.revoke_activation(activation_id)
+    if row is None:
+        raise ApiError(404, "activation_not_found", f"no activation {activation_id}")
+    return row
+
+
 @router.get("/nodes", response_model=list[models.Node], responses=ERRORS, tags=["nodes"])
 async def list_nodes(s: State, who: Who,
                      ping_status: str | None = None,

@@ -44,6 +44,7 @@ activations = sa.Table(
     sa.Column("registrations", sa.Integer, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
 )
 
 nodes = sa.Table(

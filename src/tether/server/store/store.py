@@ -140,6 +140,20 @@ class Store:
                 sa.select(*cols).order_by(activations.c.created_at.desc()))
             return [dict(r._mapping) for r in result]
 
+    async def revoke_activation(self, activation_id: str) -> Row | None:
+        """No registration with it from now on; nodes it registered stay."""
+        async with self.engine.begin() as conn:
+            await conn.execute(activations.update().where(
+                activations.c.activation_id == activation_id,
+                activations.c.revoked_at.is_(None)).values(revoked_at=time.time()))
+            row = (await conn.execute(sa.select(activations).where(
+                activations.c.activation_id == activation_id))).mappings().first()
+            if row is None:
+                return None
+            out = dict(row)
+            del out["code_hash"]
+            return out
+
     async def register_node(self, *, activation_id: str, code: str, computer_name: str | None,
                             replaces: tuple[str, str] | None) -> tuple[Row, str]:
         """Register a device under an activation; return the node and its credential."""
@@ -150,6 +164,8 @@ class Store:
             if act is None or not matches(code, act["code_hash"]):
                 raise RegistrationError("invalid_activation",
                                         "the activation id or code is wrong")
+            if act["revoked_at"] is not None:
+                raise RegistrationError("activation_revoked", "the activation was revoked")
             if act["expires_at"] <= now:
                 raise RegistrationError("activation_expired", "the activation has expired")
             taken = await conn.execute(activations.update().where(

@@ -1,4 +1,4 @@
-"""append-only, hash-chained audit log
+"""append-only, hash-chained audit log; activations can be revoked
 
 Revision ID: 0004
 Revises: 0003
@@ -35,9 +35,13 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.create_index("ix_audit_log_at", ["at"], unique=False)
         batch_op.create_index("ix_audit_log_actor", ["actor"], unique=False)
+    with op.batch_alter_table("activations", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("revoked_at", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("activations", schema=None) as batch_op:
+        batch_op.drop_column("revoked_at")
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.drop_index("ix_audit_log_actor")
         batch_op.drop_index("ix_audit_log_at")
