@@ -274,6 +274,27 @@ def test_revoked_activation_is_refused_and_its_nodes_stay(
     assert again.returncode != 0 and "no activation" in again.stderr
 
 
+def test_failed_registrations_are_throttled_per_address(tmp_path: Path) -> None:
+    """Guessing codes: the 11th failure in a minute is refused before it is checked."""
+    server = Server(tmp_path / "data", relaxed=False).start()
+    try:
+        activation_id, code = server.activation("--limit", "5")
+        wrong = {"activation_id": activation_id, "activation_code": "tac_wrong"}
+        for _ in range(10):
+            status, body = api(server, "POST", "/api/v1/registrations", wrong)
+            assert (status, body["error"]) == (403, "invalid_activation")
+        status, body = api(server, "POST", "/api/v1/registrations", wrong)
+        assert (status, body["error"]) == (429, "too_many_failed_registrations"), body
+        # ...and so is the right code from that address, until the minute ends.
+        right = {"activation_id": activation_id, "activation_code": code}
+        status, body = api(server, "POST", "/api/v1/registrations", right)
+        assert status == 429 and "try again in" in body["message"]
+        audit = server.cli("audit", "list", "--action", "/registrations")
+        assert [r["outcome"] for r in audit] == ["denied"] * 12
+    finally:
+        server.stop()
+
+
 def test_registration_limit(server: Server, make_agent: Callable[..., Agent]) -> None:
     activation_id, code = server.activation("--limit", "1")
     make_agent().register(activation_id, code)

@@ -13,7 +13,12 @@ from tether import __version__
 from tether.cli import access, commands, fleet
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail
-from tether.server.config import DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT
+from tether.server.config import (
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_REGISTRATIONS_PER_ACTIVATION,
+    DEFAULT_REGISTRATIONS_PER_ADDRESS,
+)
 
 EXIT_API = 3
 Handler = Callable[[Client, argparse.Namespace], int]
@@ -43,6 +48,14 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    f"ConnectionLost (default {DEFAULT_KEEPALIVE_TIMEOUT:g})")
     s.add_argument("--output-cap", type=int, default=16 * 1024 * 1024, metavar="BYTES",
                    help="default bytes kept per output stream (default 16 MiB)")
+    s.add_argument("--registrations-per-address", type=int, metavar="N",
+                   default=DEFAULT_REGISTRATIONS_PER_ADDRESS,
+                   help="failed registrations allowed per minute from one address "
+                        f"(default {DEFAULT_REGISTRATIONS_PER_ADDRESS})")
+    s.add_argument("--registrations-per-activation", type=int, metavar="N",
+                   default=DEFAULT_REGISTRATIONS_PER_ACTIVATION,
+                   help="failed registrations allowed per minute for one activation "
+                        f"(default {DEFAULT_REGISTRATIONS_PER_ACTIVATION})")
     s.add_argument("--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
                    help="auto (default): uvloop when installed, else asyncio's own loop")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -194,7 +207,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.for_data_dir(
         args.data_dir, args.database_url, host=args.host, port=args.port,
         keepalive_interval=args.keepalive_interval, keepalive_timeout=args.keepalive_timeout,
-        output_cap=args.output_cap, event_loop=args.event_loop)
+        output_cap=args.output_cap, event_loop=args.event_loop,
+        registrations_per_address=args.registrations_per_address,
+        registrations_per_activation=args.registrations_per_activation)
     try:
         serve(settings, args.log_level)
     except OSError as exc:

@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 from tether import __version__
 from tether.protocol.errors import CloseCode
 from tether.protocol.versions import AGENT_WS_PATH
+from tether.server.access.throttle import Throttle
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.api import agent_install, audit, operators
 from tether.server.api.errors import ApiError, api_error_handler
@@ -74,7 +75,9 @@ async def start(settings: Settings) -> ServerState:
     dispatcher = Dispatcher(store, blobs, InProcessBus(registry), watch, writer)
     bundle = AgentBundle(settings.agent_bundle_dir)
     await asyncio.to_thread(bundle.prepare)
-    return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle)
+    throttles = (Throttle(settings.registrations_per_address, 60.0),
+                 Throttle(settings.registrations_per_activation, 60.0))
+    return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle, throttles)
 
 
 async def sweep(s: ServerState) -> None:

@@ -10,6 +10,8 @@ DEFAULT_KEEPALIVE_TIMEOUT = 30.0
 DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 DEFAULT_DELIVERY_TIMEOUT = 3600.0
 DEFAULT_EXECUTION_TIMEOUT = 3600.0
+DEFAULT_REGISTRATIONS_PER_ADDRESS = 10
+DEFAULT_REGISTRATIONS_PER_ACTIVATION = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,10 @@ class Settings:
     output_cap: int = DEFAULT_OUTPUT_CAP
     sweep_interval: float = 1.0
     last_seen_flush_interval: float = 30.0
+    # Failed registrations allowed per minute from one source address and for one
+    # activation id, before both are refused until the minute ends.
+    registrations_per_address: int = DEFAULT_REGISTRATIONS_PER_ADDRESS
+    registrations_per_activation: int = DEFAULT_REGISTRATIONS_PER_ACTIVATION
     # auto: uvloop when installed (it is with tether[server]), else the stdlib loop.
     event_loop: str = "auto"
 

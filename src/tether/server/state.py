@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from tether.server.access.throttle import Throttle
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.blobs import FolderBlobStore
 from tether.server.config import Settings
@@ -22,3 +23,4 @@ class ServerState:
     watch: CommandWatch
     dispatcher: Dispatcher
     agent_bundle: AgentBundle
+    registration_throttles: tuple[Throttle, Throttle]  # per source address, per activation

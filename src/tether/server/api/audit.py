@@ -30,7 +30,7 @@ TARGET_PARAMS = ("node_id", "command_id", "name", "token_id", "activation_id")
 def outcome_of(status: int) -> str:
     if status < 400:
         return "ok"
-    return "denied" if status in (401, 403) else "failed"
+    return "denied" if status in (401, 403, 429) else "failed"
 
 
 async def record_call(request: Request,

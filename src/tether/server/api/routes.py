@@ -41,11 +41,21 @@ State = Annotated[ServerState, Depends(state)]
 
 
 @router.post("/registrations", status_code=201, response_model=models.RegistrationResponse,
-             responses={403: {"model": models.ErrorBody}}, tags=["agents"])
+             responses={403: {"model": models.ErrorBody}, 429: {"model": models.ErrorBody}},
+             tags=["agents"])
 async def register(body: models.RegistrationRequest, s: State,
                    request: Request) -> dict[str, Any]:
     """Register a device with an activation id and code (called by tether-agent)."""
     request.state.audit_actor = f"activation:{body.activation_id}"
+    source = request.client.host if request.client else "unknown"
+    keys = list(zip(s.registration_throttles, (source, body.activation_id)))
+    now = time.monotonic()
+    for throttle, key in keys:
+        wait = throttle.wait(key, now)
+        if wait is not None:
+            raise ApiError(429, "too_many_failed_registrations",
+                           f"too many failed registration attempts; try again in "
+                           f"{wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))})
     note(request, computer_name=body.computer_name,
          replaces=body.replaces.node_id if body.replaces else None)
     replaces = (body.replaces.node_id, body.replaces.credential) if body.replaces else None
@@ -54,6 +64,8 @@ async def register(body: models.RegistrationRequest, s: State,
             activation_id=body.activation_id, code=body.activation_code,
             computer_name=body.computer_name, replaces=replaces)
     except RegistrationError as exc:
+        for throttle, key in keys:
+            throttle.failed(key, now)
         raise ApiError(403, exc.code, str(exc)) from None
     note(request, target=node["node_id"])
     if node["replaced"]:
