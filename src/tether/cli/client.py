@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,6 +50,8 @@ class Client:
         self.base = server.rstrip("/") + "/api/v1"
         self.token = token
         self.timeout = timeout
+        # A server on tether's private CA (tether server --tls auto): TETHER_CA=ca.pem.
+        self.context = ssl.create_default_context(cafile=os.environ.get("TETHER_CA") or None)
 
     def request(self, method: str, path: str, body: Any = None,
                 query: dict[str, Any] | None = None, raw: bool = False) -> Any:
@@ -61,7 +64,8 @@ class Client:
         req = urllib.request.Request(url, data=data, method=method, headers={  # noqa: S310
             "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=self.timeout,  # noqa: S310
+                                        context=self.context) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             raise _failure(exc) from None

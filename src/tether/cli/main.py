@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tether import __version__
+
+if TYPE_CHECKING:
+    from tether.server.tls import TlsFiles
 from tether.cli import access, commands, fleet
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail
@@ -48,6 +53,14 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    f"ConnectionLost (default {DEFAULT_KEEPALIVE_TIMEOUT:g})")
     s.add_argument("--output-cap", type=int, default=16 * 1024 * 1024, metavar="BYTES",
                    help="default bytes kept per output stream (default 16 MiB)")
+    s.add_argument("--tls-cert", type=Path, metavar="FILE",
+                   help="serve HTTPS/WSS with this certificate (PEM, chain included)")
+    s.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    s.add_argument("--tls", choices=["auto"], help="auto: make a private CA (once, in "
+                   "DATA/tls) and a certificate for the --tls-name values; agents pin the CA")
+    s.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                   help="host name or address devices dial (repeatable; default: --host if "
+                        "specific, this host's name, localhost, 127.0.0.1)")
     s.add_argument("--registrations-per-address", type=int, metavar="N",
                    default=DEFAULT_REGISTRATIONS_PER_ADDRESS,
                    help="failed registrations allowed per minute from one address "
@@ -200,16 +213,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    """The TlsFiles to serve with, or None; a usage error is a ValueError."""
+    from tether.server import tls
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_cert and args.tls:
+        raise ValueError("give --tls-cert/--tls-key or --tls auto, not both")
+    if args.tls_name and not args.tls:
+        raise ValueError("--tls-name is for --tls auto")
+    if args.tls_cert:
+        for path in (args.tls_cert, args.tls_key):
+            if not path.is_file():
+                raise ValueError(f"no such file: {path}")
+        return tls.TlsFiles(args.tls_cert, args.tls_key)
+    if args.tls == "auto":
+        names = args.tls_name or [n for n in (
+            args.host if args.host not in ("0.0.0.0", "::") else None,  # noqa: S104
+            socket.gethostname(), "localhost", "127.0.0.1") if n]
+        return tls.auto(args.data_dir / "tls", list(dict.fromkeys(names)))
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from tether.server.config import Settings
     from tether.server.runner import serve
+
+    try:
+        tls_files = _tls(args)
+    except ValueError as exc:
+        fail(str(exc))
+        return 2
 
     settings = Settings.for_data_dir(
         args.data_dir, args.database_url, host=args.host, port=args.port,
         keepalive_interval=args.keepalive_interval, keepalive_timeout=args.keepalive_timeout,
         output_cap=args.output_cap, event_loop=args.event_loop,
         registrations_per_address=args.registrations_per_address,
-        registrations_per_activation=args.registrations_per_activation)
+        registrations_per_activation=args.registrations_per_activation, tls=tls_files)
     try:
         serve(settings, args.log_level)
     except OSError as exc:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tether.server.tls import TlsFiles
 
 DEFAULT_KEEPALIVE_INTERVAL = 150.0
 DEFAULT_KEEPALIVE_TIMEOUT = 30.0
@@ -33,6 +37,8 @@ class Settings:
     # activation id, before both are refused until the minute ends.
     registrations_per_address: int = DEFAULT_REGISTRATIONS_PER_ADDRESS
     registrations_per_activation: int = DEFAULT_REGISTRATIONS_PER_ACTIVATION
+    # Certificate and key to serve HTTPS/WSS with (server/tls.py); None: plain HTTP.
+    tls: TlsFiles | None = None
     # auto: uvloop when installed (it is with tether[server]), else the stdlib loop.
     event_loop: str = "auto"
 
@@ -43,6 +49,10 @@ class Settings:
     @property
     def agent_bundle_dir(self) -> Path:
         return self.data_dir / "agent-bundle"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
 
     @property
     def audit_key_file(self) -> Path:

@@ -32,9 +32,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _first_steps(settings: Settings, url: str) -> str:
@@ -52,7 +53,9 @@ def serve(settings: Settings, log_level: str = "info") -> None:
     sock = bind(settings.host, settings.port)
     config = uvicorn.Config(build_app(settings), ws="websockets-sansio", ws_max_size=WS_MAX_FRAME,
                             ws_ping_interval=None, ws_per_message_deflate=False,
-                            log_level=log_level, access_log=False, lifespan="on")
+                            log_level=log_level, access_log=False, lifespan="on",
+                            ssl_certfile=settings.tls.cert if settings.tls else None,
+                            ssl_keyfile=settings.tls.key if settings.tls else None)
     server = uvicorn.Server(config)
 
     async def main() -> None:
@@ -60,8 +63,14 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.05)
         if server.started:
-            print(f"tether server listening on {url_of(sock)}", flush=True)
-            print(_first_steps(settings, url_of(sock)), flush=True)
+            url = url_of(sock, settings.tls is not None)
+            print(f"tether server listening on {url}", flush=True)
+            fingerprint = settings.tls.fingerprint() if settings.tls else None
+            if fingerprint and settings.tls and settings.tls.ca:
+                print(f"TLS with tether's private CA {settings.tls.ca}\n"
+                      f"  SHA-256 fingerprint {fingerprint}\n"
+                      f"  devices pin it: tether-agent register --ca ca.pem ...", flush=True)
+            print(_first_steps(settings, url), flush=True)
         await task
 
     run_on_loop(main(), settings.event_loop)

@@ -35,10 +35,21 @@ def outcome_of(status: int) -> str:
 
 async def record_call(request: Request,
                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:
+        # A route that crashed may still have changed something: record it, then let
+        # the error take its course (a 500 to the client, the traceback in the log).
+        await _record(request, 500)
+        raise
+    await _record(request, response.status_code)
+    return response
+
+
+async def _record(request: Request, status: int) -> None:
     if not request.url.path.startswith("/api/v1/") or (
-            request.method in SAFE_METHODS and response.status_code != 401):
-        return response
+            request.method in SAFE_METHODS and status != 401):
+        return
     route = request.scope.get("route")
     action = f"{request.method} {getattr(route, 'path', request.url.path)}"
     principal = getattr(request.state, "principal", None)
@@ -46,15 +57,15 @@ async def record_call(request: Request,
              else getattr(request.state, "audit_actor", "anonymous"))
     params = request.path_params
     target = next((str(params[p]) for p in TARGET_PARAMS if p in params), None)
-    detail = {"status": response.status_code, **getattr(request.state, "audit", {})}
+    detail = {"status": status, **getattr(request.state, "audit", {})}
     s: ServerState = request.app.state.tether
     try:
-        await s.store.audit.append(actor=actor, action=action, outcome=outcome_of(
-            response.status_code), target=target or detail.get("target"),
-            source=request.client.host if request.client else None, detail=detail)
+        await s.store.audit.append(actor=actor, action=action, outcome=outcome_of(status),
+                                   target=target or detail.get("target"),
+                                   source=request.client.host if request.client else None,
+                                   detail=detail)
     except Exception:  # the call already happened; say loudly that its record did not
         log.exception("audit record for %s by %s could not be written", action, actor)
-    return response
 
 
 @router.get("/audit", response_model=list[models.AuditRecord], responses=ERRORS)

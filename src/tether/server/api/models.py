@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from tether.server.config import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_EXECUTION_TIMEOUT,
 )
+
+# As long as the node_tags columns allow (store/schema.py).
+TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+TagValue = Annotated[str, StringConstraints(max_length=256)]
 
 MAX_SCRIPT = 256 * 1024
 
@@ -41,7 +45,7 @@ class ActivationRequest(BaseModel):
     registration_limit: int = Field(default=1, ge=1, le=1_000_000)
     expires_in: float = Field(default=86400.0, gt=0, le=10 * 365 * 86400,
                               description="seconds from now")
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=100)
     name_prefix: str | None = Field(default=None, max_length=100)
 
 
@@ -76,8 +80,8 @@ class Node(BaseModel):
 
 
 class TagsUpdate(BaseModel):
-    set: dict[str, str] = Field(default_factory=dict)
-    remove: list[str] = Field(default_factory=list)
+    set: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=100)
+    remove: list[TagKey] = Field(default_factory=list, max_length=100)
 
 
 class CommandRequest(BaseModel):

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 15.0
 
 
+class Refused(ProtocolError):
+    """An agent that is not let in; ``node_id`` is the one it claimed."""
+
+    def __init__(self, code: CloseCode, reason: str, node_id: str) -> None:
+        super().__init__(code, reason)
+        self.node_id = node_id
+
+
 async def _receive_frame(ws: WebSocket) -> str | bytes | None:
     msg = await ws.receive()
     if msg["type"] == "websocket.disconnect":
@@ -50,10 +58,10 @@ async def _handshake(ws: WebSocket, store: Store) -> Hello:
     check_version(hello.protocol)
     node = await store.authenticate_node(hello.node_id, hello.credential)
     if node is None:
-        raise ProtocolError(CloseCode.AUTH_FAILED, f"unknown node or wrong credential "
-                            f"for {hello.node_id}")
+        raise Refused(CloseCode.AUTH_FAILED, f"unknown node or wrong credential "
+                      f"for {hello.node_id}", hello.node_id)
     if node["deregistered_at"] is not None:
-        raise ProtocolError(CloseCode.DEREGISTERED, f"{hello.node_id} is deregistered")
+        raise Refused(CloseCode.DEREGISTERED, f"{hello.node_id} is deregistered", hello.node_id)
     return hello
 
 
@@ -71,10 +79,10 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         hello = await _handshake(ws, store)
     except ProtocolError as exc:
         log.info("agent from %s refused: %s", peer, exc)
-        if exc.code in (CloseCode.AUTH_FAILED, CloseCode.DEREGISTERED):
+        if isinstance(exc, Refused):
             with contextlib.suppress(Exception):
                 await store.audit.append(actor="agent", action="agent connect",
-                                         outcome="denied", source=peer,
+                                         outcome="denied", source=peer, target=exc.node_id,
                                          detail={"reason": exc.reason})
         with contextlib.suppress(Exception):
             await ws.close(exc.code, exc.reason)

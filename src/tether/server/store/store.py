@@ -186,7 +186,8 @@ class Store:
                 name = f"{act['name_prefix']}-{computer_name}" if computer_name \
                     else act["name_prefix"]
             row: Row = dict(node_id=new_node_id(), credential_hash=hash_secret(credential),
-                            name=name, activation_id=activation_id, registered_at=now,
+                            name=name[:255] if name else name,
+                            activation_id=activation_id, registered_at=now,
                             ping_status=CONNECTION_LOST)
             await conn.execute(nodes.insert().values(**row))
             tags: dict[str, str] = dict(act["tags"] or {})
