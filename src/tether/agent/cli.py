@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import pwd
@@ -23,7 +24,14 @@ from tether.agent.doctor import run as run_doctor
 from tether.agent.link import INVENTORY_CHECK_INTERVAL, Agent, FatalLinkError
 from tether.agent.registration import RegistrationFailed, register
 from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
-from tether.agent.state import DEFAULT_STATE_DIR, load_identity, save_identity
+from tether.agent.state import (
+    CA_FILE,
+    DEFAULT_STATE_DIR,
+    load_identity,
+    pinned_context,
+    save_ca,
+    save_identity,
+)
 
 EXIT_REFUSED = 3
 EXIT_ALREADY_REGISTERED = 4
@@ -50,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--name", metavar="NAME", help="computer name to register (default: hostname)")
     r.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"where the identity is kept (default {DEFAULT_STATE_DIR})")
+    r.add_argument("--ca", type=Path, metavar="FILE",
+                   help="pin this CA (PEM) for an https:// server, e.g. the ca.pem of "
+                        "'tether server --tls auto'; kept in the state directory")
     r.add_argument("--force", action="store_true",
                    help="replace an existing identity; the old credential stops working")
 
@@ -102,14 +113,26 @@ def _register(args: argparse.Namespace) -> int:
               f"{existing.server_url}; use --force to replace this identity", file=sys.stderr)
         return EXIT_ALREADY_REGISTERED
     try:
+        ca = args.ca.read_bytes() if args.ca else None
+        context = pinned_context(ca) if ca else None
+        if ca and not args.server.startswith("https://"):
+            raise ValueError("--ca is for an https:// server")
         identity = register(args.server, args.activation_id, args.activation_code,
-                            args.name, existing)
+                            args.name, existing, context)
+    except OSError as exc:
+        print(f"tether-agent: cannot read --ca: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"tether-agent: {exc}", file=sys.stderr)
         return 2
     except RegistrationFailed as exc:
         print(f"tether-agent: registration failed: {exc}", file=sys.stderr)
         return EXIT_REFUSED if exc.kind == "refused" else EXIT_UNREACHABLE
+    if ca:
+        save_ca(args.state_dir, ca)
+    else:  # a new registration without --ca trusts the system store again
+        with contextlib.suppress(FileNotFoundError):
+            (args.state_dir / CA_FILE).unlink()
     save_identity(args.state_dir, identity)
     print(f"registered as {identity.node_id}")
     if existing is not None:

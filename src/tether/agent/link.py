@@ -27,7 +27,7 @@ from tether.agent.inventory import collect_inventory, inventory_fingerprint
 from tether.agent.runner import Execution
 from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
 from tether.agent.spool import STREAMS, Spool
-from tether.agent.state import Identity
+from tether.agent.state import Identity, tls_context
 from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.keepalive import Action, Keepalive
 from tether.protocol.messages import (
@@ -70,6 +70,7 @@ class Agent:
                  spool_cap: int = DEFAULT_SPOOL_CAP,
                  inventory_interval: float = INVENTORY_CHECK_INTERVAL) -> None:
         self.identity = identity
+        self.tls = tls_context(state_dir, identity.server_url)
         self.run_as = run_as
         self.inventory_interval = inventory_interval
         self.spool = Spool(state_dir / "spool", spool_cap)
@@ -111,7 +112,8 @@ class Agent:
         try:
             ws = await connect(url, open_timeout=OPEN_TIMEOUT, ping_interval=None,
                                close_timeout=5, max_size=MAX_FRAME, compression=None,
-                               user_agent_header=f"tether-agent/{__version__}")
+                               user_agent_header=f"tether-agent/{__version__}",
+                               ssl=self.tls)
         except InvalidURI as exc:
             raise FatalLinkError(str(exc)) from None
         async with ws:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any, Optional
@@ -34,7 +35,8 @@ def normalise_server_url(url: str) -> str:
 
 
 def register(server_url: str, activation_id: str, activation_code: str,
-             computer_name: Optional[str], replaces: Optional[Identity]) -> Identity:
+             computer_name: Optional[str], replaces: Optional[Identity],
+             context: Optional[ssl.SSLContext] = None) -> Identity:
     base = normalise_server_url(server_url)
     body: dict[str, Any] = {"activation_id": activation_id,
                             "activation_code": activation_code,
@@ -45,14 +47,18 @@ def register(server_url: str, activation_id: str, activation_code: str,
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",  # noqa: S310
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=TIMEOUT,  # noqa: S310
+                                    context=context) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise _refusal(exc) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        hint = ("; if the server uses its own CA (tether server --tls auto), pin it with "
+                "--ca ca.pem" if isinstance(reason, ssl.SSLCertVerificationError) else "")
         raise RegistrationFailed(
-            "unreachable", f"could not reach the tether server at {url}: {reason}") from None
+            "unreachable", f"could not reach the tether server at {url}: {reason}{hint}"
+        ) from None
     except ValueError:
         raise RegistrationFailed("bad_response", f"{url} did not answer with JSON; "
                                  "is that a tether server?") from None

@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Optional
 
 DEFAULT_STATE_DIR = Path("/var/lib/tether-agent")
 IDENTITY_FILE = "identity.json"
+# The CA the server's certificate must chain to, pinned at registration (--ca).
+CA_FILE = "ca.pem"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,3 +62,26 @@ def save_identity(state_dir: Path, identity: Identity) -> None:
     ensure_private_dir(state_dir)
     write_private(state_dir / IDENTITY_FILE,
                   json.dumps(dataclasses.asdict(identity), indent=2).encode())
+
+
+def pinned_context(pem: bytes) -> ssl.SSLContext:
+    """Trust exactly this CA (host names still checked); ValueError if it is not one."""
+    try:
+        return ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"not a PEM CA certificate: {exc}") from None
+
+
+def tls_context(state_dir: Path, server_url: str) -> Optional[ssl.SSLContext]:
+    """For an https server: the pinned CA if one was given, else the system's trust."""
+    if not server_url.startswith("https://"):
+        return None
+    try:
+        return pinned_context((state_dir / CA_FILE).read_bytes())
+    except FileNotFoundError:
+        return ssl.create_default_context()
+
+
+def save_ca(state_dir: Path, pem: bytes) -> None:
+    ensure_private_dir(state_dir)
+    write_private(state_dir / CA_FILE, pem)

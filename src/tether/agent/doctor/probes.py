@@ -59,7 +59,7 @@ from tether.agent.doctor.results import (
 )
 from tether.agent.inventory import list_interfaces
 from tether.agent.link import MAX_FRAME, websocket_url
-from tether.agent.state import IDENTITY_FILE, Identity
+from tether.agent.state import CA_FILE, IDENTITY_FILE, Identity, pinned_context
 from tether.protocol.errors import ProtocolError
 from tether.protocol.messages import SERVER_MESSAGES, Hello, Welcome, decode, encode
 from tether.protocol.versions import PROTOCOL_VERSION
@@ -430,6 +430,14 @@ def iter_checks(state_dir: Path, timeout: float = DEFAULT_TIMEOUT,
         ctx.close()
 
 
+def _pinned(state_dir: Path) -> Optional[ssl.SSLContext]:
+    """The CA pinned at registration, as the agent itself would use it."""
+    try:
+        return pinned_context((state_dir / CA_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
 def run(state_dir: Path, *, as_json: bool = False, timeout: float = DEFAULT_TIMEOUT,
         out: Optional[TextIO] = None) -> int:
     """``tether-agent doctor``: print every check, return the exit code."""
@@ -441,7 +449,7 @@ def run(state_dir: Path, *, as_json: bool = False, timeout: float = DEFAULT_TIME
     if not as_json:
         print(f"tether-agent {__version__} doctor: state directory {state_dir}", file=out,
               flush=True)
-    for result in iter_checks(state_dir, timeout):
+    for result in iter_checks(state_dir, timeout, _pinned(state_dir)):
         results.append(result)
         if not as_json:
             print(render_result(result), file=out, flush=True)
