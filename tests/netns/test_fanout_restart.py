@@ -106,7 +106,8 @@ class Fleet:
         """``python -m tether server`` in the server namespace; same data dir and port
         every time, so a restart finds the state and the agents find the server."""
         proc, watcher = self.net.spawn(self.net.server_ns, [
-            sys.executable, "-m", "tether", "server", "--data-dir", str(self.data_dir),
+            sys.executable, "-m", "tether", "server", "--insecure",
+            "--data-dir", str(self.data_dir),
             "--host", self.net.server_addr, "--port", str(PORT),
             "--keepalive-interval", f"{KEEPALIVE_INTERVAL:g}",
             "--keepalive-timeout", f"{KEEPALIVE_TIMEOUT:g}"], env=clean_env())
@@ -149,7 +150,7 @@ class Fleet:
 
         def register(i: int) -> str:
             result = self.net.run(self.net.device_ns, [
-                sys.executable, "-m", "tether.agent", "register",
+                sys.executable, "-m", "tether.agent", "register", "--insecure",
                 "--server", self.device_url,
                 "--activation-id", activation["activation_id"],
                 "--activation-code", activation["activation_code"],

@@ -186,7 +186,8 @@ class Site:
 
     def start_server(self) -> None:
         _, self.watchers["server"] = self.net.spawn(self.net.server_ns, [
-            sys.executable, "-m", "tether", "server", "--data-dir", str(self.data_dir),
+            sys.executable, "-m", "tether", "server", "--insecure",
+            "--data-dir", str(self.data_dir),
             "--host", self.net.server_addr, "--port", str(PORT),
             "--keepalive-interval", "2", "--keepalive-timeout", "2"], env=clean_env())
         self.watchers["server"].wait_for(f"listening on {self.server_url}", timeout=60)
@@ -251,7 +252,8 @@ class Site:
         """``curl ... | sh -s -- ARGS`` (or wget) on the device; pipefail catches a failed fetch."""
         url = shlex.quote(f"{self.device_url}/agent/install.sh")
         get = {"curl": f"curl -fsS {url}", "wget": f"wget -qO- {url}"}[fetcher]
-        pipeline = f"{get} | sh -s -- {shlex.join(args)}"
+        # The test network has no TLS: plain HTTP off the machine must be asked for.
+        pipeline = f"{get} | sh -s -- --insecure {shlex.join(args)}"
         return self.device(["bash", "-o", "pipefail", "-c", pipeline], timeout=INSTALL_TIMEOUT,
                            path=path)
 

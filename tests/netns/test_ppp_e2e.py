@@ -60,7 +60,7 @@ class Field:
     def start_server(self) -> None:
         data_dir = self.tmp / "server"
         _, self.watchers["server"] = self.net.spawn(self.net.server_ns, [
-            sys.executable, "-m", "tether", "server", "--data-dir", str(data_dir),
+            sys.executable, "-m", "tether", "server", "--insecure", "--data-dir", str(data_dir),
             "--host", self.net.server_addr, "--port", str(PORT),
             "--keepalive-interval", "2", "--keepalive-timeout", "2"], env=clean_env())
         self.watchers["server"].wait_for(f"listening on {self.server_url}", timeout=30)
@@ -84,7 +84,7 @@ class Field:
         state_dir = str(self.tmp / "agent")
         agent = [sys.executable, "-m", "tether.agent"]
         result = self.net.run(self.net.device_ns, [
-            *agent, "register", "--server", f"http://{self.net.server_name}:{PORT}",
+            *agent, "register", "--insecure", "--server", f"http://{self.net.server_name}:{PORT}",
             "--activation-id", activation["activation_id"],
             "--activation-code", activation["activation_code"],
             "--state-dir", state_dir], env=clean_env())

@@ -32,6 +32,7 @@ from tether.agent.state import (
     save_ca,
     save_identity,
 )
+from tether.protocol.netaddr import plain_http_off_machine
 
 EXIT_REFUSED = 3
 EXIT_ALREADY_REGISTERED = 4
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ca", type=Path, metavar="FILE",
                    help="pin this CA (PEM) for an https:// server, e.g. the ca.pem of "
                         "'tether server --tls auto'; kept in the state directory")
+    r.add_argument("--insecure", action="store_true",
+                   help="allow a plain http:// server off this machine (no TLS: anyone on "
+                        "the path can read and change the traffic)")
     r.add_argument("--force", action="store_true",
                    help="replace an existing identity; the old credential stops working")
 
@@ -112,6 +116,15 @@ def _register(args: argparse.Namespace) -> int:
         print(f"tether-agent: already registered as {existing.node_id} with "
               f"{existing.server_url}; use --force to replace this identity", file=sys.stderr)
         return EXIT_ALREADY_REGISTERED
+    if plain_http_off_machine(args.server):
+        if not args.insecure:
+            print(f"tether-agent: {args.server} is plain HTTP off this machine: the credential "
+                  "and every command would cross the network readable. Use the server's "
+                  "https:// URL (with --ca for its own CA), or pass --insecure to accept "
+                  "that", file=sys.stderr)
+            return 2
+        print(f"tether-agent: WARNING: --insecure: talking plain HTTP to {args.server}",
+              file=sys.stderr)
     try:
         ca = args.ca.read_bytes() if args.ca else None
         context = pinned_context(ca) if ca else None

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from tether.cli import access, commands, fleet
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail
+from tether.protocol.netaddr import is_loopback_host
 from tether.server.config import (
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
@@ -61,6 +62,8 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     s.add_argument("--tls-name", action="append", default=[], metavar="NAME",
                    help="host name or address devices dial (repeatable; default: --host if "
                         "specific, this host's name, localhost, 127.0.0.1)")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow plain HTTP on an address other than loopback (no TLS)")
     s.add_argument("--registrations-per-address", type=int, metavar="N",
                    default=DEFAULT_REGISTRATIONS_PER_ADDRESS,
                    help="failed registrations allowed per minute from one address "
@@ -245,6 +248,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         fail(str(exc))
         return 2
+    if tls_files is None and not is_loopback_host(args.host):
+        if not args.insecure:
+            fail(f"refusing to serve plain HTTP on {args.host}: tokens, node credentials and "
+                 "commands would cross the network readable. Use --tls auto (a private CA), "
+                 "--tls-cert/--tls-key, or a TLS reverse proxy in front of a server on "
+                 "127.0.0.1; --insecure to do it anyway")
+            return 2
+        print(f"tether: WARNING: --insecure: plain HTTP on {args.host}", file=sys.stderr)
 
     settings = Settings.for_data_dir(
         args.data_dir, args.database_url, host=args.host, port=args.port,

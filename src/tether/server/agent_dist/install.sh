@@ -11,6 +11,7 @@
 #          --run-as USER        user scripts run as (the agent itself runs as root)
 #          --server URL         server to register with (default: the one that served this)
 #          --no-service         do not install a systemd unit
+#          --insecure           register with a plain http:// server off this machine
 # Running it again upgrades the agent in place and keeps the identity.
 set -eu
 
@@ -23,6 +24,7 @@ ACTIVATION_ID=
 ACTIVATION_CODE=
 RUN_AS=
 SERVICE=yes
+INSECURE=
 
 die() { echo "tether install: $*" >&2; exit 1; }
 need() { [ "$1" -ge 2 ] || die "$2 needs a value"; }
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
         --run-as) need $# "$1"; RUN_AS=$2; shift 2 ;;
         --server) need $# "$1"; SERVER=$2; shift 2 ;;
         --no-service) SERVICE=no; shift ;;
+        --insecure) INSECURE=--insecure; shift ;;
         *) die "unknown option $1 (see the comment at the top of this script)" ;;
     esac
 done
@@ -106,8 +109,9 @@ if "$AGENT" status --state-dir "$STATE_DIR" >"$WORK/status" 2>&1; then
 else
     [ -n "$ACTIVATION_ID" ] && [ -n "$ACTIVATION_CODE" ] \
         || die "not registered yet: pass --activation-id and --activation-code"
+    # shellcheck disable=SC2086 # $INSECURE is empty or one word
     TETHER_ACTIVATION_CODE="$ACTIVATION_CODE" "$AGENT" register --server "$SERVER" \
-        --activation-id "$ACTIVATION_ID" --state-dir "$STATE_DIR"
+        --activation-id "$ACTIVATION_ID" --state-dir "$STATE_DIR" $INSECURE
 fi
 
 RUN_ARGS="--state-dir $STATE_DIR"
