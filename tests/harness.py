@@ -149,7 +149,7 @@ class Server:
         if self.database_url:
             argv += ["--database-url", self.database_url]
         self.proc, self.output = spawn(argv)
-        self.url = self.output.wait_for(r"listening on (http://\S+)", timeout=60).group(1)
+        self.url = self.output.wait_for(r"listening on (https?://\S+)", timeout=60).group(1)
         self.port = int(self.url.rsplit(":", 1)[1])
         self.token = (self.data_dir / "admin-token").read_text().strip()
         return self

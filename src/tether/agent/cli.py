@@ -126,9 +126,9 @@ def _register(args: argparse.Namespace) -> int:
         print(f"tether-agent: WARNING: --insecure: talking plain HTTP to {args.server}",
               file=sys.stderr)
     try:
-        ca = args.ca.read_bytes() if args.ca else None
-        context = pinned_context(ca) if ca else None
-        if ca and not args.server.startswith("https://"):
+        ca = args.ca.read_bytes() if args.ca is not None else None
+        context = pinned_context(ca) if ca is not None else None
+        if ca is not None and not args.server.startswith("https://"):
             raise ValueError("--ca is for an https:// server")
         identity = register(args.server, args.activation_id, args.activation_code,
                             args.name, existing, context)
@@ -141,7 +141,7 @@ def _register(args: argparse.Namespace) -> int:
     except RegistrationFailed as exc:
         print(f"tether-agent: registration failed: {exc}", file=sys.stderr)
         return EXIT_REFUSED if exc.kind == "refused" else EXIT_UNREACHABLE
-    if ca:
+    if ca is not None:
         save_ca(args.state_dir, ca)
     else:  # a new registration without --ca trusts the system store again
         with contextlib.suppress(FileNotFoundError):

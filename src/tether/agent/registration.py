@@ -54,8 +54,13 @@ def register(server_url: str, activation_id: str, activation_code: str,
         raise _refusal(exc) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        hint = ("; if the server uses its own CA (tether server --tls auto), pin it with "
-                "--ca ca.pem" if isinstance(reason, ssl.SSLCertVerificationError) else "")
+        hint = ""
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            hint = ("; the certificate is not for this name or address: dial a name it has, "
+                    "or add this one (tether server --tls-name)"
+                    if "mismatch" in str(reason.verify_message) else
+                    "; if the server uses its own CA (tether server --tls auto), pin it with "
+                    "--ca ca.pem")
         raise RegistrationFailed(
             "unreachable", f"could not reach the tether server at {url}: {reason}{hint}"
         ) from None

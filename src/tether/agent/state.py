@@ -66,6 +66,8 @@ def save_identity(state_dir: Path, identity: Identity) -> None:
 
 def pinned_context(pem: bytes) -> ssl.SSLContext:
     """Trust exactly this CA (host names still checked); ValueError if it is not one."""
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError("not a PEM CA certificate (no BEGIN CERTIFICATE block)")
     try:
         return ssl.create_default_context(cadata=pem.decode("ascii"))
     except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:

@@ -230,6 +230,7 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
         for path in (args.tls_cert, args.tls_key):
             if not path.is_file():
                 raise ValueError(f"no such file: {path}")
+        tls.check_pair(args.tls_cert, args.tls_key)
         return tls.TlsFiles(args.tls_cert, args.tls_key)
     if args.tls == "auto":
         names = args.tls_name or [n for n in (

@@ -14,10 +14,12 @@ import dataclasses
 import datetime
 import ipaddress
 import os
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -25,6 +27,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_DAYS = 3650
 SERVER_DAYS = 730
 RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+def check_pair(cert: Path, key: Path) -> None:
+    """ValueError naming the files unless they are a PEM certificate and its key."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and "
+                         f"its private key ({exc})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +101,11 @@ def _make_ca(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
     return cert, key
 
 
-def _server_is_current(path: Path, names: Sequence[str]) -> bool:
+def _server_is_current(path: Path, names: Sequence[str], ca: x509.Certificate) -> bool:
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except (FileNotFoundError, ValueError):
+        cert.verify_directly_issued_by(ca)  # a CA made anew needs a certificate anew
+    except (FileNotFoundError, ValueError, TypeError, InvalidSignature):
         return False
     if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
         return False
@@ -112,7 +124,7 @@ def auto(folder: Path, names: Sequence[str]) -> TlsFiles:
         ca_key = loaded
     else:
         ca_cert, ca_key = _make_ca(folder)
-    if _server_is_current(files.cert, names):
+    if _server_is_current(files.cert, names, ca_cert):
         return files
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
