@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.server.access.throttle import PRUNE_ABOVE, Throttle
+from tether.server.access.throttle import PRUNE_ABOVE, Throttle, TokenBucket
 
 
 def test_failures_per_key_then_wait_until_the_window_ends() -> None:
@@ -31,3 +31,12 @@ def test_a_flood_of_keys_is_pruned() -> None:
     for i in range(PRUNE_ABOVE * 3):
         t.failed(f"k{i}", float(i // 1000))  # each second, 1,000 new addresses fail
     assert len(t) <= PRUNE_ABOVE + 1000
+
+
+def test_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate=10, burst=5, now=0.0)
+    assert [bucket.take(0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert bucket.take(0.05) is False  # half a token so far
+    assert bucket.take(0.1) is True    # one token after 0.1 s at 10/s
+    assert bucket.take(0.1) is False
+    assert sum(bucket.take(100.0) for _ in range(10)) == 5  # never above the burst

@@ -20,6 +20,9 @@ from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail
 from tether.protocol.netaddr import is_loopback_host
 from tether.server.config import (
+    DEFAULT_AGENT_MESSAGE_BURST,
+    DEFAULT_AGENT_MESSAGE_RATE,
+    DEFAULT_HANDSHAKES_PER_ADDRESS,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_REGISTRATIONS_PER_ACTIVATION,
@@ -62,6 +65,15 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     s.add_argument("--tls-name", action="append", default=[], metavar="NAME",
                    help="host name or address devices dial (repeatable; default: --host if "
                         "specific, this host's name, localhost, 127.0.0.1)")
+    s.add_argument("--agent-message-rate", type=float, default=DEFAULT_AGENT_MESSAGE_RATE,
+                   metavar="N", help="messages a second one agent may send after a burst "
+                   f"(default {DEFAULT_AGENT_MESSAGE_RATE:g}; beyond: closed with 4008)")
+    s.add_argument("--agent-message-burst", type=int, default=DEFAULT_AGENT_MESSAGE_BURST,
+                   metavar="N", help=f"that burst (default {DEFAULT_AGENT_MESSAGE_BURST})")
+    s.add_argument("--handshakes-per-address", type=int, metavar="N",
+                   default=DEFAULT_HANDSHAKES_PER_ADDRESS,
+                   help="agent WebSocket handshakes in progress at once from one address "
+                        f"(default {DEFAULT_HANDSHAKES_PER_ADDRESS})")
     s.add_argument("--insecure", action="store_true",
                    help="allow plain HTTP on an address other than loopback (no TLS)")
     s.add_argument("--registrations-per-address", type=int, metavar="N",
@@ -263,7 +275,10 @@ def _serve(args: argparse.Namespace) -> int:
         keepalive_interval=args.keepalive_interval, keepalive_timeout=args.keepalive_timeout,
         output_cap=args.output_cap, event_loop=args.event_loop,
         registrations_per_address=args.registrations_per_address,
-        registrations_per_activation=args.registrations_per_activation, tls=tls_files)
+        registrations_per_activation=args.registrations_per_activation, tls=tls_files,
+        agent_message_rate=args.agent_message_rate,
+        agent_message_burst=args.agent_message_burst,
+        handshakes_per_address=args.handshakes_per_address)
     try:
         serve(settings, args.log_level)
     except OSError as exc:

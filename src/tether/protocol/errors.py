@@ -21,6 +21,7 @@ class CloseCode(IntEnum):
     REPLACED = 4005
     KEEPALIVE_TIMEOUT = 4006
     UNEXPECTED = 4007
+    RATE_LIMITED = 4008
 
     @property
     def retryable(self) -> bool:

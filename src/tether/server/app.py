@@ -22,6 +22,7 @@ from tether.server.access.throttle import Throttle
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.api import agent_install, audit, operators
 from tether.server.api.errors import ApiError, api_error_handler
+from tether.server.api.limits import BodyLimit
 from tether.server.api.routes import router
 from tether.server.blobs import FolderBlobStore
 from tether.server.bus import InProcessBus
@@ -125,7 +126,7 @@ def build_app(settings: Settings) -> AgentFront:
     app.middleware("http")(audit.record_call)
     app.include_router(agent_install.router)
 
-    return AgentFront(app)
+    return AgentFront(app, settings.max_request_body)
 
 
 class AgentFront:
@@ -137,8 +138,9 @@ class AgentFront:
     included, is the FastAPI app's.
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, max_request_body: int) -> None:
         self.app = app
+        self.http = BodyLimit(app, max_request_body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == AGENT_WS_PATH:
@@ -146,4 +148,4 @@ class AgentFront:
             await serve_agent(WebSocket(scope, receive, send), s.settings, s.store, s.registry,
                               s.dispatcher)
         else:
-            await self.app(scope, receive, send)
+            await self.http(scope, receive, send)

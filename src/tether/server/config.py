@@ -14,6 +14,9 @@ DEFAULT_KEEPALIVE_TIMEOUT = 30.0
 DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 DEFAULT_DELIVERY_TIMEOUT = 3600.0
 DEFAULT_EXECUTION_TIMEOUT = 3600.0
+DEFAULT_AGENT_MESSAGE_BURST = 2000
+DEFAULT_AGENT_MESSAGE_RATE = 500.0
+DEFAULT_HANDSHAKES_PER_ADDRESS = 256
 DEFAULT_REGISTRATIONS_PER_ADDRESS = 10
 DEFAULT_REGISTRATIONS_PER_ACTIVATION = 30
 
@@ -37,6 +40,12 @@ class Settings:
     # activation id, before both are refused until the minute ends.
     registrations_per_address: int = DEFAULT_REGISTRATIONS_PER_ADDRESS
     registrations_per_activation: int = DEFAULT_REGISTRATIONS_PER_ACTIVATION
+    # Hostile input (docs/security.md): messages one agent may send (burst, then per
+    # second), WebSocket handshakes in progress per source address, API body size.
+    agent_message_burst: int = DEFAULT_AGENT_MESSAGE_BURST
+    agent_message_rate: float = DEFAULT_AGENT_MESSAGE_RATE
+    handshakes_per_address: int = DEFAULT_HANDSHAKES_PER_ADDRESS
+    max_request_body: int = 1024 * 1024
     # Certificate and key to serve HTTPS/WSS with (server/tls.py); None: plain HTTP.
     tls: TlsFiles | None = None
     # auto: uvloop when installed (it is with tether[server]), else the stdlib loop.

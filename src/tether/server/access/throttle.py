@@ -36,3 +36,25 @@ class Throttle:
 
     def __len__(self) -> int:
         return len(self._counts)
+
+
+class TokenBucket:
+    """Messages one agent may send: ``burst`` at once, ``rate`` a second after that.
+
+    Sized far above what a real agent does (a re-sent spool is a few hundred
+    frames), so only a runaway or hostile peer ever meets it.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from starlette.websockets import WebSocket
 
@@ -17,6 +18,7 @@ from tether import __version__
 from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.messages import AGENT_MESSAGES, Hello, Welcome, decode, encode
 from tether.protocol.versions import check_version
+from tether.server.access.throttle import TokenBucket
 from tether.server.config import Settings
 from tether.server.dispatch.dispatcher import Dispatcher
 from tether.server.gateway.registry import AgentConnection, Registry
@@ -75,6 +77,11 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
                       dispatcher: Dispatcher) -> None:
     await ws.accept()
     peer = ws.client.host if ws.client else None
+    if not registry.handshake_started(peer or "", settings.handshakes_per_address):
+        with contextlib.suppress(Exception):
+            await ws.close(CloseCode.RATE_LIMITED, "too many handshakes in progress from "
+                           "this address; try again")
+        return
     try:
         hello = await _handshake(ws, store)
     except ProtocolError as exc:
@@ -87,6 +94,8 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         with contextlib.suppress(Exception):
             await ws.close(exc.code, exc.reason)
         return
+    finally:
+        registry.handshake_ended(peer or "")
     if hello.probe:
         with contextlib.suppress(Exception):
             await ws.send_text(encode(_welcome(hello, settings)))
@@ -97,6 +106,8 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
     if old is not None:
         old.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
     conn.send(_welcome(hello, settings))
+    bucket = TokenBucket(settings.agent_message_rate, settings.agent_message_burst,
+                         time.monotonic())
     try:
         await dispatcher.node_connected(conn)
         while not conn.closing:
@@ -105,6 +116,9 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
                 break
             conn.received()
             try:
+                if not bucket.take(conn.last_received):
+                    raise ProtocolError(CloseCode.RATE_LIMITED, "more messages than "
+                                        f"{settings.agent_message_rate:g} a second")
                 await dispatcher.handle(conn, decode(frame, AGENT_MESSAGES))
             except ProtocolError as exc:
                 log.warning("closing %s: %s", conn.node_id, exc)

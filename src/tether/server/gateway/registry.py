@@ -93,6 +93,20 @@ class AgentConnection:
 class Registry:
     def __init__(self) -> None:
         self._by_node: dict[str, AgentConnection] = {}
+        self._handshakes: dict[str, int] = {}  # per source address, not yet authenticated
+
+    def handshake_started(self, address: str, limit: int) -> bool:
+        """Count one; False (not counted) when ``address`` already has ``limit`` going."""
+        count = self._handshakes.get(address, 0)
+        if count >= limit:
+            return False
+        self._handshakes[address] = count + 1
+        return True
+
+    def handshake_ended(self, address: str) -> None:
+        count = self._handshakes.pop(address, 1) - 1
+        if count > 0:
+            self._handshakes[address] = count
 
     def add(self, conn: AgentConnection) -> AgentConnection | None:
         """Register ``conn``; return the connection it replaces, if any."""
