@@ -9,6 +9,7 @@ CLI with ``TETHER_CA``. Certificates are read back with ``ssl`` and
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from harness import PYTHON, Agent, Server, clean_env, spawn
 from tether.server.tls import ca_fingerprint
@@ -245,6 +247,204 @@ def test_restart_keeps_the_ca_and_remakes_the_server_cert_for_new_names(
     assert ("DNS", "tether.test") in decoded["subjectAltName"]
 
 
+def verified_der(port: int, ca: Path, name: str = "127.0.0.1") -> bytes:
+    """The server's certificate from a handshake that verifies it against ``ca`` only."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=name) as tls:
+        peer = tls.getpeercert(binary_form=True)
+    assert peer is not None
+    return peer
+
+
+def test_a_new_ca_gets_a_server_certificate_it_signed(tmp_path: Path,
+                                                      servers: list[Server]) -> None:
+    data = tmp_path / "data"
+    tls_dir = data / "tls"
+    first = TlsServer(data, "--tls", "auto", "--tls-name", "127.0.0.1")
+    servers.append(first)
+    first.start()
+    old_ca = (tls_dir / "ca.pem").read_bytes()
+    old_server = (tls_dir / "server.pem").read_bytes()
+    first.stop()
+
+    # The CA is lost (or removed on purpose); the server certificate it signed stays.
+    (tls_dir / "ca.pem").unlink()
+    (tls_dir / "ca-key.pem").unlink()
+    again = TlsServer(data, "--tls", "auto", "--tls-name", "127.0.0.1")
+    servers.append(again)
+    again.start()
+
+    new_ca = tls_dir / "ca.pem"
+    assert new_ca.read_bytes() != old_ca
+    assert FINGERPRINT.match(again.fingerprint), again.fingerprint
+    assert again.fingerprint != first.fingerprint
+    assert again.fingerprint == sha256_fingerprint(new_ca.read_text())
+    assert mode(tls_dir / "ca-key.pem") == 0o600
+
+    # server.pem is made again, by the new CA; the old one is not signed by it.
+    assert (tls_dir / "server.pem").read_bytes() != old_server
+    cert(tls_dir / "server.pem").verify_directly_issued_by(cert(new_ca))
+    with pytest.raises(InvalidSignature):
+        x509.load_pem_x509_certificate(old_server).verify_directly_issued_by(cert(new_ca))
+    assert san(tls_dir / "server.pem") == {"127.0.0.1"}
+
+    # On the wire: that certificate, and a handshake trusting only the new CA succeeds.
+    assert served_der(again.port) == der(tls_dir / "server.pem")
+    assert verified_der(again.port, new_ca) == der(tls_dir / "server.pem")
+    # The CLI with TETHER_CA = the new ca.pem talks to it.
+    assert again.ca == new_ca
+    assert isinstance(again.cli("nodes", "list"), list)
+
+
+# -- 2. agents pinning the CA, end to end --------------------------------------
+
+def doctor(state: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """``tether-agent doctor --json``: its exit code and its checks by name."""
+    result = subprocess.run([PYTHON, "-m", "tether.agent", "doctor", "--state-dir", str(state),
+                             "--json"], capture_output=True, text=True, env=clean_env(),
+                            timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, {c["check"]: c for c in json.loads(result.stdout)}
+
+
+def test_agent_pins_the_ca_runs_commands_and_passes_the_doctor(
+        auto_server: TlsServer, tmp_path: Path, agents: list[Agent]) -> None:
+    state = tmp_path / "agent"
+    ca_pem = auto_server.data_dir / "tls" / "ca.pem"
+    result = register(auto_server, state, "--ca", str(ca_pem))
+    node_id = node_id_of(result)
+
+    # The pinned CA is kept in the state dir, owner-only, byte for byte.
+    assert (state / "ca.pem").read_bytes() == ca_pem.read_bytes()
+    assert mode(state / "ca.pem") == 0o600
+    assert mode(state) == 0o700
+    assert json.loads((state / "identity.json").read_text())["server_url"] == auto_server.url
+
+    agent = Agent(auto_server, state)
+    agent.node_id = node_id
+    agents.append(agent)
+    agent.start()
+    row = wait_listed_online(auto_server, node_id)
+    assert row["ping_status"] == "Online"
+
+    ran = auto_server.cli("run", "--target", node_id, "--timeout", "30s",
+                          "--delivery-timeout", "30s", "--", "echo", "hello")
+    assert ran["status"] == "Success", ran
+    [inv] = ran["invocations"]
+    assert (inv["node_id"], inv["exit_code"], inv["stdout"]) == (node_id, 0, "hello\n"), inv
+
+    code, checks = doctor(state)
+    assert code == 0, checks
+    assert checks["tls"]["ok"] is True and checks["tls"]["status"] == "pass", checks["tls"]
+    assert "tether private CA" in checks["tls"]["detail"], checks["tls"]
+    assert checks["auth"]["ok"] is True and checks["auth"]["status"] == "pass", checks["auth"]
+    assert node_id in checks["auth"]["detail"], checks["auth"]
+
+
+# -- 3. refusals ---------------------------------------------------------------
+
+def assert_untrusted(result: subprocess.CompletedProcess[str], state: Path) -> None:
+    assert result.returncode == EXIT_UNREACHABLE, (result.returncode, result.stderr)
+    assert "certificate" in result.stderr, result.stderr
+    assert "--ca" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not (state / "identity.json").exists()
+    assert not (state / "ca.pem").exists()
+
+
+def test_register_without_the_ca_is_refused(auto_server: TlsServer, tmp_path: Path) -> None:
+    state = tmp_path / "agent"
+    assert_untrusted(register(auto_server, state), state)
+
+
+def test_register_with_another_servers_ca_is_refused(auto_server: TlsServer,
+                                                     other_server: TlsServer,
+                                                     tmp_path: Path) -> None:
+    assert other_server.fingerprint != auto_server.fingerprint
+    state = tmp_path / "agent"
+    assert_untrusted(register(auto_server, state, "--ca", str(other_server.ca)), state)
+
+
+def test_register_with_a_name_the_certificate_lacks_is_refused(
+        tmp_path: Path, servers: list[Server]) -> None:
+    srv = TlsServer(tmp_path / "data", "--tls", "auto", "--tls-name", "localhost")
+    servers.append(srv)
+    srv.start()
+    assert san(srv.data_dir / "tls" / "server.pem") == {"localhost"}
+    by_address = f"https://127.0.0.1:{srv.port}"
+    by_name = f"https://localhost:{srv.port}"
+    srv.url = by_name  # the CLI dials the name the certificate has
+
+    state = tmp_path / "by-address"
+    refused = register(srv, state, "--ca", str(srv.ca), url=by_address)
+    assert refused.returncode == EXIT_UNREACHABLE, (refused.returncode, refused.stderr)
+    assert "mismatch" in refused.stderr, refused.stderr
+    assert "not for this name or address" in refused.stderr, refused.stderr
+    assert "--tls-name" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert not (state / "identity.json").exists()
+
+    state = tmp_path / "by-name"
+    node_id = node_id_of(register(srv, state, "--ca", str(srv.ca), url=by_name))
+    assert json.loads((state / "identity.json").read_text())["server_url"] == by_name
+    assert (state / "ca.pem").read_bytes() == srv.ca.read_bytes()
+    assert node_id in {n["node_id"] for n in srv.cli("nodes", "list")}
+
+
+@pytest.mark.parametrize("trust", ["no-ca", "other-ca"])
+def test_cli_refuses_an_unverified_server(auto_server: TlsServer, other_server: TlsServer,
+                                          trust: str) -> None:
+    extra = {"TETHER_CA": str(other_server.ca)} if trust == "other-ca" else {}
+    result = subprocess.run([PYTHON, "-m", "tether.cli", "nodes", "list"],
+                            capture_output=True, text=True, timeout=60,
+                            env=clean_env(TETHER_SERVER=auto_server.url,
+                                          TETHER_TOKEN=auto_server.token, **extra))
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+# -- 4. --tls-cert / --tls-key: certificate files of one's own -------------------
+
+def test_own_certificate_files_are_served_as_they_are(
+        auto_server: TlsServer, tmp_path: Path, servers: list[Server],
+        agents: list[Agent]) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    tls_dir = auto_server.data_dir / "tls"
+    shutil.copy(tls_dir / "server.pem", own / "cert.pem")
+    shutil.copy(tls_dir / "server-key.pem", own / "key.pem")
+    data = tmp_path / "data"
+    srv = TlsServer(data, "--tls-cert", str(own / "cert.pem"), "--tls-key",
+                    str(own / "key.pem"), ca=auto_server.ca)
+    servers.append(srv)
+    srv.start()
+    assert srv.url.startswith("https://127.0.0.1:"), srv.url
+
+    # Exactly those bytes on the wire, verified against the CA that signed them.
+    assert served_der(srv.port) == der(own / "cert.pem")
+    assert verified_der(srv.port, auto_server.ca) == der(own / "cert.pem")
+    # No private CA of its own: no fingerprint line (the banner ends with the first
+    # steps, printed after it would be) and no DATA/tls.
+    assert srv.output is not None
+    srv.output.wait_for(r"^To register a first device:")
+    banner = srv.output.text()
+    assert "fingerprint" not in banner and "private CA" not in banner, banner
+    assert not (data / "tls").exists()
+    assert sorted(p.name for p in own.iterdir()) == ["cert.pem", "key.pem"]
+
+    state = tmp_path / "agent"
+    node_id = node_id_of(register(srv, state, "--ca", str(auto_server.ca)))
+    assert (state / "ca.pem").read_bytes() == auto_server.ca.read_bytes()
+    agent = Agent(srv, state)
+    agent.node_id = node_id
+    agents.append(agent)
+    agent.start()
+    wait_listed_online(srv, node_id)
+
+
 def test_unreadable_certificate_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "cert.pem"
     bad.write_text("not a certificate\n")
@@ -254,6 +454,24 @@ def test_unreadable_certificate_file_is_named(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "cannot listen" not in result.stderr, result.stderr
     assert str(bad) in result.stderr, result.stderr
+
+
+def test_mismatched_certificate_and_key_are_named(auto_server: TlsServer,
+                                                   other_server: TlsServer,
+                                                   tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    cert_file, key_file = files / "cert.pem", files / "key.pem"
+    shutil.copy(auto_server.data_dir / "tls" / "server.pem", cert_file)
+    shutil.copy(other_server.data_dir / "tls" / "server-key.pem", key_file)  # another run's
+    data = tmp_path / "data"
+    result = server_usage(data, "--tls-cert", str(cert_file), "--tls-key", str(key_file))
+    assert result.returncode == EXIT_USAGE, (result.returncode, result.stderr)
+    assert str(cert_file) in result.stderr, result.stderr
+    assert str(key_file) in result.stderr, result.stderr
+    assert "cannot listen" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not data.exists()
 
 
 # -- 5. usage errors -----------------------------------------------------------
