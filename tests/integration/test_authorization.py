@@ -528,13 +528,13 @@ def test_disabled_operator_tokens_are_401(fleet: Fleet) -> None:
     assert all(t["revoked_at"] is not None
                for t in fleet.admin.ok("GET", f"/tokens?operator={name}"))
     reply = fleet.admin("POST", "/tokens", {"operator": name})
-    assert reply.status == 400 and reply.data["error"] == "operator_disabled", reply
+    assert reply.status == 409 and reply.data["error"] == "operator_disabled", reply
 
 
 def test_operator_cannot_disable_itself(fleet: Fleet) -> None:
     name, api = fleet.operator(["admin"], [])
     reply = api("DELETE", f"/operators/{name}")
-    assert reply.status == 400 and reply.data["error"] == "cannot_disable_self", reply
+    assert reply.status == 409 and reply.data["error"] == "cannot_disable_self", reply
     assert api("GET", "/whoami").status == 200
 
 

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from tether import __version__
 from tether.server.agent_dist.bundle import BundleError
 from tether.server.api.errors import ApiError
+from tether.server.api.models import ErrorBody
 from tether.server.state import ServerState
 
 router = APIRouter(prefix="/agent", tags=["agent install"])
@@ -30,7 +31,11 @@ def _state(request: Request) -> ServerState:
     return s
 
 
-@router.get("/install.sh", response_class=PlainTextResponse)
+_ERROR = {"model": ErrorBody, "content": {"application/json": {}}}
+
+
+@router.get("/install.sh", response_class=PlainTextResponse, responses={
+    200: {"content": {"text/x-shellscript": {}}}, 400: _ERROR})
 async def install_script(request: Request) -> PlainTextResponse:
     """The installer: ``curl -fsS SERVER/agent/install.sh | sh -s -- --activation-id ...``."""
     base = str(request.base_url).rstrip("/")
@@ -41,9 +46,11 @@ async def install_script(request: Request) -> PlainTextResponse:
     return PlainTextResponse(text, media_type="text/x-shellscript")
 
 
-@router.get("/wheels", response_class=PlainTextResponse)
+@router.get("/wheels", response_class=PlainTextResponse, responses={404: _ERROR})
 async def wheel_list(request: Request,
-                     python: Annotated[str, Query(description="e.g. 3.11")]) -> PlainTextResponse:
+                     python: Annotated[str, Query(description="e.g. 3.11",
+                                                  pattern=r"^3\.[0-9]{1,2}$")],
+                     ) -> PlainTextResponse:
     """The wheel files a device with this Python version installs, one per line."""
     try:
         names = _state(request).agent_bundle.wheels_for(python)
@@ -52,7 +59,8 @@ async def wheel_list(request: Request,
     return PlainTextResponse("\n".join(names) + "\n")
 
 
-@router.get("/wheels/{filename}", response_class=FileResponse)
+@router.get("/wheels/{filename}", response_class=FileResponse, responses={
+    200: {"content": {"application/octet-stream": {}}}, 404: _ERROR})
 async def wheel_file(filename: str, request: Request) -> FileResponse:
     path = _state(request).agent_bundle.path_of(filename)
     if path is None:

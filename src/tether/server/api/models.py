@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from tether.server.access.policy import ACTIONS
 from tether.server.config import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_EXECUTION_TIMEOUT,
@@ -14,6 +15,17 @@ from tether.server.config import (
 # As long as the node_tags columns allow (store/schema.py).
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 TagValue = Annotated[str, StringConstraints(max_length=256)]
+# What the OpenAPI document promises is what the routes accept, so a client (or a
+# fuzzer) that follows the document is never refused for a value it allowed.
+TagSelector = Annotated[str, StringConstraints(pattern=r"^[^=]+=.*$", max_length=400)]
+Target = Annotated[str, StringConstraints(
+    pattern=r"^(all|mi-[0-9a-f]{17}|tag:[^=]+=.*)$", max_length=400)]
+Role = Literal["admin", "operator", "viewer"]
+_PREFIXES = sorted({a.split(":")[0] for a in ACTIONS})
+Action = Annotated[str, StringConstraints(pattern="^(" + "|".join(
+    [r"\*"] + [f"{p}:\\*" for p in _PREFIXES] + sorted(ACTIONS)) + ")$")]
+Resource = Annotated[str, StringConstraints(
+    pattern=r"^(\*|mi-[0-9a-f]{17}|tag:[^=]+=.*)$", max_length=400)]
 
 MAX_SCRIPT = 256 * 1024
 
@@ -85,7 +97,7 @@ class TagsUpdate(BaseModel):
 
 
 class CommandRequest(BaseModel):
-    targets: list[str] = Field(min_length=1)
+    targets: list[Target] = Field(min_length=1, max_length=10_000)
     script: str = Field(min_length=1, max_length=MAX_SCRIPT)
     timeout: float = Field(default=DEFAULT_EXECUTION_TIMEOUT, gt=0, le=7 * 86400)
     delivery_timeout: float = Field(default=DEFAULT_DELIVERY_TIMEOUT, gt=0, le=30 * 86400)
@@ -130,9 +142,11 @@ class CommandDetail(CommandSummary):
 
 
 class PolicyStatement(BaseModel):
-    effect: str = Field(description="allow or deny")
-    actions: list[str] = Field(description="e.g. commands:send, commands:*, *")
-    resources: list[str] = Field(description="*, a node id, or tag:key=value")
+    effect: Literal["allow", "deny"]
+    actions: list[Action] = Field(min_length=1, max_length=100,
+                                  description="e.g. commands:send, commands:*, *")
+    resources: list[Resource] = Field(min_length=1, max_length=1000,
+                                      description="*, a node id, or tag:key=value")
 
 
 class WhoAmI(BaseModel):
@@ -148,12 +162,12 @@ OPERATOR_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 
 class OperatorRequest(BaseModel):
     name: str = Field(pattern=OPERATOR_NAME)
-    roles: list[str] = Field(default_factory=list, description="admin, operator, viewer")
+    roles: list[Role] = Field(default_factory=list, max_length=3)
     statements: list[PolicyStatement] = Field(default_factory=list, max_length=200)
 
 
 class OperatorUpdate(BaseModel):
-    roles: list[str] | None = None
+    roles: list[Role] | None = Field(default=None, max_length=3)
     statements: list[PolicyStatement] | None = Field(default=None, max_length=200)
 
 

@@ -20,6 +20,7 @@ from tether.server.api.routes import ERRORS, State
 from tether.server.store.operators import OperatorError
 
 router = APIRouter(prefix="/api/v1", tags=["operators"])
+CONFLICT = {**ERRORS, 409: {"model": models.ErrorBody}}
 
 
 def _validated(roles: list[str], statements: list[models.PolicyStatement]
@@ -39,15 +40,16 @@ async def _operator(s: State, name: str) -> dict[str, Any]:
     return row
 
 
-@router.post("/operators", status_code=201, response_model=models.Operator, responses=ERRORS)
+@router.post("/operators", status_code=201, response_model=models.Operator, responses=CONFLICT)
 async def create_operator(body: models.OperatorRequest, s: State, who: Who,
                           request: Request) -> dict[str, Any]:
     who.require("operators:manage")
     note(request, target=body.name, roles=body.roles,
          statements=[st.model_dump() for st in body.statements])
-    statements = _validated(body.roles, body.statements)
+    roles: list[str] = list(body.roles)
+    statements = _validated(roles, body.statements)
     try:
-        return await s.store.operators.create(body.name, body.roles, statements, who.operator)
+        return await s.store.operators.create(body.name, roles, statements, who.operator)
     except OperatorError as exc:
         raise ApiError(409, exc.code, str(exc)) from None
 
@@ -72,36 +74,38 @@ async def update_operator(name: str, body: models.OperatorUpdate, s: State,
     note(request, roles=body.roles, statements=None if body.statements is None else
          [st.model_dump() for st in body.statements])
     current = await _operator(s, name)
-    roles = body.roles if body.roles is not None else current["roles"]
+    new_roles: list[str] | None = None if body.roles is None else list(body.roles)
+    roles: list[str] = new_roles if new_roles is not None else current["roles"]
     statements = (_validated(roles, body.statements) if body.statements is not None
                   else _validated(roles, [models.PolicyStatement(**st)
                                           for st in current["statements"]]))
-    row = await s.store.operators.update(name, body.roles, statements)
+    row = await s.store.operators.update(name, new_roles, statements)
     assert row is not None
     return row
 
 
-@router.delete("/operators/{name}", response_model=models.Operator, responses=ERRORS)
+@router.delete("/operators/{name}", response_model=models.Operator, responses=CONFLICT)
 async def disable_operator(name: str, s: State, who: Who) -> dict[str, Any]:
     """Disable the operator and revoke all its tokens at once (the record stays)."""
     who.require("operators:manage")
     await _operator(s, name)
     if name == who.operator:
-        raise ApiError(400, "cannot_disable_self",
+        raise ApiError(409, "cannot_disable_self",
                        "an operator cannot disable itself (ask another admin)")
     row = await s.store.operators.disable(name)
     assert row is not None
     return row
 
 
-@router.post("/tokens", status_code=201, response_model=models.CreatedToken, responses=ERRORS)
+@router.post("/tokens", status_code=201, response_model=models.CreatedToken,
+             responses=CONFLICT)
 async def create_token(body: models.TokenRequest, s: State, who: Who,
                        request: Request) -> dict[str, Any]:
     who.require("operators:manage")
     note(request, operator=body.operator, label=body.label)
     operator = await _operator(s, body.operator)
     if operator["disabled_at"] is not None:
-        raise ApiError(400, "operator_disabled", f"operator {body.operator} is disabled")
+        raise ApiError(409, "operator_disabled", f"operator {body.operator} is disabled")
     expires_at = time.time() + body.expires_in if body.expires_in is not None else None
     row, token = await s.store.operators.create_token(body.operator, body.label, expires_at)
     note(request, target=row["token_id"])  # never the token itself

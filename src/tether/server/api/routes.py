@@ -114,7 +114,7 @@ async def revoke_activation(activation_id: str, s: State, who: Who) -> dict[str,
 @router.get("/nodes", response_model=list[models.Node], responses=ERRORS, tags=["nodes"])
 async def list_nodes(s: State, who: Who,
                      ping_status: str | None = None,
-                     tag: Annotated[list[str] | None, Query()] = None,
+                     tag: Annotated[list[models.TagSelector] | None, Query()] = None,
                      name: str | None = None, activation_id: str | None = None,
                      ip: str | None = None) -> list[dict[str, Any]]:
     try:
@@ -217,8 +217,10 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
         await require_nodes(s, who, "commands:send", node_ids)
         command, count = await s.dispatcher.submit(spec, node_ids, who.operator)
         note(request, target=command["command_id"], nodes=count)
-    except (TargetError, NoTargetsError) as exc:
+    except TargetError as exc:
         raise ApiError(400, "bad_targets", str(exc)) from None
+    except NoTargetsError as exc:  # well-formed targets that name no registered node
+        raise ApiError(404, "bad_targets", str(exc)) from None
     if not invocations:
         return {**_summary(command, {InvocationStatus.PENDING.value: count}),
                 "version": s.watch.version(command["command_id"]), "invocations": []}
