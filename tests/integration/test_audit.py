@@ -200,6 +200,23 @@ def _cancel_command(f: Fleet) -> Expect:
     return Expect(f.admin, f.ids["command"], 200)
 
 
+def _rotate_credential(f: Fleet) -> Expect:
+    """Needs the agent connected: started for this call, stopped after it."""
+    assert f.agent is not None
+    old = identity(f.agent)["credential"]
+    f.agent.start().connected()
+    try:
+        f.client.post(f"/nodes/{f.ids['node']}/rotate-credential")
+        deadline = time.monotonic() + 30
+        while identity(f.agent)["credential"] == old:
+            assert time.monotonic() < deadline, "the agent never got its new credential"
+            time.sleep(0.05)  # polling interval of a deadline-bound poll
+        f.secrets.append(identity(f.agent)["credential"])  # must not reach any record
+    finally:
+        f.agent.stop()
+    return Expect(f.admin, f.ids["node"], 202)
+
+
 def _deregister_node(f: Fleet) -> Expect:
     f.client.request("DELETE", f"/nodes/{f.ids['node']}")
     return Expect(f.admin, f.ids["node"], 200)
@@ -258,6 +275,7 @@ ROUTE_CALLS: dict[str, Callable[[Fleet], Expect]] = {
     "PATCH /api/v1/nodes/{node_id}/tags": _tag_node,
     "POST /api/v1/commands": _run_command,
     "POST /api/v1/commands/{command_id}/cancel": _cancel_command,
+    "POST /api/v1/nodes/{node_id}/rotate-credential": _rotate_credential,
     "DELETE /api/v1/nodes/{node_id}": _deregister_node,
     "POST /api/v1/operators": _create_operator,
     "PATCH /api/v1/operators/{name}": _update_operator,
@@ -308,7 +326,7 @@ def test_every_state_changing_route_writes_one_audit_record(sqlite_server: Serve
     assert record["detail"]["replaces"] == old_node
 
     export = export_cli(server)
-    assert len(fleet.secrets) == 5
+    assert len(fleet.secrets) == 6  # codes, credentials (the rotated one too), token
     for secret in fleet.secrets:
         assert secret not in export
     assert server.token not in export

@@ -325,6 +325,10 @@ CASES = [
          lambda f: Call(f"/nodes/{f.lab}", node=f.lab)),
     Case("PATCH", "/nodes/{node_id}/tags", "nodes:tag", 200, _tag_node),
     Case("DELETE", "/nodes/{node_id}", "nodes:deregister", 200, _deregister_node),
+    # Past the policy check the node must be connected; the matrix's nodes are not, so
+    # "allowed" reads 409 node_offline (test_rotation.py covers the rest).
+    Case("POST", "/nodes/{node_id}/rotate-credential", "nodes:rotate-credential", 409,
+         lambda f: Call(f"/nodes/{f.lab}/rotate-credential", node=f.lab)),
     Case("POST", "/commands", "commands:send", 201, _send_command),
     Case("GET", "/commands", "commands:read", 200,
          lambda f: Call("/commands?limit=1000", node=f.lab,

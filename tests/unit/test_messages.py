@@ -39,6 +39,8 @@ from tether.protocol import (
     ProtocolError,
     Result,
     ResultAck,
+    Rotate,
+    Rotated,
     Welcome,
     decode,
     encode,
@@ -95,6 +97,8 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
                       stderr_truncated=st.booleans(), reason=opt_texts),
     ResultAck: st.builds(ResultAck, invocation_id=texts),
     Cancel: st.builds(Cancel, invocation_id=texts),
+    Rotate: st.builds(Rotate, credential=texts),
+    Rotated: st.just(Rotated()),
 }
 
 DIRECTIONS = [(name, cls, AGENT_MESSAGES) for name, cls in AGENT_MESSAGES.items()] + [

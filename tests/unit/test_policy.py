@@ -35,7 +35,7 @@ BARE_C = Node(NODE_C)
 # (or a new action nobody placed in a role) turns up as a failing test.
 ROLE_TABLE: Mapping[str, frozenset[str]] = {
     "admin": frozenset({
-        "nodes:read", "nodes:tag", "nodes:deregister",
+        "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
         "commands:send", "commands:read", "commands:cancel", "commands:read-output",
         "sessions:start",
         "activations:create", "activations:read", "activations:revoke",
@@ -50,7 +50,7 @@ ROLE_TABLE: Mapping[str, frozenset[str]] = {
     "viewer": frozenset({"nodes:read", "commands:read"}),
 }
 ALL_ACTIONS = frozenset({
-    "nodes:read", "nodes:tag", "nodes:deregister",
+    "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
     "commands:send", "commands:read", "commands:cancel", "commands:read-output",
     "sessions:start",
     "activations:create", "activations:read", "activations:revoke",

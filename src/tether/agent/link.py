@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import pwd
@@ -27,7 +28,7 @@ from tether.agent.inventory import collect_inventory, inventory_fingerprint
 from tether.agent.runner import Execution
 from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
 from tether.agent.spool import STREAMS, Spool
-from tether.agent.state import Identity, tls_context
+from tether.agent.state import Identity, save_identity, tls_context
 from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.keepalive import Action, Keepalive
 from tether.protocol.messages import (
@@ -42,6 +43,8 @@ from tether.protocol.messages import (
     Pong,
     Result,
     ResultAck,
+    Rotate,
+    Rotated,
     Welcome,
     decode,
     encode,
@@ -70,6 +73,7 @@ class Agent:
                  spool_cap: int = DEFAULT_SPOOL_CAP,
                  inventory_interval: float = INVENTORY_CHECK_INTERVAL) -> None:
         self.identity = identity
+        self.state_dir = state_dir
         self.tls = tls_context(state_dir, identity.server_url)
         self.run_as = run_as
         self.inventory_interval = inventory_interval
@@ -226,6 +230,13 @@ class Agent:
         elif isinstance(message, ResultAck):
             if message.invocation_id not in self.running:
                 self.spool.forget(message.invocation_id)
+        elif isinstance(message, Rotate):
+            # On disk (fsynced) before we say so: the server retires the old
+            # credential on ``rotated``, and we must still be able to log in.
+            self.identity = dataclasses.replace(self.identity, credential=message.credential)
+            save_identity(self.state_dir, self.identity)
+            log.info("credential rotated")
+            await self.send(Rotated())
         elif isinstance(message, Pong):
             pass
         else:

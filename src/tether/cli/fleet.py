@@ -48,6 +48,16 @@ def activation_revoke(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def nodes_rotate_credential(c: Client, args: argparse.Namespace) -> int:
+    node = c.post(f"/nodes/{args.node_id}/rotate-credential")
+    if args.json:
+        print_json(node)
+    else:
+        print(f"{node['node_id']}: new credential sent; the old one stops working once the "
+              "agent has stored it")
+    return 0
+
+
 def _tags(tags: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(tags.items())) or "-"
 

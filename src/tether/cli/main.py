@@ -22,6 +22,7 @@ from tether.protocol.netaddr import is_loopback_host
 from tether.server.config import (
     DEFAULT_AGENT_MESSAGE_BURST,
     DEFAULT_AGENT_MESSAGE_RATE,
+    DEFAULT_CREDENTIAL_MAX_AGE,
     DEFAULT_HANDSHAKES_PER_ADDRESS,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
@@ -74,6 +75,10 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    default=DEFAULT_HANDSHAKES_PER_ADDRESS,
                    help="agent WebSocket handshakes in progress at once from one address "
                         f"(default {DEFAULT_HANDSHAKES_PER_ADDRESS})")
+    s.add_argument("--credential-max-age", type=float, metavar="SECONDS",
+                   default=DEFAULT_CREDENTIAL_MAX_AGE,
+                   help="rotate a connected node's credential once it is this old (default "
+                        f"{DEFAULT_CREDENTIAL_MAX_AGE:g}, 30 days; 0: never)")
     s.add_argument("--insecure", action="store_true",
                    help="allow plain HTTP on an address other than loopback (no TLS)")
     s.add_argument("--registrations-per-address", type=int, metavar="N",
@@ -182,6 +187,11 @@ def _parser() -> argparse.ArgumentParser:
     nd.add_argument("node_id")
     _json(nd)
     nd.set_defaults(handler=fleet.nodes_deregister)
+    nr = nodes.add_parser("rotate-credential", help="give a connected node a new credential "
+                          "(the old one stops once the agent has it)")
+    nr.add_argument("node_id")
+    _json(nr)
+    nr.set_defaults(handler=fleet.nodes_rotate_credential)
 
     access.add_parsers(sub)
     access.add_audit_parsers(sub)
@@ -278,7 +288,8 @@ def _serve(args: argparse.Namespace) -> int:
         registrations_per_activation=args.registrations_per_activation, tls=tls_files,
         agent_message_rate=args.agent_message_rate,
         agent_message_burst=args.agent_message_burst,
-        handshakes_per_address=args.handshakes_per_address)
+        handshakes_per_address=args.handshakes_per_address,
+        credential_max_age=args.credential_max_age)
     try:
         serve(settings, args.log_level)
     except OSError as exc:

@@ -206,14 +206,29 @@ class Cancel(Message):
     invocation_id: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Rotate(Message):
+    """Protocol 3: keep this credential from now on (and say so with ``rotated``)."""
+
+    TYPE: ClassVar[str] = "rotate"
+    credential: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotated(Message):
+    """Protocol 3: the new credential is on disk; the server may retire the old one."""
+
+    TYPE: ClassVar[str] = "rotated"
+
+
 def _by_type(*classes: type[Message]) -> dict[str, type[Message]]:
     return {c.TYPE: c for c in classes}
 
 
 AGENT_MESSAGES: Mapping[str, type[Message]] = _by_type(
-    Hello, Inventory, Ping, Accepted, Output, Result)
+    Hello, Inventory, Ping, Accepted, Output, Result, Rotated)
 SERVER_MESSAGES: Mapping[str, type[Message]] = _by_type(
-    Welcome, Pong, Command, ResultAck, Cancel)
+    Welcome, Pong, Command, ResultAck, Cancel, Rotate)
 
 
 def encode(message: Message) -> str:

@@ -84,7 +84,7 @@ async def start(settings: Settings) -> ServerState:
 async def sweep(s: ServerState) -> None:
     """Once a second: expire undeliverable work and drop links that went silent."""
     bound = s.settings.keepalive_interval + s.settings.keepalive_timeout
-    last_flush = time.monotonic()
+    last_flush = last_rotation_check = time.monotonic()
     while True:
         await asyncio.sleep(s.settings.sweep_interval)
         try:
@@ -98,11 +98,25 @@ async def sweep(s: ServerState) -> None:
                     if s.registry.remove(conn):
                         await s.dispatcher.node_disconnected(conn)
             await s.dispatcher.expire(time.time())
+            max_age = s.settings.credential_max_age
+            if max_age > 0 and now - last_rotation_check >= min(
+                    s.settings.rotation_check_interval, max_age / 4):
+                last_rotation_check = now
+                await rotate_old_credentials(s)
             if now - last_flush >= s.settings.last_seen_flush_interval:
                 last_flush = now
                 await s.store.touch({c.node_id: c.last_received_wall for c in s.registry})
         except Exception:
             log.exception("sweep failed; trying again")
+
+
+async def rotate_old_credentials(s: ServerState) -> None:
+    """Connected nodes whose credential is older than the limit get a new one."""
+    live = {c.node_id: c for c in s.registry}
+    due = await s.store.due_for_rotation(sorted(live),
+                                         time.time() - s.settings.credential_max_age)
+    for node_id in due:
+        await s.dispatcher.start_rotation(live[node_id])
 
 
 def build_app(settings: Settings) -> AgentFront:

@@ -14,6 +14,7 @@ DEFAULT_KEEPALIVE_TIMEOUT = 30.0
 DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 DEFAULT_DELIVERY_TIMEOUT = 3600.0
 DEFAULT_EXECUTION_TIMEOUT = 3600.0
+DEFAULT_CREDENTIAL_MAX_AGE = 30 * 86400.0
 DEFAULT_AGENT_MESSAGE_BURST = 2000
 DEFAULT_AGENT_MESSAGE_RATE = 500.0
 DEFAULT_HANDSHAKES_PER_ADDRESS = 256
@@ -46,6 +47,10 @@ class Settings:
     agent_message_rate: float = DEFAULT_AGENT_MESSAGE_RATE
     handshakes_per_address: int = DEFAULT_HANDSHAKES_PER_ADDRESS
     max_request_body: int = 1024 * 1024
+    # Node credentials older than this are rotated while the node is connected
+    # (protocol 3 agents); 0 turns scheduled rotation off.
+    credential_max_age: float = DEFAULT_CREDENTIAL_MAX_AGE
+    rotation_check_interval: float = 60.0
     # Certificate and key to serve HTTPS/WSS with (server/tls.py); None: plain HTTP.
     tls: TlsFiles | None = None
     # auto: uvloop when installed (it is with tether[server]), else the stdlib loop.

@@ -18,7 +18,7 @@ from typing import Any
 from tether.protocol.ids import is_node_id
 
 NODE_ACTIONS = frozenset({
-    "nodes:read", "nodes:tag", "nodes:deregister",
+    "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
     "commands:send", "commands:read", "commands:cancel", "commands:read-output",
     "sessions:start",
 })

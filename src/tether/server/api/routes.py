@@ -172,6 +172,28 @@ async def _require_command(s: ServerState, who: Principal, action: str,
         await require_nodes(s, who, action, nodes)
 
 
+@router.post("/nodes/{node_id}/rotate-credential", status_code=202,
+             response_model=models.Node, responses={**ERRORS, 409: {"model": models.ErrorBody}},
+             tags=["nodes"])
+async def rotate_credential(node_id: str, s: State, who: Who) -> dict[str, Any]:
+    """Give the connected node a new credential; the old one stops once the agent has it.
+
+    Needs the node connected with an agent that speaks protocol 3 (409 otherwise).
+    Scheduled rotation does the same for credentials older than
+    ``tether server --credential-max-age``.
+    """
+    node = await _node(s, node_id)
+    who.require_node("nodes:rotate-credential", node)
+    conn = s.registry.get(node_id)
+    if conn is None:
+        raise ApiError(409, "node_offline", f"{node_id} is not connected; rotation needs it "
+                       "online (its credential stays as it is)")
+    if not await s.dispatcher.start_rotation(conn):
+        raise ApiError(409, "agent_too_old", f"{node_id} speaks protocol {conn.protocol}; "
+                       "credential rotation needs protocol 3 (a newer tether-agent)")
+    return node
+
+
 def _summary(command: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
     typed = {InvocationStatus(k): v for k, v in counts.items()}
     return {**command, "counts": counts,

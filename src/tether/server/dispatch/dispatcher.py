@@ -27,6 +27,8 @@ from tether.protocol.messages import (
     Pong,
     Result,
     ResultAck,
+    Rotate,
+    Rotated,
 )
 from tether.protocol.statuses import InvocationStatus
 from tether.server.blobs import BlobStore, output_key
@@ -40,6 +42,9 @@ from tether.server.store.store import CONNECTION_LOST, ONLINE, Row
 from tether.server.store.writer import GroupWriter
 
 log = logging.getLogger(__name__)
+
+
+ROTATION_PROTOCOL = 3
 
 
 class NoTargetsError(ValueError):
@@ -175,6 +180,9 @@ class Dispatcher:
             await self._output(conn, message)
         elif isinstance(message, Result):
             await self._result(conn, message)
+        elif isinstance(message, Rotated):
+            if await self.store.complete_rotation(conn.node_id):
+                log.info("%s: credential rotated", conn.node_id)
         elif isinstance(message, Hello):
             raise ProtocolError(CloseCode.UNEXPECTED, "hello sent twice")
         else:  # pragma: no cover - decode only yields agent messages
@@ -243,6 +251,16 @@ class Dispatcher:
                 self.outputs.spill(key)
                 inline[stream] = None
         return inline
+
+    async def start_rotation(self, conn: AgentConnection) -> bool:
+        """Send the node a new credential; the old one works until it says it has it.
+
+        Agents before protocol 3 do not know ``rotate``: they keep their credential.
+        """
+        if conn.protocol < ROTATION_PROTOCOL or conn.closing:
+            return False
+        conn.send(Rotate(await self.store.begin_rotation(conn.node_id)))
+        return True
 
     # -- housekeeping ------------------------------------------------------
 

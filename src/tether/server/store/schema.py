@@ -61,6 +61,10 @@ nodes = sa.Table(
     sa.Column("primary_address", sa.String(64)),
     sa.Column("agent_version", sa.String(40)),
     sa.Column("inventory", sa.JSON),
+    # Rotation in flight: the new credential's hash, accepted alongside the current
+    # one until the agent confirms it has it (protocol 3, docs/protocol.md).
+    sa.Column("pending_credential_hash", sa.String(64)),
+    sa.Column("credential_rotated_at", sa.Float),
 )
 
 node_tags = sa.Table(

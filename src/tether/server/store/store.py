@@ -213,9 +213,48 @@ class Store:
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(nodes).where(
                 nodes.c.node_id == node_id))).mappings().first()
-        if row is None or not matches(credential, row["credential_hash"]):
+        if row is None:
             return None
-        return dict(row)
+        if matches(credential, row["credential_hash"]):
+            return dict(row)
+        pending = row["pending_credential_hash"]
+        if pending and matches(credential, pending):
+            # The agent stored the new credential but its ``rotated`` never arrived.
+            await self.complete_rotation(node_id)
+            return dict(row)
+        return None
+
+    async def begin_rotation(self, node_id: str) -> str:
+        """A new credential for the node, accepted beside the current one until confirmed."""
+        credential = new_secret("tnc")
+        async with self.engine.begin() as conn:
+            await conn.execute(nodes.update().where(
+                nodes.c.node_id == node_id, nodes.c.deregistered_at.is_(None))
+                .values(pending_credential_hash=hash_secret(credential)))
+        return credential
+
+    async def complete_rotation(self, node_id: str) -> bool:
+        """The agent has the new credential: from now on only it works."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(nodes.update().where(
+                nodes.c.node_id == node_id, nodes.c.pending_credential_hash.is_not(None),
+                nodes.c.deregistered_at.is_(None))
+                .values(credential_hash=nodes.c.pending_credential_hash,
+                        pending_credential_hash=None, credential_rotated_at=time.time()))
+            return bool(done.rowcount == 1)
+
+    async def due_for_rotation(self, node_ids: Sequence[str], before: float) -> list[str]:
+        """Of these nodes, those whose credential is older than ``before``."""
+        due: list[str] = []
+        async with self.engine.connect() as conn:
+            for start in range(0, len(node_ids), 1000):
+                result = await conn.execute(sa.select(nodes.c.node_id).where(
+                    nodes.c.node_id.in_(node_ids[start:start + 1000]),
+                    nodes.c.pending_credential_hash.is_(None),
+                    sa.func.coalesce(nodes.c.credential_rotated_at,
+                                     nodes.c.registered_at) < before))
+                due.extend(result.scalars())
+        return due
 
     async def touch(self, seen: dict[str, float]) -> None:
         """Persist last-seen times of live connections in one batch."""
@@ -311,7 +350,7 @@ class Store:
             rows = [dict(r) for r in (await conn.execute(q.order_by(nodes.c.node_id))).mappings()]
             await self._attach_tags(conn, rows)
         for r in rows:
-            del r["credential_hash"]
+            del r["credential_hash"], r["pending_credential_hash"]
         return rows
 
     async def _attach_tags(self, conn: AsyncConnection, rows: list[Row]) -> None:
@@ -334,7 +373,7 @@ class Store:
             if row is None:
                 return None
             out = dict(row)
-            del out["credential_hash"]
+            del out["credential_hash"], out["pending_credential_hash"]
             await self._attach_tags(conn, [out])
             return out
 
@@ -377,7 +416,8 @@ class Store:
         """Revoke the credential (its hash is overwritten) and end open invocations."""
         done = await conn.execute(nodes.update().where(
             nodes.c.node_id == node_id, nodes.c.deregistered_at.is_(None),
-        ).values(deregistered_at=now, credential_hash="revoked", ping_status=CONNECTION_LOST))
+        ).values(deregistered_at=now, credential_hash="revoked", pending_credential_hash=None,
+                 ping_status=CONNECTION_LOST))
         if done.rowcount != 1:
             return False
         for status in (InvocationStatus.PENDING, InvocationStatus.IN_PROGRESS):
