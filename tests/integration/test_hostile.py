@@ -146,3 +146,23 @@ def test_request_bodies_are_bounded(server: Server, tmp_path: Path) -> None:
 def test_a_silent_connection_is_closed_before_it_authenticates(server: Server) -> None:
     with connect(ws_url(server), compression=None) as ws:
         assert close_code(ws, timeout=30) == CloseCode.UNEXPECTED
+
+
+def test_request_headers_are_bounded(server: Server) -> None:
+    """A header block larger than the bound is not buffered: the connection is dropped."""
+    host, port = server.url.removeprefix("http://").split(":")
+
+    def whoami(extra: str) -> int:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            conn.request("GET", "/api/v1/whoami", headers={
+                "Authorization": f"Bearer {server.token}", "X-Padding": extra})
+            return conn.getresponse().status
+        except (ConnectionError, http.client.HTTPException):
+            return 0
+        finally:
+            conn.close()
+
+    assert whoami("a" * 4000) == 200
+    assert whoami("a" * 1_000_000) in (0, 400, 431)
+    assert whoami("") == 200  # and the server is fine afterwards

@@ -20,6 +20,7 @@ from tether.server.config import Settings
 
 # An output frame carries at most 64 KiB of output; JSON escaping can grow it.
 WS_MAX_FRAME = 2 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -51,7 +52,11 @@ def serve(settings: Settings, log_level: str = "info") -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     sock = bind(settings.host, settings.port)
-    config = uvicorn.Config(build_app(settings), ws="websockets-sansio", ws_max_size=WS_MAX_FRAME,
+    # h11 rather than httptools: httptools accepts headers of any size (a 1 MB header was
+    # taken whole); h11 stops at MAX_HEADER_BYTES. The cost is in docs/benchmarks.md.
+    config = uvicorn.Config(build_app(settings), http="h11",
+                            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                            ws="websockets-sansio", ws_max_size=WS_MAX_FRAME,
                             ws_ping_interval=None, ws_per_message_deflate=False,
                             log_level=log_level, access_log=False, lifespan="on",
                             ssl_certfile=settings.tls.cert if settings.tls else None,
