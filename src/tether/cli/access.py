@@ -26,13 +26,17 @@ def _statements(path: str | None) -> list[dict[str, Any]] | None:
     return doc
 
 
+def _print_statements(statements: list[dict[str, Any]]) -> None:
+    for st in statements:
+        print(f"  {st['effect']:<5} {','.join(st['actions'])} on {','.join(st['resources'])}")
+
+
 def _show_operator(op: dict[str, Any]) -> None:
     disabled = f"  (disabled {when(op['disabled_at'])})" if op["disabled_at"] else ""
     print(f"operator:   {op['name']}{disabled}")
     print(f"roles:      {', '.join(op['roles']) or '-'}")
     print(f"created:    {when(op['created_at'])} by {op['created_by']}")
-    for st in op["statements"]:
-        print(f"  {st['effect']:<5} {','.join(st['actions'])} on {','.join(st['resources'])}")
+    _print_statements(op["statements"])
 
 
 def operators_create(c: Client, args: argparse.Namespace) -> int:
@@ -117,8 +121,7 @@ def whoami(c: Client, args: argparse.Namespace) -> int:
         return 0
     print(f"operator {who['operator']} (roles: {', '.join(who['roles']) or '-'}), server "
           f"{who['server_version']}")
-    for st in who["statements"]:
-        print(f"  {st['effect']:<5} {','.join(st['actions'])} on {','.join(st['resources'])}")
+    _print_statements(who["statements"])
     return 0
 
 
