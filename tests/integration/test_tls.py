@@ -17,6 +17,8 @@ import ssl
 import stat
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,13 @@ def test_auto_serves_https_and_prints_the_ca_fingerprint(auto_server: TlsServer)
 
     # What is on the wire is server.pem.
     assert served_der(auto_server.port) == der(tls_dir / "server.pem")
+
+    # GET /agent/ca.pem, unauthenticated, gives the CA a device compares and pins.
+    ctx = ssl.create_default_context(cafile=str(ca_pem))
+    with urllib.request.urlopen(f"{auto_server.url}/agent/ca.pem", context=ctx,
+                                timeout=30) as resp:
+        assert resp.headers["content-type"].startswith("application/x-pem-file")
+        assert sha256_fingerprint(resp.read().decode()) == auto_server.fingerprint
 
 
 def test_restart_keeps_the_ca_and_remakes_the_server_cert_for_new_names(
@@ -434,6 +443,12 @@ def test_own_certificate_files_are_served_as_they_are(
     assert "fingerprint" not in banner and "private CA" not in banner, banner
     assert not (data / "tls").exists()
     assert sorted(p.name for p in own.iterdir()) == ["cert.pem", "key.pem"]
+    # Nor a CA to hand out.
+    ctx = ssl.create_default_context(cafile=str(auto_server.ca))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{srv.url}/agent/ca.pem", context=ctx, timeout=30)
+    assert refused.value.code == 404
+    assert json.loads(refused.value.read())["error"] == "no_private_ca"
 
     state = tmp_path / "agent"
     node_id = node_id_of(register(srv, state, "--ca", str(auto_server.ca)))

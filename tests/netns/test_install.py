@@ -166,12 +166,14 @@ def find_python39() -> str | None:
 class Site:
     """One test's server (server ns), operator CLI (server ns) and device (device ns)."""
 
-    def __init__(self, net: PppNetwork, tmp: Path, fetched: Path) -> None:
-        self.net, self.tmp = net, tmp
+    def __init__(self, net: PppNetwork, tmp: Path, fetched: Path, tls: bool = False) -> None:
+        self.net, self.tmp, self.tls = net, tmp, tls
         self.data_dir = tmp / "server"
         shutil.copytree(fetched, self.data_dir)
-        self.server_url = f"http://{net.server_addr}:{PORT}"
-        self.device_url = f"http://{net.server_name}:{PORT}"  # how the device knows it
+        scheme = "https" if tls else "http"
+        self.server_url = f"{scheme}://{net.server_addr}:{PORT}"
+        self.device_url = f"{scheme}://{net.server_name}:{PORT}"  # how the device knows it
+        self.ca = self.data_dir / "tls" / "ca.pem"  # made by --tls auto at start
         self.home = tmp / "device-home"
         self.home.mkdir()
         self.watchers: dict[str, OutputWatcher] = {}
@@ -185,8 +187,10 @@ class Site:
     # server and CLI
 
     def start_server(self) -> None:
+        transport = (["--tls", "auto", "--tls-name", self.net.server_name,
+                      "--tls-name", self.net.server_addr] if self.tls else ["--insecure"])
         _, self.watchers["server"] = self.net.spawn(self.net.server_ns, [
-            sys.executable, "-m", "tether", "server", "--insecure",
+            sys.executable, "-m", "tether", "server", *transport,
             "--data-dir", str(self.data_dir),
             "--host", self.net.server_addr, "--port", str(PORT),
             "--keepalive-interval", "2", "--keepalive-timeout", "2"], env=clean_env())
@@ -198,7 +202,9 @@ class Site:
     def cli_result(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.net.run(self.net.server_ns, [sys.executable, "-m", "tether.cli", *args],
                             env=clean_env(TETHER_SERVER=self.server_url,
-                                          TETHER_TOKEN=self.token), timeout=180)
+                                          TETHER_TOKEN=self.token,
+                                          TETHER_CA=str(self.ca) if self.tls else ""),
+                            timeout=180)
 
     def cli(self, *args: str) -> Any:
         """The operator CLI's --json output, parsed; it must exit 0."""
@@ -247,13 +253,20 @@ class Site:
             pytest.fail(f"{argv} not done within {timeout}s\n{out}{err}{self.logs()}")
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
-    def install(self, fetcher: str, *args: str,
-                path: str = DEVICE_PATH) -> subprocess.CompletedProcess[str]:
-        """``curl ... | sh -s -- ARGS`` (or wget) on the device; pipefail catches a failed fetch."""
+    def install(self, fetcher: str, *args: str, path: str = DEVICE_PATH,
+                ca: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """``curl ... | sh -s -- ARGS`` (or wget) on the device; pipefail catches a failed fetch.
+
+        Over plain HTTP off the machine the installer must be told ``--insecure``;
+        with ``ca`` the script itself is fetched against that CA, as the
+        installer's comment tells an operator to type it.
+        """
         url = shlex.quote(f"{self.device_url}/agent/install.sh")
-        get = {"curl": f"curl -fsS {url}", "wget": f"wget -qO- {url}"}[fetcher]
-        # The test network has no TLS: plain HTTP off the machine must be asked for.
-        pipeline = f"{get} | sh -s -- --insecure {shlex.join(args)}"
+        pin = {"curl": f"--cacert {shlex.quote(str(ca))} ",
+               "wget": f"--ca-certificate={shlex.quote(str(ca))} "}[fetcher] if ca else ""
+        get = {"curl": f"curl -fsS {pin}{url}", "wget": f"wget -qO- {pin}{url}"}[fetcher]
+        extra = [] if self.tls else ["--insecure"]
+        pipeline = f"{get} | sh -s -- {shlex.join([*extra, *args])}"
         return self.device(["bash", "-o", "pipefail", "-c", pipeline], timeout=INSTALL_TIMEOUT,
                            path=path)
 
@@ -402,6 +415,16 @@ def site(ppp_network: PppNetwork, tmp_path: Path, fetched_data_dir: Path) -> Sit
     return site
 
 
+@pytest.fixture
+def tls_site(ppp_network: PppNetwork, tmp_path: Path, fetched_data_dir: Path) -> Site:
+    """A server on ``--tls auto``: tether's private CA, a certificate for its name."""
+    assert_device_is_closed(ppp_network)
+    site = Site(ppp_network, tmp_path, fetched_data_dir, tls=True)
+    with timed(f"TLS server start ({tmp_path.name})"):
+        site.start_server()
+    return site
+
+
 def test_install_with_curl_then_upgrade_with_wget(site: Site, tmp_path: Path) -> None:
     python = base_python()
     version = (sys.version_info[0], sys.version_info[1])
@@ -503,3 +526,82 @@ def test_install_on_python39_gets_the_39_websockets(site: Site, tmp_path: Path) 
     assert node["primary_address"] == DEVICE_ADDR, node
     out = site.run_command(node_id, "echo hello from $TETHER_NODE_ID")
     assert out["invocations"][0]["stdout"] == f"hello from {node_id}\n", out
+
+
+def test_install_over_private_ca(tls_site: Site, tmp_path: Path) -> None:
+    """The whole install over https with tether's own CA: nothing unverified on the way.
+
+    The operator brings ``ca.pem`` to the device (here: copied beside the
+    device's home, as provisioning would) after comparing the fingerprint the
+    server printed with the one ``GET /agent/ca.pem`` gives; curl fetches the
+    installer against it, the installer fetches the wheels against it, and the
+    agent pins it for every later connection.
+    """
+    site, python = tls_site, base_python()
+    prefix, state = tmp_path / "opt" / "tether-agent-tls", tmp_path / "var" / "tether-tls"
+    printed = re.search(r"SHA-256 fingerprint ([0-9A-F:]{95})", site.watchers["server"].text())
+    assert printed, f"the server printed no CA fingerprint{site.logs()}"
+    device_ca = site.home / "ca.pem"
+    got = site.device(["curl", "-fsS", "-k", "-o", str(device_ca),
+                       f"{site.device_url}/agent/ca.pem"])
+    assert got.returncode == 0, got.stderr
+    shown = site.device(["openssl", "x509", "-noout", "-fingerprint", "-sha256",
+                         "-in", str(device_ca)])
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip().split("=", 1)[1] == printed.group(1), (shown.stdout, printed)
+    assert device_ca.read_bytes() == site.ca.read_bytes()
+
+    # Without the CA nothing verifies: curl refuses, and so does the installer's
+    # own download when the script is piped in some other way.
+    bare = site.device(["curl", "-fsS", f"{site.device_url}/agent/install.sh"])
+    assert bare.returncode == 60, (bare.returncode, bare.stderr)  # peer certificate
+    activation_id, code = site.activation()
+    script = site.tmp / "install.sh"
+    fetched = site.device(["curl", "-fsS", "--cacert", str(device_ca), "-o", str(script),
+                           f"{site.device_url}/agent/install.sh"])
+    assert fetched.returncode == 0, fetched.stderr
+    assert f"SERVER='{site.device_url}'" in script.read_text()
+    unpinned = site.device(["sh", str(script), "--activation-id", activation_id,
+                            "--activation-code", code, "--python", python,
+                            "--prefix", str(prefix), "--state-dir", str(state),
+                            "--no-service"], timeout=INSTALL_TIMEOUT)
+    assert unpinned.returncode != 0, unpinned.stdout
+    assert "could not get the wheel list" in unpinned.stderr and "--ca" in unpinned.stderr, (
+        unpinned.stderr)
+    assert not (state / "identity.json").exists()
+
+    # 1. curl --cacert | sh -s -- --ca: installed, registered, the CA pinned.
+    with timed("install over TLS with curl"):
+        first = site.install("curl", "--activation-id", activation_id,
+                             "--activation-code", code, "--python", python,
+                             "--prefix", str(prefix), "--state-dir", str(state),
+                             "--ca", str(device_ca), "--no-service", ca=device_ca)
+    node_id = registered_node(first, site)
+    assert (state / "ca.pem").read_bytes() == site.ca.read_bytes()
+    agent = site.start_agent("tls-agent", prefix, state)
+    node = site.wait_online("tls-agent", node_id)
+    assert node["primary_address"] == DEVICE_ADDR, node
+    out = site.run_command(node_id, "echo over-tls")
+    assert out["invocations"][0]["stdout"] == "over-tls\n", out
+
+    # 2. Upgrade with wget on a device without curl, against the same CA.
+    site.stop_agent(agent)
+    wget_only = site.path_without("curl")
+    again = site.install("wget", "--python", python, "--prefix", str(prefix),
+                         "--state-dir", str(state), "--ca", str(device_ca), "--no-service",
+                         path=wget_only, ca=device_ca)
+    assert registered_node(again, site) == node_id
+    assert f"already registered as {node_id}" in again.stdout, again.stdout
+
+    # 3. A CA that is not the server's: the installer stops before installing.
+    other = tmp_path / "other-ca"
+    subprocess.run([sys.executable, "-c",
+                    "import sys; from pathlib import Path; from tether.server import tls; "
+                    "tls.auto(Path(sys.argv[1]), ['elsewhere.test'])", str(other)],
+                   check=True, capture_output=True, timeout=60)
+    wrong = site.device(["sh", str(script), "--python", python, "--prefix",
+                         str(tmp_path / "opt" / "wrong"), "--state-dir", str(state),
+                         "--ca", str(other / "ca.pem"), "--no-service"],
+                        timeout=INSTALL_TIMEOUT)
+    assert wrong.returncode != 0 and "could not get the wheel list" in wrong.stderr, wrong.stderr
+    assert not (tmp_path / "opt" / "wrong").exists()

@@ -4,6 +4,9 @@
 #
 #   curl -fsS SERVER/agent/install.sh | sh -s -- --activation-id ID --activation-code CODE
 #
+# With a server on tether's private CA (--tls auto), give the CA to both:
+#   curl -fsS --cacert ca.pem SERVER/agent/install.sh | sh -s -- --ca ca.pem ...
+#
 # Options: --activation-id ID --activation-code CODE (needed to register)
 #          --python PATH        interpreter to use (default: python3)
 #          --prefix DIR         where the agent's virtual environment goes (/opt/tether-agent)
@@ -11,6 +14,8 @@
 #          --run-as USER        user scripts run as (the agent itself runs as root)
 #          --server URL         server to register with (default: the one that served this)
 #          --no-service         do not install a systemd unit
+#          --ca FILE            the server's CA (PEM): downloads are checked against it
+#                               and the agent pins it
 #          --insecure           register with a plain http:// server off this machine
 # Running it again upgrades the agent in place and keeps the identity.
 set -eu
@@ -25,6 +30,7 @@ ACTIVATION_CODE=
 RUN_AS=
 SERVICE=yes
 INSECURE=
+CA=
 
 die() { echo "tether install: $*" >&2; exit 1; }
 need() { [ "$1" -ge 2 ] || die "$2 needs a value"; }
@@ -40,6 +46,7 @@ while [ $# -gt 0 ]; do
         --server) need $# "$1"; SERVER=$2; shift 2 ;;
         --no-service) SERVICE=no; shift ;;
         --insecure) INSECURE=--insecure; shift ;;
+        --ca) need $# "$1"; CA=$2; shift 2 ;;
         *) die "unknown option $1 (see the comment at the top of this script)" ;;
     esac
 done
@@ -50,11 +57,25 @@ case "$STATE_DIR" in /*) ;; *) STATE_DIR="$(pwd)/$STATE_DIR" ;; esac
 case "$PREFIX$STATE_DIR$RUN_AS" in
     *[[:space:]]*) die "--prefix, --state-dir and --run-as must not contain blanks" ;;
 esac
+if [ -n "$CA" ]; then
+    case "$CA" in /*) ;; *) CA="$(pwd)/$CA" ;; esac
+    [ -r "$CA" ] || die "cannot read the CA file $CA"
+    case "$SERVER" in https://*) ;; *) die "--ca is for an https:// server, not $SERVER" ;; esac
+fi
 
+# Without --ca, curl and wget check the server against the system's CAs.
 if command -v curl >/dev/null 2>&1; then
-    fetch() { curl -fsS --retry 5 --retry-connrefused -o "$2" "$1"; }
+    if [ -n "$CA" ]; then
+        fetch() { curl -fsS --retry 5 --retry-connrefused --cacert "$CA" -o "$2" "$1"; }
+    else
+        fetch() { curl -fsS --retry 5 --retry-connrefused -o "$2" "$1"; }
+    fi
 elif command -v wget >/dev/null 2>&1; then
-    fetch() { wget -q -t 5 -O "$2" "$1"; }
+    if [ -n "$CA" ]; then
+        fetch() { wget -q -t 5 --ca-certificate="$CA" -O "$2" "$1"; }
+    else
+        fetch() { wget -q -t 5 -O "$2" "$1"; }
+    fi
 else
     die "needs curl or wget"
 fi
@@ -65,8 +86,10 @@ PYVER=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT INT TERM
+HINT=
+case "$SERVER" in https://*) [ -n "$CA" ] || HINT=" (a server on its own CA? pass --ca FILE)" ;; esac
 fetch "$SERVER/agent/wheels?python=$PYVER" "$WORK/wheels.txt" \
-    || die "could not get the wheel list from $SERVER"
+    || die "could not get the wheel list from $SERVER$HINT"
 for wheel in $(cat "$WORK/wheels.txt"); do
     fetch "$SERVER/agent/wheels/$wheel" "$WORK/$wheel" || die "could not download $wheel"
 done
@@ -109,9 +132,10 @@ if "$AGENT" status --state-dir "$STATE_DIR" >"$WORK/status" 2>&1; then
 else
     [ -n "$ACTIVATION_ID" ] && [ -n "$ACTIVATION_CODE" ] \
         || die "not registered yet: pass --activation-id and --activation-code"
-    # shellcheck disable=SC2086 # $INSECURE is empty or one word
-    TETHER_ACTIVATION_CODE="$ACTIVATION_CODE" "$AGENT" register --server "$SERVER" \
-        --activation-id "$ACTIVATION_ID" --state-dir "$STATE_DIR" $INSECURE
+    set -- --server "$SERVER" --activation-id "$ACTIVATION_ID" --state-dir "$STATE_DIR"
+    if [ -n "$INSECURE" ]; then set -- "$@" --insecure; fi
+    if [ -n "$CA" ]; then set -- "$@" --ca "$CA"; fi
+    TETHER_ACTIVATION_CODE="$ACTIVATION_CODE" "$AGENT" register "$@"
 fi
 
 RUN_ARGS="--state-dir $STATE_DIR"

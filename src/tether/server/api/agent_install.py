@@ -46,6 +46,23 @@ async def install_script(request: Request) -> PlainTextResponse:
     return PlainTextResponse(text, media_type="text/x-shellscript")
 
 
+@router.get("/ca.pem", response_class=PlainTextResponse, responses={
+    200: {"content": {"application/x-pem-file": {}}}, 404: _ERROR})
+async def ca_certificate(request: Request) -> PlainTextResponse:
+    """The private CA of ``--tls auto``, for a device to pin.
+
+    Public by nature (it is a certificate); fetched over an unverified
+    connection, it is only as good as the fingerprint the operator compares it
+    with, which the server prints at start (``openssl x509 -noout -fingerprint
+    -sha256 -in ca.pem`` shows the same form).
+    """
+    tls = _state(request).settings.tls
+    if tls is None or tls.ca is None:
+        raise ApiError(404, "no_private_ca",
+                       "this server does not run tether's private CA (--tls auto)")
+    return PlainTextResponse(tls.ca.read_text(), media_type="application/x-pem-file")
+
+
 @router.get("/wheels", response_class=PlainTextResponse, responses={404: _ERROR})
 async def wheel_list(request: Request,
                      python: Annotated[str, Query(description="e.g. 3.11",
