@@ -37,22 +37,24 @@ ROLE_TABLE: Mapping[str, frozenset[str]] = {
     "admin": frozenset({
         "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
         "commands:send", "commands:read", "commands:cancel", "commands:read-output",
-        "sessions:start",
+        "sessions:start", "sessions:forward", "sessions:copy", "sessions:choose-user",
+        "sessions:read", "sessions:terminate",
         "activations:create", "activations:read", "activations:revoke",
         "audit:read", "operators:manage",
     }),
     "operator": frozenset({
         "nodes:read", "nodes:tag",
         "commands:send", "commands:read", "commands:cancel", "commands:read-output",
-        "sessions:start",
+        "sessions:start", "sessions:forward", "sessions:copy", "sessions:read",
         "activations:create", "activations:read",
     }),
-    "viewer": frozenset({"nodes:read", "commands:read"}),
+    "viewer": frozenset({"nodes:read", "commands:read", "sessions:read"}),
 }
 ALL_ACTIONS = frozenset({
     "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
     "commands:send", "commands:read", "commands:cancel", "commands:read-output",
-    "sessions:start",
+    "sessions:start", "sessions:forward", "sessions:copy", "sessions:choose-user",
+    "sessions:read", "sessions:terminate",
     "activations:create", "activations:read", "activations:revoke",
     "audit:read", "operators:manage",
 })

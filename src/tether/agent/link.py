@@ -12,11 +12,12 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import os
 import pwd
 import socket
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -24,28 +25,35 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from tether import __version__
 from tether.agent.backoff import Backoff
+from tether.agent.channels import Channels
 from tether.agent.inventory import collect_inventory, inventory_fingerprint
 from tether.agent.runner import Execution
 from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
 from tether.agent.spool import STREAMS, Spool
 from tether.agent.state import Identity, save_identity, tls_context
+from tether.protocol.channels import unpack_data
 from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.keepalive import Action, Keepalive
 from tether.protocol.messages import (
     SERVER_MESSAGES,
     Accepted,
     Cancel,
+    Close,
     Command,
+    Eof,
     Hello,
     Message,
+    Open,
     Output,
     Ping,
     Pong,
+    Resize,
     Result,
     ResultAck,
     Rotate,
     Rotated,
     Welcome,
+    Window,
     decode,
     encode,
 )
@@ -85,6 +93,8 @@ class Agent:
         self._clock: Optional[Keepalive] = None
         self._synced: set[str] = set()
         self._fingerprint = ""
+        self.channels = Channels(self.send, identity.node_id,
+                                 run_as or pwd.getpwuid(os.getuid()))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -175,10 +185,14 @@ class Agent:
         try:
             async for frame in ws:
                 keepalive.received(time.monotonic())
-                await self._handle(decode(frame, SERVER_MESSAGES))
+                if isinstance(frame, bytes):
+                    self.channels.data(*unpack_data(frame))
+                else:
+                    await self._handle(decode(frame, SERVER_MESSAGES))
         finally:
             for w in watchers:
                 w.cancel()
+            await self.channels.close_all()
         # The iterator ends on a normal close: surface it like any other close.
         raise ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent)
 
@@ -208,13 +222,17 @@ class Agent:
             await self.send(inventory)
             self._fingerprint = fingerprint
 
-    async def send(self, message: Message) -> None:
-        """Send if connected; a message lost with the link is re-sent from the spool."""
+    async def send(self, message: Union[Message, bytes]) -> None:
+        """Send if connected; a message lost with the link is re-sent from the spool.
+
+        ``bytes`` is a channel data frame, already packed; channel data lost
+        with the link is not re-sent (the channel ends with the link).
+        """
         ws = self.ws
         if ws is None:
             return
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(encode(message))
+            await ws.send(message if isinstance(message, bytes) else encode(message))
             if self._clock is not None:
                 self._clock.sent(time.monotonic())
 
@@ -237,6 +255,8 @@ class Agent:
             save_identity(self.state_dir, self.identity)
             log.info("credential rotated")
             await self.send(Rotated())
+        elif isinstance(message, (Open, Window, Eof, Close, Resize)):
+            await self.channels.handle(message)
         elif isinstance(message, Pong):
             pass
         else:

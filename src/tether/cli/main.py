@@ -15,7 +15,7 @@ from tether import __version__
 
 if TYPE_CHECKING:
     from tether.server.tls import TlsFiles
-from tether.cli import access, commands, fleet
+from tether.cli import access, commands, fleet, sessions
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail
 from tether.protocol.netaddr import is_loopback_host
@@ -28,6 +28,8 @@ from tether.server.config import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_REGISTRATIONS_PER_ACTIVATION,
     DEFAULT_REGISTRATIONS_PER_ADDRESS,
+    DEFAULT_SESSION_IDLE_TIMEOUT,
+    DEFAULT_SESSION_MAX_DURATION,
 )
 
 EXIT_API = 3
@@ -79,6 +81,17 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    default=DEFAULT_CREDENTIAL_MAX_AGE,
                    help="rotate a connected node's credential once it is this old (default "
                         f"{DEFAULT_CREDENTIAL_MAX_AGE:g}, 30 days; 0: never)")
+    s.add_argument("--session-idle-timeout", type=float, metavar="SECONDS",
+                   default=DEFAULT_SESSION_IDLE_TIMEOUT,
+                   help="end a shell, forward or copy after this long without traffic "
+                        f"(default {DEFAULT_SESSION_IDLE_TIMEOUT:g}, 20 minutes)")
+    s.add_argument("--session-max-duration", type=float, metavar="SECONDS",
+                   default=DEFAULT_SESSION_MAX_DURATION,
+                   help="end any session after this long (default "
+                        f"{DEFAULT_SESSION_MAX_DURATION:g}, 12 hours)")
+    s.add_argument("--record-input", action="store_true",
+                   help="record what operators type in shells too (output is always "
+                        "recorded); mind that typed passwords land in the recording")
     s.add_argument("--insecure", action="store_true",
                    help="allow plain HTTP on an address other than loopback (no TLS)")
     s.add_argument("--registrations-per-address", type=int, metavar="N",
@@ -195,6 +208,7 @@ def _parser() -> argparse.ArgumentParser:
 
     access.add_parsers(sub)
     access.add_audit_parsers(sub)
+    sessions.add_parsers(sub)
 
     r = sub.add_parser("run", help="run a script on nodes",
                        description="Run a script on every target and wait for the results. "
@@ -289,7 +303,9 @@ def _serve(args: argparse.Namespace) -> int:
         agent_message_rate=args.agent_message_rate,
         agent_message_burst=args.agent_message_burst,
         handshakes_per_address=args.handshakes_per_address,
-        credential_max_age=args.credential_max_age)
+        credential_max_age=args.credential_max_age,
+        session_idle_timeout=args.session_idle_timeout,
+        session_max_duration=args.session_max_duration, record_input=args.record_input)
     try:
         serve(settings, args.log_level)
     except OSError as exc:

@@ -22,6 +22,7 @@ class CloseCode(IntEnum):
     KEEPALIVE_TIMEOUT = 4006
     UNEXPECTED = 4007
     RATE_LIMITED = 4008
+    FLOW_CONTROL = 4009  # more channel data than the window allowed
 
     @property
     def retryable(self) -> bool:

@@ -221,14 +221,147 @@ class Rotated(Message):
     TYPE: ClassVar[str] = "rotated"
 
 
+# -- channels (protocol 4): see tether.protocol.channels -------------------------
+
+CHANNEL_KINDS = ("shell", "tcp", "file_read", "file_write")
+
+
+@dataclasses.dataclass(frozen=True)
+class Open(Message):
+    """Server: open channel ``channel`` of ``kind``; the agent may send ``window`` bytes.
+
+    Which of the optional fields count depends on the kind: a shell takes
+    ``user``, ``rows``, ``cols`` and ``term``; a tcp channel ``host`` and ``port``;
+    ``file_read`` ``path`` and ``offset`` (resume from there); ``file_write``
+    ``path``, ``mode``, ``size``, ``sha256`` and ``force``.
+    """
+
+    TYPE: ClassVar[str] = "open"
+    channel: int
+    kind: str
+    window: int
+    user: Optional[str] = None
+    rows: Optional[int] = None
+    cols: Optional[int] = None
+    term: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
+    path: Optional[str] = None
+    offset: Optional[int] = None
+    mode: Optional[int] = None
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        _check_channel(self.channel)
+        _check_window(self.window)
+        if self.kind not in CHANNEL_KINDS:
+            raise ValueError(f"kind must be one of {CHANNEL_KINDS}")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError("port must be 1..65535")
+        for name in ("rows", "cols", "offset", "mode", "size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened(Message):
+    """Agent: the channel is open; the server may send ``window`` bytes.
+
+    ``size`` and ``mode``: of the file being read, or, for ``file_write``, the
+    bytes already held from an interrupted attempt (``size``), where the
+    server resumes.
+    """
+
+    TYPE: ClassVar[str] = "opened"
+    channel: int
+    window: int
+    size: Optional[int] = None
+    mode: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check_channel(self.channel)
+        _check_window(self.window)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window(Message):
+    """Either side: the receiver consumed ``credit`` more bytes; send that much more."""
+
+    TYPE: ClassVar[str] = "window"
+    channel: int
+    credit: int
+
+    def __post_init__(self) -> None:
+        _check_channel(self.channel)
+        if not 0 < self.credit <= MAX_WINDOW:
+            raise ValueError(f"credit must be 1..{MAX_WINDOW}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Eof(Message):
+    """Either side: no more data from me on this channel (a half-close)."""
+
+    TYPE: ClassVar[str] = "eof"
+    channel: int
+    sha256: Optional[str] = None  # file_read: the digest of the whole file
+
+    def __post_init__(self) -> None:
+        _check_channel(self.channel)
+
+
+@dataclasses.dataclass(frozen=True)
+class Close(Message):
+    """Either side: the channel is over. ``error`` says why when it failed."""
+
+    TYPE: ClassVar[str] = "close"
+    channel: int
+    exit_code: Optional[int] = None
+    error: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check_channel(self.channel)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resize(Message):
+    """Server: the operator's terminal changed size."""
+
+    TYPE: ClassVar[str] = "resize"
+    channel: int
+    rows: int
+    cols: int
+
+    def __post_init__(self) -> None:
+        _check_channel(self.channel)
+        if not (0 < self.rows < 65536 and 0 < self.cols < 65536):
+            raise ValueError("rows and cols must be 1..65535")
+
+
+MAX_CHANNEL = 2**32 - 1
+MAX_WINDOW = 16 * 1024 * 1024
+
+
+def _check_channel(channel: int) -> None:
+    if not 0 < channel <= MAX_CHANNEL:
+        raise ValueError(f"channel must be 1..{MAX_CHANNEL}")
+
+
+def _check_window(window: int) -> None:
+    if not 0 <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be 0..{MAX_WINDOW}")
+
+
 def _by_type(*classes: type[Message]) -> dict[str, type[Message]]:
     return {c.TYPE: c for c in classes}
 
 
 AGENT_MESSAGES: Mapping[str, type[Message]] = _by_type(
-    Hello, Inventory, Ping, Accepted, Output, Result, Rotated)
+    Hello, Inventory, Ping, Accepted, Output, Result, Rotated, Opened, Window, Eof, Close)
 SERVER_MESSAGES: Mapping[str, type[Message]] = _by_type(
-    Welcome, Pong, Command, ResultAck, Cancel, Rotate)
+    Welcome, Pong, Command, ResultAck, Cancel, Rotate, Open, Window, Eof, Close, Resize)
 
 
 def encode(message: Message) -> str:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from tether.protocol.errors import CloseCode, ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 # Where the agent dials; the path's version is the URL's, not the protocol's.
 AGENT_WS_PATH = "/agent/v1/connect"
 SUPPORTED_VERSIONS = range(1, PROTOCOL_VERSION + 1)
 # History: 1 - ping answered by pong. 2 - ping not answered; the agent relies on
 # TCP_USER_TIMEOUT (the server's ACK is the answer), halving idle traffic.
 # 3 - the server may send ``rotate`` (a new credential), answered by ``rotated``.
+# 4 - channels (sessions): open/opened/window/eof/close/resize and binary data frames.
 
 
 def check_version(agent_version: int, supported: range = SUPPORTED_VERSIONS) -> int:

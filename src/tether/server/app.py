@@ -20,7 +20,7 @@ from tether.protocol.errors import CloseCode
 from tether.protocol.versions import AGENT_WS_PATH
 from tether.server.access.throttle import Throttle
 from tether.server.agent_dist.bundle import AgentBundle
-from tether.server.api import agent_install, audit, operators
+from tether.server.api import agent_install, audit, operators, sessions
 from tether.server.api.errors import ApiError, api_error_handler
 from tether.server.api.limits import BodyLimit
 from tether.server.api.routes import router
@@ -31,6 +31,7 @@ from tether.server.dispatch.dispatcher import Dispatcher
 from tether.server.dispatch.watch import CommandWatch
 from tether.server.gateway.endpoint import serve_agent
 from tether.server.gateway.registry import Registry
+from tether.server.sessions.manager import SessionManager
 from tether.server.state import ServerState
 from tether.server.store import open_store
 from tether.server.store.writer import GroupWriter
@@ -78,7 +79,12 @@ async def start(settings: Settings) -> ServerState:
     await asyncio.to_thread(bundle.prepare)
     throttles = (Throttle(settings.registrations_per_address, 60.0),
                  Throttle(settings.registrations_per_activation, 60.0))
-    return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle, throttles)
+    live_sessions = SessionManager(
+        store, registry, blobs, idle_timeout=settings.session_idle_timeout,
+        max_duration=settings.session_max_duration, record_input=settings.record_input)
+    await live_sessions.open()
+    return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle, throttles,
+                       live_sessions)
 
 
 async def sweep(s: ServerState) -> None:
@@ -127,6 +133,7 @@ def build_app(settings: Settings) -> AgentFront:
         sweeper = asyncio.create_task(sweep(s))
         yield
         sweeper.cancel()
+        await s.sessions.close()
         s.registry.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await s.dispatcher.writer.stop()
         await s.store.close()
@@ -137,6 +144,7 @@ def build_app(settings: Settings) -> AgentFront:
     app.include_router(router)
     app.include_router(operators.router)
     app.include_router(audit.router)
+    app.include_router(sessions.router)
     app.middleware("http")(audit.record_call)
     app.include_router(agent_install.router)
 

@@ -20,6 +20,8 @@ DEFAULT_AGENT_MESSAGE_RATE = 500.0
 DEFAULT_HANDSHAKES_PER_ADDRESS = 256
 DEFAULT_REGISTRATIONS_PER_ADDRESS = 10
 DEFAULT_REGISTRATIONS_PER_ACTIVATION = 30
+DEFAULT_SESSION_IDLE_TIMEOUT = 20 * 60.0   # Session Manager's default too
+DEFAULT_SESSION_MAX_DURATION = 12 * 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,11 @@ class Settings:
     rotation_check_interval: float = 60.0
     # Certificate and key to serve HTTPS/WSS with (server/tls.py); None: plain HTTP.
     tls: TlsFiles | None = None
+    # Sessions end after this long without a byte either way, and after this long at all.
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT
+    session_max_duration: float = DEFAULT_SESSION_MAX_DURATION
+    # Shell recordings always hold the output; the operator's keystrokes only with this.
+    record_input: bool = False
     # auto: uvloop when installed (it is with tether[server]), else the stdlib loop.
     event_loop: str = "auto"
 

@@ -11,6 +11,7 @@ from tether.server.config import Settings
 from tether.server.dispatch.dispatcher import Dispatcher
 from tether.server.dispatch.watch import CommandWatch
 from tether.server.gateway.registry import Registry
+from tether.server.sessions.manager import SessionManager
 from tether.server.store import Store
 
 
@@ -24,3 +25,4 @@ class ServerState:
     dispatcher: Dispatcher
     agent_bundle: AgentBundle
     registration_throttles: tuple[Throttle, Throttle]  # per source address, per activation
+    sessions: SessionManager

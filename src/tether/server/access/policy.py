@@ -20,7 +20,8 @@ from tether.protocol.ids import is_node_id
 NODE_ACTIONS = frozenset({
     "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
     "commands:send", "commands:read", "commands:cancel", "commands:read-output",
-    "sessions:start",
+    "sessions:start", "sessions:forward", "sessions:copy", "sessions:choose-user",
+    "sessions:read", "sessions:terminate",
 })
 SERVER_ACTIONS = frozenset({
     "activations:create", "activations:read", "activations:revoke",
@@ -159,8 +160,9 @@ def _role(*actions: str) -> Policy:
 ROLES: Mapping[str, Policy] = {
     "admin": _role("*"),
     "operator": _role("nodes:read", "nodes:tag", "commands:*", "sessions:start",
+                      "sessions:forward", "sessions:copy", "sessions:read",
                       "activations:create", "activations:read"),
-    "viewer": _role("nodes:read", "commands:read"),
+    "viewer": _role("nodes:read", "commands:read", "sessions:read"),
 }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from tether.server.access.policy import Node, Policy, effective_policy, parse_statements
 from tether.server.api.errors import ApiError
@@ -54,6 +55,11 @@ class Principal:
 
 
 async def principal(request: Request) -> Principal:
+    return await authenticate(request)
+
+
+async def authenticate(request: HTTPConnection) -> Principal:
+    """The token's operator, for an HTTP request or a WebSocket alike."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:

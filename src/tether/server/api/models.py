@@ -218,3 +218,46 @@ class AuditVerdict(BaseModel):
     records: int
     problem: str | None
     seq: int | None = Field(description="the first record that does not fit the chain")
+
+
+NodeId = Annotated[str, StringConstraints(pattern=r"^mi-[0-9a-f]{17}$")]
+UserName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.-]{0,31}\$?$")]
+DevicePath = Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=4096)]
+
+
+class SessionRequest(BaseModel):
+    """What to open on the node. Which fields count depends on ``kind``."""
+
+    node_id: NodeId
+    kind: Literal["shell", "forward", "copy"]
+    user: UserName | None = Field(None, description="shell: the account (needs "
+                                  "sessions:choose-user); default: the agent's")
+    rows: int = Field(24, ge=1, le=1000)
+    cols: int = Field(80, ge=1, le=1000)
+    term: str = Field("xterm-256color", pattern=r"^[A-Za-z0-9._+-]{1,64}$")
+    host: str | None = Field(None, pattern=r"^[A-Za-z0-9.:_-]{1,253}$",
+                             description="forward: as the device resolves it")
+    port: int | None = Field(None, ge=1, le=65535)
+    direction: Literal["to_node", "from_node"] | None = None
+    path: DevicePath | None = Field(None, description="copy: the absolute path on the device")
+    size: int | None = Field(None, ge=0, description="copy to_node: the file's size")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="copy to_node: the file's digest")
+    mode: int | None = Field(None, ge=0, le=0o7777)
+    force: bool = False
+
+
+class Session(BaseModel):
+    session_id: str
+    node_id: str
+    operator: str
+    kind: str
+    status: str
+    target: dict[str, Any]
+    started_at: float
+    ended_at: float | None
+    end_reason: str | None
+    exit_code: int | None
+    recording: str | None
+    bytes_to_node: int
+    bytes_from_node: int

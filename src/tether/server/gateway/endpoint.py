@@ -15,8 +15,19 @@ import time
 from starlette.websockets import WebSocket
 
 from tether import __version__
+from tether.protocol.channels import CHANNELS_PROTOCOL, unpack_data
 from tether.protocol.errors import CloseCode, ProtocolError
-from tether.protocol.messages import AGENT_MESSAGES, Hello, Welcome, decode, encode
+from tether.protocol.messages import (
+    AGENT_MESSAGES,
+    Close,
+    Eof,
+    Hello,
+    Opened,
+    Welcome,
+    Window,
+    decode,
+    encode,
+)
 from tether.protocol.versions import check_version
 from tether.server.access.throttle import TokenBucket
 from tether.server.config import Settings
@@ -116,10 +127,20 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
                 break
             conn.received()
             try:
+                # Channel data is paced by its windows, not by the message rate.
+                if isinstance(frame, bytes) and conn.protocol >= CHANNELS_PROTOCOL \
+                        and conn.channels.data(*unpack_data(frame)):
+                    continue
                 if not bucket.take(conn.last_received):
                     raise ProtocolError(CloseCode.RATE_LIMITED, "more messages than "
                                         f"{settings.agent_message_rate:g} a second")
-                await dispatcher.handle(conn, decode(frame, AGENT_MESSAGES))
+                if isinstance(frame, bytes) and conn.protocol >= CHANNELS_PROTOCOL:
+                    continue  # data for a channel that was just closed
+                message = decode(frame, AGENT_MESSAGES)
+                if isinstance(message, (Opened, Window, Eof, Close)):
+                    conn.channels.handle(message)
+                else:
+                    await dispatcher.handle(conn, message)
             except ProtocolError as exc:
                 log.warning("closing %s: %s", conn.node_id, exc)
                 conn.close(exc.code, exc.reason)
@@ -127,6 +148,7 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         log.exception("agent connection %s failed", conn.node_id)
         conn.close(1011, "internal server error")
     finally:
+        conn.channels.close_all("the node's link was lost")
         if registry.remove(conn):
             await dispatcher.node_disconnected(conn)
         conn.close(CloseCode.NORMAL, "")

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from starlette.websockets import WebSocket
 
 from tether.protocol.messages import Message, encode
+from tether.server.gateway.channels import ChannelTable
 
 log = logging.getLogger(__name__)
 _CLOSE = object()
@@ -40,8 +41,12 @@ class AgentConnection:
         self.last_received_wall = time.time()
         self.closing = False
         self._outbox: deque[object] = deque()
+        # Channel data waits behind control messages: a bulk copy never delays
+        # a command or a close. Its size is bounded by the agent's windows.
+        self._data: deque[bytes] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._close_args: tuple[int, str] = (1000, "")
+        self.channels = ChannelTable(self)
 
     def received(self) -> None:
         self.last_received = time.monotonic()
@@ -51,6 +56,15 @@ class AgentConnection:
         if self.closing:
             return False
         self._queue(encode(message))
+        return True
+
+    def send_data(self, frame: bytes) -> bool:
+        """A packed channel data frame (``tether.protocol.channels.pack_data``)."""
+        if self.closing:
+            return False
+        self._data.append(frame)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
 
     def close(self, code: int, reason: str) -> None:
@@ -66,10 +80,14 @@ class AgentConnection:
 
     async def _drain(self) -> None:
         try:
-            while self._outbox:
+            while self._outbox or self._data:
+                if not self._outbox:
+                    await self.ws.send_bytes(self._data.popleft())
+                    continue
                 item = self._outbox.popleft()
                 if item is _CLOSE:
                     code, reason = self._close_args
+                    self._data.clear()
                     await self.ws.close(code, reason)
                     return
                 assert isinstance(item, str)
@@ -78,6 +96,7 @@ class AgentConnection:
             log.debug("writer for %s stopped: %s", self.node_id, exc)
             self.closing = True
             self._outbox.clear()
+            self._data.clear()
 
     async def drained(self, timeout: float) -> None:
         """Wait (up to ``timeout``) for what is queued, the close included, to go out."""

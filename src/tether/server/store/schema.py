@@ -145,3 +145,25 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_at", "at"),
     sa.Index("ix_audit_log_actor", "actor"),
 )
+
+
+# One row per session (shell, port forward, file copy). A session is written
+# when it starts and again when it ends; its recording, if any, is a blob.
+sessions = sa.Table(
+    "sessions", metadata,
+    sa.Column("session_id", sa.String(40), primary_key=True),
+    sa.Column("node_id", sa.String(20), nullable=False),
+    sa.Column("operator", sa.String(100), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),      # shell, forward, copy
+    sa.Column("status", sa.String(20), nullable=False),    # Connected, Terminated, Failed
+    sa.Column("target", sa.JSON, nullable=False),          # user / host, port / path, direction
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("end_reason", sa.Text),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("recording", sa.String(200)),                # blob key, shells only
+    sa.Column("bytes_to_node", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_from_node", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("ix_sessions_started_at", "started_at"),
+    sa.Index("ix_sessions_node_id", "node_id"),
+)

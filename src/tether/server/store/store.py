@@ -30,6 +30,7 @@ from tether.server.store.schema import (
     node_tags,
     nodes,
 )
+from tether.server.store.sessions import Sessions
 
 # Sources of the batched transitions, from the one table (protocol/statuses.py).
 _ACCEPT_SOURCES = sorted(s.value for s in allowed_sources(InvocationStatus.IN_PROGRESS))
@@ -110,6 +111,7 @@ class Store:
         self.engine = engine
         self.operators = Operators(engine)
         self.audit = AuditLog(engine)
+        self.sessions = Sessions(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -1,0 +1,181 @@
+"""The agent's side of the channels in its connection (protocol 4).
+
+One ``Channels`` object per link. Each open channel has two pumps: out (the
+endpoint to the server, only as far as the server's credit goes) and in (the
+server's data to the endpoint, crediting back what was written). Either side's
+``close`` ends the channel and hangs up its endpoint; so does the loss of the
+link, because a session never outlives the connection that carried it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pwd
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from tether.agent.endpoints import Endpoint, EndpointError, FileReader, FileWriter, TcpEndpoint
+from tether.agent.shell import Shell, session_user
+from tether.protocol.channels import DEFAULT_WINDOW, ReceiveWindow, SendWindow, pack_data
+from tether.protocol.messages import Close, Eof, Message, Open, Opened, Resize, Window
+
+log = logging.getLogger("tether.agent.channels")
+
+Send = Callable[[Union[Message, bytes]], Awaitable[None]]
+_EOF = object()
+
+
+@dataclass
+class _Channel:
+    number: int
+    kind: str
+    endpoint: Endpoint
+    send_window: SendWindow
+    receive_window: ReceiveWindow
+    credit: asyncio.Event = field(default_factory=asyncio.Event)
+    inbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closed: bool = False
+
+
+class Channels:
+    def __init__(self, send: Send, node_id: str, default_user: pwd.struct_passwd) -> None:
+        self._send = send
+        self.node_id = node_id
+        self.default_user = default_user
+        self._open: dict[int, _Channel] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    async def handle(self, message: Message) -> None:
+        if isinstance(message, Open):
+            await self._opening(message)
+            return
+        channel = self._open.get(getattr(message, "channel", 0))
+        if channel is None:
+            return  # already closed here; the peer's message crossed ours
+        if isinstance(message, Window):
+            channel.send_window.grant(message.credit)
+            channel.credit.set()
+        elif isinstance(message, Eof):
+            channel.inbox.put_nowait((_EOF, message.sha256))
+        elif isinstance(message, Resize):
+            with contextlib.suppress(OSError):
+                channel.endpoint.resize(message.rows, message.cols)
+        elif isinstance(message, Close):
+            await self._end(channel, reply=False)
+
+    def data(self, number: int, data: bytes) -> None:
+        """Bytes from the server; over the window is a protocol error."""
+        channel = self._open.get(number)
+        if channel is None:
+            return
+        channel.receive_window.received(len(data))
+        channel.inbox.put_nowait(data)
+
+    async def close_all(self) -> None:
+        """The link is gone: every channel with it."""
+        for channel in list(self._open.values()):
+            await self._end(channel, reply=False)
+
+    # -- one channel ----------------------------------------------------------
+
+    async def _opening(self, request: Open) -> None:
+        if request.channel in self._open:
+            return  # an open that was re-sent; the first one stands
+        try:
+            endpoint = await self._endpoint(request)
+        except EndpointError as exc:
+            await self._send(Close(request.channel, error=str(exc)))
+            return
+        except Exception as exc:  # the agent must outlive any one channel
+            log.exception("channel %d (%s) could not open", request.channel, request.kind)
+            await self._send(Close(request.channel, error=f"agent error: {exc}"))
+            return
+        channel = _Channel(request.channel, request.kind, endpoint, SendWindow(request.window),
+                           ReceiveWindow(DEFAULT_WINDOW))
+        if request.window:
+            channel.credit.set()
+        self._open[request.channel] = channel
+        await self._send(Opened(request.channel, DEFAULT_WINDOW, size=endpoint.size,
+                                mode=endpoint.mode))
+        channel.tasks = [asyncio.ensure_future(self._pump_out(channel)),
+                         asyncio.ensure_future(self._pump_in(channel))]
+
+    async def _endpoint(self, request: Open) -> Endpoint:
+        if request.kind == "shell":
+            user = session_user(request.user, self.default_user)
+            return await Shell.start(user, request.rows or 24, request.cols or 80,
+                                     request.term or "", self.node_id)
+        if request.kind == "tcp":
+            if not request.host or request.port is None:
+                raise EndpointError("a tcp channel needs host and port")
+            return await TcpEndpoint.connect(request.host, request.port)
+        if request.kind == "file_read":
+            if not request.path or not Path(request.path).is_absolute():
+                raise EndpointError(f"{request.path!r} is not an absolute path")
+            return FileReader(Path(request.path), request.offset or 0)
+        return FileWriter(request)
+
+    async def _pump_out(self, channel: _Channel) -> None:
+        try:
+            while True:
+                n = channel.send_window.take(1 << 30)
+                if n == 0:
+                    channel.credit.clear()
+                    await channel.credit.wait()
+                    continue
+                data = await channel.endpoint.read(n)
+                if len(data) < n:  # give back what the read did not use
+                    channel.send_window.grant(n - len(data))
+                if not data:
+                    break
+                await self._send(pack_data(channel.number, data))
+            await self._send(Eof(channel.number, sha256=channel.endpoint.eof_digest()))
+            exit_code, error = await channel.endpoint.finish()
+        except EndpointError as exc:
+            exit_code, error = None, str(exc)
+        except Exception as exc:
+            log.exception("channel %d failed", channel.number)
+            exit_code, error = None, f"agent error: {exc}"
+        if not channel.closed:
+            await self._send(Close(channel.number, exit_code=exit_code, error=error))
+            await self._end(channel, reply=False, current=asyncio.current_task())
+
+    async def _pump_in(self, channel: _Channel) -> None:
+        try:
+            while True:
+                item = await channel.inbox.get()
+                if isinstance(item, tuple):
+                    await channel.endpoint.write_eof(item[1])
+                    return
+                assert isinstance(item, bytes)
+                await channel.endpoint.write(item)
+                credit = channel.receive_window.consumed(len(item))
+                if credit:
+                    await self._send(Window(channel.number, credit))
+        except EndpointError as exc:
+            if not channel.closed:
+                await self._send(Close(channel.number, error=str(exc)))
+                await self._end(channel, reply=False, current=asyncio.current_task())
+
+    async def _end(self, channel: _Channel, reply: bool,
+                   current: Optional[asyncio.Task[object]] = None) -> None:
+        if channel.closed:
+            return
+        channel.closed = True
+        self._open.pop(channel.number, None)
+        for task in channel.tasks:
+            if task is not current:
+                task.cancel()
+        try:
+            await channel.endpoint.hang_up()
+        except Exception:
+            log.exception("channel %d did not hang up cleanly", channel.number)
+        if reply:
+            await self._send(Close(channel.number))

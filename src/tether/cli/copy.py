@@ -1,0 +1,169 @@
+"""``tether cp LOCAL NODE:PATH`` and ``tether cp NODE:PATH LOCAL``: checked, resumable copies.
+
+Each copy is one session; each attempt one stream. A dropped link does not
+start the copy over: an upload resumes from what the device already holds
+(its partial file is named after the content's SHA-256), a download from what
+the local partial file (``LOCAL.tether-part``) holds. Whole-file SHA-256 is
+checked at the end on the receiving side; the mode is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from websockets.exceptions import ConnectionClosed
+
+from tether.cli.client import ApiFailure, Client
+from tether.cli.stream import CHUNK, StreamClosed, control_of, open_stream, start_session
+
+REMOTE = re.compile(r"^(mi-[0-9a-f]{17}):(.+)$")
+# Errors after which trying again cannot help: the device said no.
+RETRYABLE = ("link was lost", "is not connected", "could not reach", "connection to the tether",
+             "did not open the channel in time")
+
+
+class CopyFailed(Exception):
+    pass
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1024 * 1024), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run(client: Client, args: argparse.Namespace) -> int:
+    src, dst = REMOTE.match(args.source), REMOTE.match(args.destination)
+    if bool(src) == bool(dst):
+        raise ValueError("one of SOURCE and DESTINATION is NODE:PATH (mi-...:/path), the "
+                         "other a local path")
+    if dst:
+        return _upload(client, args, Path(args.source), dst.group(1), dst.group(2))
+    assert src is not None
+    return _download(client, args, src.group(1), src.group(2), Path(args.destination))
+
+
+def _upload(client: Client, args: argparse.Namespace, local: Path, node: str,
+            remote: str) -> int:
+    if not local.is_file():
+        raise ValueError(f"{local} is not a file")
+    if remote.endswith("/"):
+        remote += local.name
+    size, mode = local.stat().st_size, stat.S_IMODE(local.stat().st_mode)
+    digest = _digest(local)
+    session = start_session(client, {"node_id": node, "kind": "copy", "direction": "to_node",
+                                     "path": remote, "size": size, "sha256": digest,
+                                     "mode": mode, "force": args.force})
+
+    async def attempt() -> None:
+        ws, opened = await open_stream(client, session["session_id"])
+        held = int(opened.get("size") or 0)
+        try:
+            with open(local, "rb") as f:  # noqa: ASYNC230 - the CLI does nothing else
+                f.seek(held)
+                for block in iter(lambda: f.read(CHUNK), b""):
+                    await ws.send(block)
+            await ws.send('{"t":"eof"}')
+            async for frame in ws:
+                if isinstance(frame, str) and control_of(frame).get("t") == "closed":
+                    error = control_of(frame).get("error")
+                    if error:
+                        raise StreamClosed(str(error))
+                    return
+            raise StreamClosed("the connection to the tether server was lost")
+        finally:
+            await ws.close()
+
+    return _with_retries(client, args, session, attempt,
+                         f"{local} -> {node}:{remote} ({size} bytes, sha256 {digest[:16]}...)")
+
+
+def _download(client: Client, args: argparse.Namespace, node: str, remote: str,
+              local: Path) -> int:
+    if local.is_dir():
+        local = local / os.path.basename(remote.rstrip("/"))
+    if local.exists() and not args.force:
+        raise ValueError(f"{local} exists; --force replaces it")
+    part = local.with_name(local.name + ".tether-part")
+    session = start_session(client, {"node_id": node, "kind": "copy",
+                                     "direction": "from_node", "path": remote})
+    done: dict[str, Any] = {}
+
+    async def attempt() -> None:
+        offset = part.stat().st_size if part.exists() else 0
+        ws, opened = await open_stream(client, session["session_id"], offset)
+        done.update(size=opened.get("size"), mode=opened.get("mode"))
+        try:
+            with open(part, "ab") as f:  # noqa: ASYNC230 - the CLI does nothing else
+                async for frame in ws:
+                    if isinstance(frame, bytes):
+                        f.write(frame)
+                        continue
+                    control = control_of(frame)
+                    if control.get("t") == "eof":
+                        done["sha256"] = control.get("sha256")
+                    elif control.get("t") == "closed":
+                        if control.get("error"):
+                            raise StreamClosed(str(control["error"]))
+                        return
+            raise StreamClosed("the connection to the tether server was lost")
+        finally:
+            await ws.close()
+
+    code = _with_retries(client, args, session, attempt, f"{node}:{remote} -> {local}")
+    if code != 0:
+        return code
+    got = _digest(part)
+    if got != done.get("sha256"):
+        part.unlink()
+        print(f"tether: checksum mismatch (got {got[:16]}..., the device had "
+              f"{str(done.get('sha256'))[:16]}...): the file changed during the copy; "
+              "copy again", file=sys.stderr)
+        return 1
+    if isinstance(done.get("mode"), int):
+        os.chmod(part, done["mode"])
+    os.replace(part, local)
+    if args.json:
+        print(json.dumps({"path": str(local), "size": done.get("size"), "sha256": got}))
+    return 0
+
+
+def _with_retries(client: Client, args: argparse.Namespace, session: dict[str, Any],
+                  attempt: Any, what: str) -> int:
+    """Run attempts until one completes, resuming after link drops for ``--resume-for``."""
+    session_id = session["session_id"]
+    started = time.monotonic()
+    print(f"tether: copying {what} (session {session_id})", file=sys.stderr, flush=True)
+    delay = 0.5
+    error: Optional[str] = None
+    while True:
+        try:
+            asyncio.run(attempt())
+            print(f"tether: copied, checksum verified ({time.monotonic() - started:.1f} s)",
+                  file=sys.stderr)
+            return 0
+        except (StreamClosed, ConnectionClosed, OSError) as exc:
+            error = str(exc) or type(exc).__name__
+        if not any(r in error for r in RETRYABLE) or \
+                time.monotonic() - started > args.resume_for:
+            break
+        print(f"tether: {error}; resuming in {delay:.1f} s", file=sys.stderr, flush=True)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    with contextlib.suppress(ApiFailure):
+        client.post(f"/sessions/{session_id}/terminate")
+    print(f"tether: copy failed: {error}", file=sys.stderr)
+    return 1

@@ -1,0 +1,119 @@
+"""``tether forward NODE LOCAL_PORT:HOST:PORT``: a local port reaching HOST:PORT from the node.
+
+Each accepted connection is its own stream (one channel on the node's link),
+so many run at once and a slow one never holds up another. Half-closes pass
+through both ways. If the node's link drops, connections in flight end and new
+ones are refused with the reason until it is back; the forward itself stays
+until Ctrl-C (or the session is ended on the server), which ends the session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tether.cli.client import ApiFailure, Client
+from tether.cli.stream import CHUNK, StreamClosed, control_of, open_stream, start_session
+
+SPEC = re.compile(r"^(\d{1,5}):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+
+
+def parse_spec(spec: str) -> tuple[int, str, int]:
+    """``LOCAL_PORT:HOST:PORT`` (HOST may be ``[v6]``); LOCAL_PORT 0 picks a free port."""
+    m = SPEC.match(spec)
+    if not m:
+        raise ValueError(f"forward spec is LOCAL_PORT:HOST:PORT (e.g. 8080:localhost:80), "
+                         f"not {spec!r}")
+    local, host, port = int(m.group(1)), m.group(2).strip("[]"), int(m.group(3))
+    if local > 65535 or not 0 < port <= 65535:
+        raise ValueError(f"ports are 1..65535 (LOCAL_PORT may be 0): {spec!r}")
+    return local, host, port
+
+
+def run(client: Client, args: argparse.Namespace) -> int:
+    local, host, port = parse_spec(args.spec)
+    session = start_session(client, {"node_id": args.node_id, "kind": "forward",
+                                     "host": host, "port": port})
+    try:
+        return asyncio.run(_serve(client, session["session_id"], args, local, host, port))
+    finally:
+        with contextlib.suppress(ApiFailure):
+            client.post(f"/sessions/{session['session_id']}/terminate")
+
+
+async def _serve(client: Client, session_id: str, args: argparse.Namespace, local: int,
+                 host: str, port: int) -> int:
+    stop = asyncio.Event()
+    ended: list[str] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            ws, _ = await open_stream(client, session_id)
+        except StreamClosed as exc:
+            print(f"tether: connection to {host}:{port} refused: {exc}", file=sys.stderr,
+                  flush=True)
+            writer.close()
+            if "no open session" in str(exc):
+                ended.append(str(exc))
+                stop.set()
+            return
+        await _pipe(reader, writer, ws)
+
+    server = await asyncio.start_server(accepted, args.bind, local)
+    bound = server.sockets[0].getsockname()[1]
+    print(f"tether: forwarding {args.bind}:{bound} -> {host}:{port} on {args.node_id} "
+          f"(session {session_id}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+    if ended:
+        print(f"tether: the forward ended: {ended[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                ws: ClientConnection) -> None:
+    async def up() -> None:
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                await ws.send('{"t":"eof"}')
+                return
+            await ws.send(data)
+
+    async def down() -> None:
+        async for frame in ws:
+            if isinstance(frame, bytes):
+                writer.write(frame)
+                await writer.drain()
+                continue
+            control = control_of(frame)
+            if control.get("t") == "eof" and writer.can_write_eof():
+                writer.write_eof()
+            elif control.get("t") == "closed":
+                if control.get("error"):
+                    print(f"tether: forwarded connection ended: {control['error']}",
+                          file=sys.stderr, flush=True)
+                return
+
+    sending = asyncio.ensure_future(up())
+    try:
+        await down()
+    except (ConnectionClosed, OSError):
+        pass
+    finally:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, OSError):
+            await sending
+        writer.close()
+        await ws.close()

@@ -1,0 +1,213 @@
+"""Session endpoints: start, list, show, replay, terminate, and the stream itself.
+
+A session is started with ``POST /api/v1/sessions`` (policy checked, audited)
+and carried by one or more WebSocket streams on
+``/api/v1/sessions/{id}/stream``, each one channel on the node's link: a
+shell has one, a forward one per tunnelled connection, a copy one per
+attempt (a resumed copy opens another). Only the operator who started a
+session may stream on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, WebSocket
+from fastapi.responses import PlainTextResponse
+
+from tether.server.access.policy import Node
+from tether.server.api import models
+from tether.server.api.audit_note import note
+from tether.server.api.auth import Principal, Who, authenticate
+from tether.server.api.errors import ApiError
+from tether.server.sessions.manager import LiveSession, SessionError
+from tether.server.sessions.relay import relay
+from tether.server.state import ServerState
+from tether.server.store.sessions import TERMINATED
+
+router = APIRouter(prefix="/api/v1", tags=["sessions"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": models.ErrorBody} for s in (400, 401, 403, 404, 409)}
+ACTION_OF_KIND = {"shell": "sessions:start", "forward": "sessions:forward",
+                  "copy": "sessions:copy"}
+
+
+def state(request: Request) -> ServerState:
+    s: ServerState = request.app.state.tether
+    return s
+
+
+State = Annotated[ServerState, Depends(state)]
+
+
+def _target(body: models.SessionRequest) -> dict[str, Any]:
+    """What the session reaches, checked for its kind; stored and audited as is."""
+    if body.kind == "shell":
+        return {"user": body.user, "rows": body.rows, "cols": body.cols, "term": body.term}
+    if body.kind == "forward":
+        if body.host is None or body.port is None:
+            raise ApiError(400, "bad_session", "a forward needs host and port")
+        return {"host": body.host, "port": body.port}
+    if body.direction is None or body.path is None:
+        raise ApiError(400, "bad_session", "a copy needs direction and path")
+    if body.direction == "to_node" and (body.size is None or body.sha256 is None):
+        raise ApiError(400, "bad_session", "a copy to the node needs size and sha256")
+    return {"direction": body.direction, "path": body.path, "size": body.size,
+            "sha256": body.sha256, "mode": body.mode, "force": body.force}
+
+
+async def _node_for(s: ServerState, who: Principal, node_id: str, action: str) -> None:
+    node = await s.store.get_node(node_id)
+    if node is None or node["deregistered_at"] is not None:
+        raise ApiError(404, "no_such_node", f"no node {node_id}")
+    who.require_node(action, node)
+
+
+def _shape(row: dict[str, Any], live: LiveSession | None) -> dict[str, Any]:
+    out = dict(row)
+    if live is not None:
+        out["bytes_to_node"], out["bytes_from_node"] = live.bytes_to_node, live.bytes_from_node
+    return out
+
+
+@router.post("/sessions", status_code=201, response_model=models.Session, responses=ERRORS)
+async def start_session(body: models.SessionRequest, s: State, who: Who,
+                        request: Request) -> dict[str, Any]:
+    """Start a shell, forward or copy on a node (it must be connected)."""
+    await _node_for(s, who, body.node_id, ACTION_OF_KIND[body.kind])
+    if body.user is not None:
+        await _node_for(s, who, body.node_id, "sessions:choose-user")
+    target = _target(body)
+    try:
+        live = await s.sessions.start(node_id=body.node_id, operator=who.operator,
+                                      kind=body.kind, target=target,
+                                      source=request.client.host if request.client else None)
+    except SessionError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    note(request, session_id=live.session_id, kind=body.kind, target=body.node_id)
+    return _shape(live.row, live)
+
+
+@router.get("/sessions", response_model=list[models.Session], responses=ERRORS)
+async def list_sessions(s: State, who: Who,
+                        node_id: Annotated[str | None, Query(
+                            pattern=r"^mi-[0-9a-f]{17}$")] = None,
+                        operator: Annotated[str | None, Query(max_length=100)] = None,
+                        active: bool | None = None,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                        ) -> list[dict[str, Any]]:
+    """Recent sessions, newest first, on the nodes this operator may read sessions of."""
+    rows = await s.store.sessions.find(node_ids=[node_id] if node_id else None,
+                                       operator=operator, active=active, limit=limit)
+    if not who.policy.allows_everywhere("sessions:read"):
+        tags = await s.store.tags_of(sorted({r["node_id"] for r in rows}))
+        rows = [r for r in rows if who.policy.allows(
+            "sessions:read", Node(r["node_id"], tags.get(r["node_id"], {})))]
+    return [_shape(r, s.sessions.live.get(r["session_id"])) for r in rows]
+
+
+async def _readable_session(s: ServerState, who: Principal, session_id: str) -> dict[str, Any]:
+    row = await s.store.sessions.get(session_id)
+    if row is None:
+        raise ApiError(404, "no_such_session", f"no session {session_id[:100]}")
+    if row["operator"] != who.operator:
+        tags = await s.store.tags_of([row["node_id"]])
+        if not who.policy.allows("sessions:read", Node(row["node_id"],
+                                                       tags.get(row["node_id"], {}))):
+            who.refuse_nodes("sessions:read", [row["node_id"]])
+    return row
+
+
+@router.get("/sessions/{session_id}", response_model=models.Session, responses=ERRORS)
+async def show_session(session_id: str, s: State, who: Who) -> dict[str, Any]:
+    row = await _readable_session(s, who, session_id)
+    return _shape(row, s.sessions.live.get(session_id))
+
+
+@router.get("/sessions/{session_id}/recording", response_class=PlainTextResponse,
+            responses={**ERRORS, 200: {"content": {"application/x-asciicast": {}}}})
+async def session_recording(session_id: str, s: State, who: Who) -> PlainTextResponse:
+    """The shell's recording, asciicast v2 (replay it with ``tether sessions replay``)."""
+    row = await _readable_session(s, who, session_id)
+    if not row["recording"]:
+        raise ApiError(404, "no_recording", f"session {session_id} is a {row['kind']}; only "
+                       "shells are recorded")
+    data = s.blobs.read(row["recording"])
+    return PlainTextResponse(data.decode("utf-8", "replace"),
+                             media_type="application/x-asciicast")
+
+
+@router.post("/sessions/{session_id}/terminate", response_model=models.Session,
+             responses=ERRORS)
+async def terminate_session(session_id: str, s: State, who: Who,
+                            request: Request) -> dict[str, Any]:
+    """End a session: its own operator may, and so may whoever has sessions:terminate."""
+    row = await s.store.sessions.get(session_id)
+    if row is None:
+        raise ApiError(404, "no_such_session", f"no session {session_id[:100]}")
+    if row["operator"] != who.operator:
+        await _node_for(s, who, row["node_id"], "sessions:terminate")
+    note(request, target=row["node_id"])
+    live = s.sessions.live.get(session_id)
+    if live is not None:
+        reason = ("ended by its operator" if row["operator"] == who.operator
+                  else f"terminated by {who.operator}")
+        await s.sessions.end(live, TERMINATED, reason, actor=who.operator)
+    updated = await s.store.sessions.get(session_id)
+    assert updated is not None
+    return updated
+
+
+@router.websocket("/sessions/{session_id}/stream")
+async def session_stream(websocket: WebSocket, session_id: str,
+                         offset: Annotated[int, Query(ge=0)] = 0) -> None:
+    """One channel of the session. See docs/protocol.md, "Operator streams"."""
+    await websocket.accept()
+    s: ServerState = websocket.app.state.tether
+    try:
+        who = await authenticate(websocket)
+    except ApiError as exc:
+        await _refuse(websocket, exc.message)
+        return
+    live = s.sessions.live.get(session_id)
+    if live is None or live.row["operator"] != who.operator:
+        await _refuse(websocket, f"no open session {session_id[:100]} of {who.operator}")
+        return
+    if live.kind == "shell" and live.channels:
+        await _refuse(websocket, "this shell is already attached")
+        return
+    try:
+        channel = s.sessions.channel(live, **_channel_params(live, offset))
+    except SessionError as exc:
+        await _refuse(websocket, str(exc))
+        return
+    try:
+        outcome = await relay(websocket, channel, live)
+    finally:
+        live.channels.discard(channel)
+    if live.kind == "shell" or (live.kind == "copy" and outcome.clean):
+        await s.sessions.end(live, TERMINATED, outcome.reason if live.kind == "shell"
+                             else "copy complete", actor=who.operator,
+                             exit_code=outcome.exit_code)
+    with contextlib.suppress(Exception):  # the operator may be gone already
+        await websocket.close(1000)
+
+
+def _channel_params(live: LiveSession, offset: int) -> dict[str, Any]:
+    t = live.row["target"]
+    if live.kind == "shell":
+        return {"user": t.get("user"), "rows": t.get("rows"), "cols": t.get("cols"),
+                "term": t.get("term")}
+    if live.kind == "forward":
+        return {"host": t["host"], "port": t["port"]}
+    if t["direction"] == "from_node":
+        return {"file_kind": "file_read", "path": t["path"], "offset": offset}
+    return {"file_kind": "file_write", "path": t["path"], "size": t["size"],
+            "sha256": t["sha256"], "mode": t.get("mode"), "force": bool(t.get("force"))}
+
+
+async def _refuse(websocket: WebSocket, message: str) -> None:
+    await websocket.send_text(json.dumps({"t": "closed", "error": message}))
+    await websocket.close(1008)

@@ -1,0 +1,1 @@
+"""Sessions: shells, port forwards and file copies relayed through the agents' links."""
