@@ -103,6 +103,18 @@ class Fleet:
     cmd_both: str   # a command on both
     spare_activation: tuple[str, str]  # registers throwaway nodes tagged env=lab
     target_operator: str               # an operator the operator routes act on
+    live_lab: str = ""                 # a connected agent's node, tagged env=lab (sessions)
+    lab_session: str = ""              # a shell session on it, started by the admin
+
+    def session(self) -> str:
+        """A fresh shell session of the admin's on the connected lab node."""
+        sid: str = self.admin.ok("POST", "/sessions",
+                                 {"node_id": self.live_lab, "kind": "shell"})["session_id"]
+        return sid
+
+    def session_ids(self) -> set[str]:
+        return {r["session_id"] for r in self.admin.ok(
+            "GET", f"/sessions?node_id={self.live_lab}&limit=1000")}
 
     def operator(self, roles: list[str], statements: list[Statement]) -> tuple[str, Api]:
         name = f"op-{uuid.uuid4().hex[:10]}"
@@ -149,7 +161,7 @@ def server(request: pytest.FixtureRequest,
 
 
 @pytest.fixture(scope="module")
-def fleet(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+def fleet(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     admin = Api(server.url, server.token)
     act = admin.ok("POST", "/activations", {"registration_limit": 2})
     state = tmp_path_factory.mktemp("authz-agents")
@@ -165,7 +177,14 @@ def fleet(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     f = Fleet(server, admin, lab, prod, "", "", "", (spare["activation_id"],
               spare["activation_code"]), target)
     f.cmd_lab, f.cmd_prod, f.cmd_both = f.command(lab), f.command(prod), f.command(lab, prod)
-    return f
+    # Sessions need a connected node; the commands above target the others only.
+    live = Agent(server, state / "live").register(spare["activation_id"],
+                                                  spare["activation_code"])
+    live.start().connected()
+    f.live_lab = live.node_id
+    f.lab_session = f.session()
+    yield f
+    live.stop()
 
 
 # -- the matrix --------------------------------------------------------------
@@ -194,7 +213,7 @@ class Case:
 
     @property
     def listing(self) -> bool:
-        return self.method == "GET" and self.route in ("/nodes", "/commands")
+        return self.method == "GET" and self.route in ("/nodes", "/commands", "/sessions")
 
     def __str__(self) -> str:
         return f"{self.method} {self.route}"
@@ -268,6 +287,26 @@ def _cancel_command(f: Fleet) -> Call:
         assert status == ("Cancelled" if allowed else "Pending")
 
     return Call(f"/commands/{command_id}/cancel", node=f.lab, after=after)
+
+
+def _start_session(f: Fleet) -> Call:
+    before = f.session_ids()
+
+    def after(allowed: bool) -> None:
+        assert (len(f.session_ids() - before) == 1) is allowed
+
+    return Call("/sessions", {"node_id": f.live_lab, "kind": "shell"}, node=f.live_lab,
+                after=after)
+
+
+def _terminate_session(f: Fleet) -> Call:
+    session_id = f.session()
+
+    def after(allowed: bool) -> None:
+        status = f.admin.ok("GET", f"/sessions/{session_id}")["status"]
+        assert status == ("Terminated" if allowed else "Connected")
+
+    return Call(f"/sessions/{session_id}/terminate", node=f.live_lab, after=after)
 
 
 def _create_operator(f: Fleet) -> Call:
@@ -350,6 +389,16 @@ CASES = [
     Case("GET", "/tokens", "operators:manage", 200, lambda f: Call("/tokens")),
     Case("DELETE", "/tokens/{token_id}", "operators:manage", 200, _revoke_token),
     Case("GET", "/audit", "audit:read", 200, lambda f: Call("/audit?limit=10")),
+    Case("POST", "/sessions", "sessions:start", 201, _start_session),
+    Case("GET", "/sessions", "sessions:read", 200,
+         lambda f: Call("/sessions?limit=1000", node=f.live_lab,
+                        listed=("session_id", f.lab_session))),
+    Case("GET", "/sessions/{session_id}", "sessions:read", 200,
+         lambda f: Call(f"/sessions/{f.lab_session}", node=f.live_lab)),
+    Case("GET", "/sessions/{session_id}/recording", "sessions:read", 200,
+         lambda f: Call(f"/sessions/{f.lab_session}/recording", node=f.live_lab)),
+    Case("POST", "/sessions/{session_id}/terminate", "sessions:terminate", 200,
+         _terminate_session),
     Case("GET", "/audit/verify", "audit:read", 200, lambda f: Call("/audit/verify")),
 ]
 
