@@ -61,8 +61,9 @@ def records_after(server: Server, seq: int) -> list[Record]:
     return [r for r in audit(server) if r["seq"] > seq]
 
 
-def only_new_record(server: Server, seq: int) -> Record:
-    new = records_after(server, seq)
+def only_new_record(server: Server, seq: int, also: tuple[str, ...] = ()) -> Record:
+    """The one new record of an API call; ``also``: actions the call adds besides."""
+    new = [r for r in records_after(server, seq) if r["action"] not in also]
     assert len(new) == 1, f"expected exactly one new audit record, got {new}"
     return new[0]
 
@@ -217,6 +218,31 @@ def _rotate_credential(f: Fleet) -> Expect:
     return Expect(f.admin, f.ids["node"], 202)
 
 
+def _start_session(f: Fleet) -> Expect:
+    """Its record is the session's start: which session, what it reaches, its recording."""
+    assert f.agent is not None
+    f.agent.start().connected()
+    session = f.client.post("/sessions", {"node_id": f.ids["node"], "kind": "shell"})
+    f.ids["session"] = session["session_id"]
+
+    def check(record: Record) -> None:
+        assert record["detail"]["session_id"] == session["session_id"]
+        assert record["detail"]["kind"] == "shell"
+        assert record["detail"]["recording"] == session["recording"]
+
+    return Expect(f.admin, f.ids["node"], 201, check)
+
+
+def _terminate_session(f: Fleet) -> Expect:
+    """Besides the call's record, the session's end ("session end", checked after)."""
+    assert f.agent is not None
+    try:
+        f.client.post(f"/sessions/{f.ids['session']}/terminate")
+    finally:
+        f.agent.stop()
+    return Expect(f.admin, f.ids["node"], 200)
+
+
 def _deregister_node(f: Fleet) -> Expect:
     f.client.request("DELETE", f"/nodes/{f.ids['node']}")
     return Expect(f.admin, f.ids["node"], 200)
@@ -276,6 +302,8 @@ ROUTE_CALLS: dict[str, Callable[[Fleet], Expect]] = {
     "POST /api/v1/commands": _run_command,
     "POST /api/v1/commands/{command_id}/cancel": _cancel_command,
     "POST /api/v1/nodes/{node_id}/rotate-credential": _rotate_credential,
+    "POST /api/v1/sessions": _start_session,
+    "POST /api/v1/sessions/{session_id}/terminate": _terminate_session,
     "DELETE /api/v1/nodes/{node_id}": _deregister_node,
     "POST /api/v1/operators": _create_operator,
     "PATCH /api/v1/operators/{name}": _update_operator,
@@ -299,7 +327,7 @@ def test_every_state_changing_route_writes_one_audit_record(sqlite_server: Serve
     for action, call in ROUTE_CALLS.items():
         before = last_seq(server)
         expect = call(fleet)
-        record = only_new_record(server, before)
+        record = only_new_record(server, before, also=("session end",))
         assert record["action"] == action
         assert record["actor"] == expect.actor, (action, record)
         assert record["outcome"] == "ok", (action, record)
@@ -307,6 +335,11 @@ def test_every_state_changing_route_writes_one_audit_record(sqlite_server: Serve
         assert record["source"] == "127.0.0.1"
         assert record["detail"]["status"] == expect.status, (action, record)
         expect.check(record)
+    ends = [r for r in records_after(server, 0) if r["action"] == "session end"]
+    assert [r["detail"]["session_id"] for r in ends] == [fleet.ids["session"]], ends
+    assert ends[0]["actor"] == fleet.admin and ends[0]["target"] == fleet.ids["node"]
+    assert ends[0]["detail"]["reason"] == "ended by its operator"
+    assert ends[0]["detail"]["recording"].endswith(f"{fleet.ids['session']}.cast")
 
     # The agent registers again with --force (under a new activation: the first one
     # is revoked): its old credential goes to the server to prove the old identity,

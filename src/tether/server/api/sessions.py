@@ -82,11 +82,12 @@ async def start_session(body: models.SessionRequest, s: State, who: Who,
     target = _target(body)
     try:
         live = await s.sessions.start(node_id=body.node_id, operator=who.operator,
-                                      kind=body.kind, target=target,
-                                      source=request.client.host if request.client else None)
+                                      kind=body.kind, target=target)
     except SessionError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
-    note(request, session_id=live.session_id, kind=body.kind, target=body.node_id)
+    # This call's audit record is the session's start record.
+    note(request, session_id=live.session_id, kind=body.kind, target=body.node_id,
+         reaches=target, recording=live.row["recording"])
     return _shape(live.row, live)
 
 

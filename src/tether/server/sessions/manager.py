@@ -83,8 +83,9 @@ class SessionManager:
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def start(self, *, node_id: str, operator: str, kind: str, target: dict[str, Any],
-                    source: str | None) -> LiveSession:
+    async def start(self, *, node_id: str, operator: str, kind: str,
+                    target: dict[str, Any]) -> LiveSession:
+        """The session's start is audited by its API call (POST /api/v1/sessions)."""
         conn = self.registry.get(node_id)
         if conn is None:
             raise SessionError("node_offline", f"{node_id} is not connected")
@@ -103,10 +104,6 @@ class SessionManager:
             target=target, recording=recorder.key if recorder else None)
         live = LiveSession(row, recorder)
         self.live[live.session_id] = live
-        await self.store.audit.append(
-            actor=operator, action="session start", outcome="ok", source=source,
-            target=node_id, detail={"session_id": live.session_id, "kind": kind,
-                                    "target": target, "recording": row["recording"]})
         return live
 
     def channel(self, live: LiveSession, **params: Any) -> ServerChannel:
