@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,11 @@ def test_handshakes_in_progress_per_address_are_bounded(server: Server,
             assert json.loads(another.recv(timeout=30))["t"] == "welcome"
 
 
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+
+
 def post_commands(server: Server, body: bytes, chunked: bool = False) -> tuple[int, bytes]:
     host, port = server.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -119,7 +125,15 @@ def post_commands(server: Server, body: bytes, chunked: bool = False) -> tuple[i
             conn.request("POST", "/api/v1/commands", body=iter([body]), headers=headers,
                          encode_chunked=True)
         else:
-            conn.request("POST", "/api/v1/commands", body=body, headers=headers)
+            # Headers first, then the body in a thread: the server may answer 413 on
+            # Content-Length alone and close while a blocking send is still going,
+            # which would hide its answer behind a reset on our side.
+            conn.putrequest("POST", "/api/v1/commands")
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            sock = conn.sock
+            threading.Thread(target=_send_quietly, args=(sock, body), daemon=True).start()
         resp = conn.getresponse()
         return resp.status, resp.read()
     except (ConnectionError, http.client.HTTPException):

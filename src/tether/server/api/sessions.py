@@ -128,7 +128,9 @@ async def show_session(session_id: str, s: State, who: Who) -> dict[str, Any]:
 
 
 @router.get("/sessions/{session_id}/recording", response_class=PlainTextResponse,
-            responses={**ERRORS, 200: {"content": {"application/x-asciicast": {}}}})
+            responses={**{s: {"model": models.ErrorBody, "content": {"application/json": {}}}
+                          for s in (401, 403, 404)},
+                       200: {"content": {"application/x-asciicast": {}}}})
 async def session_recording(session_id: str, s: State, who: Who) -> PlainTextResponse:
     """The shell's recording, asciicast v2 (replay it with ``tether sessions replay``)."""
     row = await _readable_session(s, who, session_id)
