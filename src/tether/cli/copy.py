@@ -72,11 +72,15 @@ def _upload(client: Client, args: argparse.Namespace, local: Path, node: str,
         ws, opened = await open_stream(client, session["session_id"])
         held = int(opened.get("size") or 0)
         try:
-            with open(local, "rb") as f:  # noqa: ASYNC230 - the CLI does nothing else
-                f.seek(held)
-                for block in iter(lambda: f.read(CHUNK), b""):
-                    await ws.send(block)
-            await ws.send('{"t":"eof"}')
+            try:
+                with open(local, "rb") as f:  # noqa: ASYNC230 - the CLI does nothing else
+                    f.seek(held)
+                    for block in iter(lambda: f.read(CHUNK), b""):
+                        await ws.send(block)
+                await ws.send('{"t":"eof"}')
+            except ConnectionClosed:  # mid-send: the reason is in a frame we did not read
+                raise StreamClosed("the connection to the tether server was lost; the "
+                                   "node's link was lost or the server went away") from None
             async for frame in ws:
                 if isinstance(frame, str) and control_of(frame).get("t") == "closed":
                     error = control_of(frame).get("error")

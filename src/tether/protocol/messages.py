@@ -284,6 +284,10 @@ class Opened(Message):
     def __post_init__(self) -> None:
         _check_channel(self.channel)
         _check_window(self.window)
+        for name in ("size", "mode"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,8 +49,8 @@ class ServerChannel:
             view = view[n:]
 
     def send_eof(self) -> None:
-        if not self.closed:
-            self.table.conn.send(Eof(self.number))
+        if not self.closed:  # behind this channel's data, never ahead of it
+            self.table.conn.send_data(Eof(self.number))
 
     def resize(self, rows: int, cols: int) -> None:
         if not self.closed:
@@ -65,7 +65,7 @@ class ServerChannel:
         """End it from this side: the agent hangs up; our reader sees ``reason``."""
         if self.closed:
             return
-        self.table.conn.send(Close(self.number))
+        self.table.conn.send_data(Close(self.number))
         self._ended(Close(self.number, error=reason))
 
     # -- from the agent ----------------------------------------------------

@@ -43,7 +43,7 @@ class AgentConnection:
         self._outbox: deque[object] = deque()
         # Channel data waits behind control messages: a bulk copy never delays
         # a command or a close. Its size is bounded by the agent's windows.
-        self._data: deque[bytes] = deque()
+        self._data: deque[bytes | str] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._close_args: tuple[int, str] = (1000, "")
         self.channels = ChannelTable(self)
@@ -58,11 +58,12 @@ class AgentConnection:
         self._queue(encode(message))
         return True
 
-    def send_data(self, frame: bytes) -> bool:
-        """A packed channel data frame (``tether.protocol.channels.pack_data``)."""
+    def send_data(self, frame: bytes | Message) -> bool:
+        """A packed channel data frame (``tether.protocol.channels.pack_data``), or a
+        channel message that must not overtake that channel's data (``eof``, ``close``)."""
         if self.closing:
             return False
-        self._data.append(frame)
+        self._data.append(frame if isinstance(frame, bytes) else encode(frame))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
@@ -82,7 +83,11 @@ class AgentConnection:
         try:
             while self._outbox or self._data:
                 if not self._outbox:
-                    await self.ws.send_bytes(self._data.popleft())
+                    data = self._data.popleft()
+                    if isinstance(data, bytes):
+                        await self.ws.send_bytes(data)
+                    else:
+                        await self.ws.send_text(data)
                     continue
                 item = self._outbox.popleft()
                 if item is _CLOSE:
