@@ -64,7 +64,8 @@ sha256s = st.none() | st.text("0123456789abcdef", min_size=64, max_size=64) | st
 
 opens = st.builds(
     Open, channel=channels, kind=st.sampled_from(CHANNEL_KINDS), window=windows,
-    user=opt_texts, rows=opt_non_negative, cols=opt_non_negative, term=opt_texts,
+    user=opt_texts, rows=st.none() | st.integers(1, 65535),
+    cols=st.none() | st.integers(1, 65535), term=opt_texts,
     host=opt_texts, port=st.none() | st.integers(min_value=1, max_value=65535),
     path=opt_texts, offset=opt_non_negative, mode=opt_non_negative, size=opt_non_negative,
     sha256=sha256s, force=st.booleans())
@@ -157,7 +158,7 @@ def test_open_encoding_leaves_out_unset_fields() -> None:
     Open(MAX_CHANNEL, "shell", 0),
     Open(1, "file_write", MAX_WINDOW, port=1, offset=0, size=0, mode=0o644),
     Open(1, "tcp", DEFAULT_WINDOW, host="h", port=65535),
-    Open(1, "shell", 1, rows=0, cols=0),  # Open only refuses negative sizes
+    Open(1, "shell", 1, rows=1, cols=65535),  # the range Resize allows
     Opened(MAX_CHANNEL, 0),
     Opened(1, MAX_WINDOW, size=0, mode=0),
     Window(1, 1),
@@ -276,8 +277,6 @@ def test_opened_refuses_negative_size_and_mode(field: str) -> None:
     _malformed(json.dumps({**OPENED, field: -1}), AGENT_MESSAGES)
 
 
-@pytest.mark.xfail(strict=True, reason="Open accepts rows/cols that Resize refuses (0 and "
-                   "above 65535); the agent treats 0 as the default, not fixed yet")
 @pytest.mark.parametrize(("field", "value"), [("rows", 0), ("cols", 0), ("rows", 65536),
                                               ("cols", 2**40)])
 def test_open_terminal_size_matches_resize_range(field: str, value: int) -> None:

@@ -50,6 +50,11 @@ def run(client: Client, args: argparse.Namespace) -> int:
     if bool(src) == bool(dst):
         raise ValueError("one of SOURCE and DESTINATION is NODE:PATH (mi-...:/path), the "
                          "other a local path")
+    remote = (dst or src)
+    assert remote is not None
+    if not remote.group(2).startswith("/"):
+        raise ValueError(f"{remote.group(0)}: the path on the node must be absolute "
+                         f"({remote.group(1)}:/{remote.group(2)}?)")
     if dst:
         return _upload(client, args, Path(args.source), dst.group(1), dst.group(2))
     assert src is not None

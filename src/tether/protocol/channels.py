@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 
 from tether.protocol.errors import CloseCode, ProtocolError
-from tether.protocol.messages import MAX_CHANNEL
+from tether.protocol.messages import MAX_CHANNEL, MAX_WINDOW
 
 DEFAULT_WINDOW = 256 * 1024
 MAX_CHUNK = 32 * 1024  # bytes of channel data in one frame
@@ -75,6 +75,8 @@ class ReceiveWindow:
     """
 
     def __init__(self, size: int = DEFAULT_WINDOW) -> None:
+        if not 0 <= size <= MAX_WINDOW:
+            raise ValueError(f"a window is 0..{MAX_WINDOW} bytes")
         self.size = size
         self.outstanding = 0  # received, not yet credited back
         self._consumed = 0
@@ -92,6 +94,8 @@ class ReceiveWindow:
 
     def consumed(self, n: int) -> int:
         """Bytes passed on; returns the credit to send back now (0: not yet)."""
+        if not 0 <= self._consumed + n <= self.outstanding:
+            raise ValueError(f"consumed {n} bytes of {self.outstanding - self._consumed} held")
         self._consumed += n
         if self._consumed * 2 >= self.size:
             credit, self._consumed = self._consumed, 0

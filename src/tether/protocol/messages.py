@@ -260,10 +260,14 @@ class Open(Message):
             raise ValueError(f"kind must be one of {CHANNEL_KINDS}")
         if self.port is not None and not 0 < self.port < 65536:
             raise ValueError("port must be 1..65535")
-        for name in ("rows", "cols", "offset", "mode", "size"):
+        for name in ("offset", "mode", "size"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative")
+        for name in ("rows", "cols"):  # what Resize allows, so a shell can always be resized
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 65536:
+                raise ValueError(f"{name} must be 1..65535")
 
 
 @dataclasses.dataclass(frozen=True)
