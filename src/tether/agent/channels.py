@@ -116,11 +116,13 @@ class Channels:
             if not request.host or request.port is None:
                 raise EndpointError("a tcp channel needs host and port")
             return await TcpEndpoint.connect(request.host, request.port)
+        # A copy runs with the rights of the account a shell would get, never the agent's.
+        user = session_user(None, self.default_user)
         if request.kind == "file_read":
             if not request.path or not Path(request.path).is_absolute():
                 raise EndpointError(f"{request.path!r} is not an absolute path")
-            return FileReader(Path(request.path), request.offset or 0)
-        return FileWriter(request)
+            return await FileReader.open(user, request.path, request.offset or 0)
+        return await FileWriter.open(user, request)
 
     async def _pump_out(self, channel: _Channel) -> None:
         try:

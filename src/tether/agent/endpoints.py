@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
-import stat
-from pathlib import Path
-from typing import Optional
+import pwd
+import sys
+from typing import Any, Optional
 
 from tether.protocol.messages import Open
 
 READ_CHUNK = 32 * 1024
+
+
+# The folder holding the ``tether`` package the agent runs from.
+_CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class EndpointError(Exception):
@@ -106,121 +109,134 @@ class TcpEndpoint(Endpoint):
             await self.writer.wait_closed()
 
 
-class FileReader(Endpoint):
-    """A file sent from ``offset`` on; its digest (of the whole file) goes with ``eof``.
+async def _helper(user: pwd.struct_passwd, *args: str) -> asyncio.subprocess.Process:
+    """``tether.agent.filehelper`` as ``user``, with nothing of the agent's environment."""
+    identity: dict[str, Any] = {}
+    if user.pw_uid != os.getuid():
+        identity = dict(user=user.pw_uid, group=user.pw_gid,
+                        extra_groups=os.getgrouplist(user.pw_name, user.pw_gid))
+    # The agent's own code first on the path, and nothing else of its environment.
+    # (The helper runs as the user, so nothing the user could put on its path would
+    # run with more rights than the user has.)
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _CODE_ROOT,
+           "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tether.agent.filehelper", *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd="/", start_new_session=True,
+            **identity)
+    except OSError as exc:
+        raise EndpointError(f"cannot start the copy as {user.pw_name}: {exc}") from None
 
-    The digest covers the whole file, not the part sent, so a resumed copy is
-    checked end to end by the side that holds both halves.
+
+async def _header(proc: asyncio.subprocess.Process) -> list[str]:
+    """The helper's first line: ``ok ...`` fields, or its refusal as an EndpointError."""
+    assert proc.stdout is not None
+    line = (await proc.stdout.readline()).decode("utf-8", "replace").strip()
+    if not line.startswith("ok"):
+        await proc.wait()
+        raise EndpointError(line[6:] if line.startswith("error ") else
+                            f"the copy helper failed: {line or 'no answer'}")
+    return line.split()[1:]
+
+
+def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+
+class FileReader(Endpoint):
+    """A file sent from ``offset`` on, read by the helper as the session user.
+
+    The digest with ``eof`` covers the whole file, not the part sent, so a
+    resumed copy is checked end to end by the side that holds both halves.
     """
 
-    def __init__(self, path: Path, offset: int) -> None:
-        try:
-            self.file = open(path, "rb")  # noqa: SIM115 - closed in hang_up
-        except OSError as exc:
-            raise EndpointError(f"cannot read {path}: {exc.strerror}") from None
-        info = os.fstat(self.file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            self.file.close()
-            raise EndpointError(f"{path} is not a regular file")
-        if offset > info.st_size:
-            self.file.close()
-            raise EndpointError(f"{path} is shorter ({info.st_size} bytes) than the part "
-                                "already copied; it changed: copy again without resuming")
-        self.size, self.mode = info.st_size, stat.S_IMODE(info.st_mode)
-        self.digest = hashlib.sha256()
-        self._hash_prefix(offset)
-        self.file.seek(offset)
+    def __init__(self, proc: asyncio.subprocess.Process, size: int, mode: int) -> None:
+        self.proc, self.size, self.mode = proc, size, mode
+        self._digest: Optional[str] = None
 
-    def _hash_prefix(self, offset: int) -> None:
-        left = offset
-        while left:
-            block = self.file.read(min(1024 * 1024, left))
-            if not block:
-                break
-            self.digest.update(block)
-            left -= len(block)
+    @classmethod
+    async def open(cls, user: pwd.struct_passwd, path: str, offset: int) -> FileReader:
+        proc = await _helper(user, "read", path, str(offset))
+        size, mode = (int(x) for x in await _header(proc))
+        return cls(proc, size, mode)
 
     async def read(self, n: int) -> bytes:
-        data = await asyncio.get_running_loop().run_in_executor(None, self.file.read, n)
-        self.digest.update(data)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        data = await self.proc.stdout.read(n)
+        if not data:
+            trailer = (await self.proc.stderr.read()).decode("utf-8", "replace").strip()
+            await self.proc.wait()
+            if len(trailer) != 64:
+                raise EndpointError(trailer[6:] if trailer.startswith("error ") else
+                                    f"the copy helper failed: {trailer or 'no digest'}")
+            self._digest = trailer
         return data
 
     def eof_digest(self) -> Optional[str]:
-        return self.digest.hexdigest()
+        return self._digest
 
     async def hang_up(self) -> None:
-        self.file.close()
+        _stop(self.proc)
+        await self.proc.wait()
 
 
 class FileWriter(Endpoint):
-    """A file received into a partial file beside its target, renamed when complete.
+    """A file received by the helper as the session user, checked and renamed at the end.
 
-    The partial file is named after the content's digest, so an interrupted
-    copy of the same content resumes where it stopped (``size`` in
-    ``opened``), and a different file never continues someone else's part.
+    ``size`` (told to the server in ``opened``) is what an interrupted attempt
+    at the same content left: the server resumes from there.
     """
 
-    def __init__(self, request: Open) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, held: int) -> None:
+        self.proc, self.size = proc, held
+        self._done: asyncio.Future[Optional[str]] = \
+            asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(cls, user: pwd.struct_passwd, request: Open) -> FileWriter:
         if not request.path or request.sha256 is None or request.size is None:
             raise EndpointError("a file_write channel needs path, size and sha256")
         digest = request.sha256.lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise EndpointError("sha256 must be 64 hex digits")
-        self.target = Path(request.path)
-        if not self.target.is_absolute():
-            raise EndpointError(f"{request.path} is not an absolute path")
-        if self.target.is_dir():
-            raise EndpointError(f"{request.path} is a directory; name the file")
-        if self.target.exists() and not request.force:
-            raise EndpointError(f"{request.path} exists on the device; --force replaces it")
-        if not self.target.parent.is_dir():
-            raise EndpointError(f"{self.target.parent} does not exist on the device")
-        self.expected, self.total = digest, request.size
-        self.file_mode = request.mode if request.mode is not None else 0o644
-        self.part = self.target.parent / f".{self.target.name}.{digest[:16]}.tether-part"
-        try:
-            fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise EndpointError(f"cannot write in {self.target.parent}: {exc.strerror}") \
-                from None
-        self.file = os.fdopen(fd, "wb")
-        held = os.fstat(fd).st_size
-        if held > self.total:
-            held = 0
-            self.file.truncate(0)
-        self.file.seek(held)
-        self.size = held  # where the server resumes
-        self._error: Optional[str] = None
-        self._done = asyncio.get_running_loop().create_future()
+        mode = request.mode if request.mode is not None else 0o644
+        proc = await _helper(user, "write", request.path, str(request.size), digest,
+                             str(mode), "1" if request.force else "0")
+        (held,) = (int(x) for x in await _header(proc))
+        return cls(proc, held)
 
     async def write(self, data: bytes) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.file.write, data)
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise EndpointError(await self._outcome() or "the copy helper stopped") from None
 
     async def write_eof(self, sha256: Optional[str]) -> None:
-        loop = asyncio.get_running_loop()
-        error = await loop.run_in_executor(None, self._complete)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        outcome = await self._outcome()
         if not self._done.done():
-            self._done.set_result(error)
+            self._done.set_result(outcome)
 
-    def _complete(self) -> Optional[str]:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        digest = hashlib.sha256()
-        with open(self.part, "rb") as f:
-            for block in iter(lambda: f.read(1024 * 1024), b""):
-                digest.update(block)
-        if digest.hexdigest() != self.expected:
-            self.part.unlink()
-            return (f"checksum mismatch on the device (got {digest.hexdigest()[:16]}..., "
-                    f"expected {self.expected[:16]}...); the partial file was removed")
-        os.chmod(self.part, self.file_mode)
-        os.replace(self.part, self.target)
-        return None
+    async def _outcome(self) -> Optional[str]:
+        assert self.proc.stdout is not None
+        line = (await self.proc.stdout.readline()).decode("utf-8", "replace").strip()
+        await self.proc.wait()
+        if line == "done":
+            return None
+        return line[6:] if line.startswith("error ") else \
+            f"the copy helper failed: {line or 'no answer'}"
 
     async def finish(self) -> tuple[Optional[int], Optional[str]]:
         return None, await self._done
 
     async def hang_up(self) -> None:
-        if not self.file.closed:
-            self.file.close()  # the part stays for a resumed attempt
+        _stop(self.proc)  # the partial file stays for a resumed attempt
+        await self.proc.wait()
+
