@@ -455,7 +455,9 @@ def test_copy_upload_refused_without_force(server: Server, online_agent: Agent,
     assert remote.read_bytes() == b"old version\n"
     assert sorted(p.name for p in device_dir.iterdir()) == ["f.txt"]  # no part file
     [row] = copy_rows(server, node)
-    assert row["status"] == "Terminated", row
+    # The CLI ends a copy it gives up on as Failed, with the device's reason.
+    assert row["status"] == "Failed", row
+    assert "copy failed" in row["end_reason"] and "exists on the device" in row["end_reason"]
     assert row["target"]["direction"] == "to_node" and row["target"]["force"] is False
     assert row["bytes_to_node"] == 0
 
@@ -548,10 +550,11 @@ def test_copy_errors(server: Server, online_agent: Agent, tmp_path: Path) -> Non
         assert not (tmp_path / f"{name}.tether-part").exists()
     assert sorted(p.name for p in device_dir.iterdir()) == ["sub"]
     assert list((device_dir / "sub").iterdir()) == []
-    # The copies that started a session ended it.
+    # The copies that started a session ended it, as Failed, saying why.
     rows = copy_rows(server, node)
     assert len(rows) == 4, rows
-    assert all(r["status"] == "Terminated" for r in rows), rows
+    assert all(r["status"] == "Failed" and "copy failed: " in r["end_reason"]
+               for r in rows), rows
 
 
 # -- session rows --------------------------------------------------------------

@@ -173,6 +173,7 @@ def _with_retries(client: Client, args: argparse.Namespace, session: dict[str, A
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
     with contextlib.suppress(ApiFailure):
-        client.post(f"/sessions/{session_id}/terminate")
+        client.post(f"/sessions/{session_id}/terminate",
+                    {"reason": f"copy failed: {error}"[:500], "failed": True})
     print(f"tether: copy failed: {error}", file=sys.stderr)
     return 1

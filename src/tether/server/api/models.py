@@ -261,3 +261,11 @@ class Session(BaseModel):
     recording: str | None
     bytes_to_node: int
     bytes_from_node: int
+
+
+class TerminateRequest(BaseModel):
+    """Why the session ends, when its own operator knows better than "ended"."""
+
+    reason: str | None = Field(None, max_length=500)
+    failed: bool = Field(False, description="the session failed (e.g. a copy that could "
+                         "not complete): its status becomes Failed")

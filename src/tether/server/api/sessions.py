@@ -25,7 +25,7 @@ from tether.server.api.errors import ApiError
 from tether.server.sessions.manager import LiveSession, SessionError
 from tether.server.sessions.relay import relay
 from tether.server.state import ServerState
-from tether.server.store.sessions import TERMINATED
+from tether.server.store.sessions import FAILED, TERMINATED
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -144,8 +144,8 @@ async def session_recording(session_id: str, s: State, who: Who) -> PlainTextRes
 
 @router.post("/sessions/{session_id}/terminate", response_model=models.Session,
              responses=ERRORS)
-async def terminate_session(session_id: str, s: State, who: Who,
-                            request: Request) -> dict[str, Any]:
+async def terminate_session(session_id: str, s: State, who: Who, request: Request,
+                            body: models.TerminateRequest | None = None) -> dict[str, Any]:
     """End a session: its own operator may, and so may whoever has sessions:terminate."""
     row = await s.store.sessions.get(session_id)
     if row is None:
@@ -157,7 +157,10 @@ async def terminate_session(session_id: str, s: State, who: Who,
     if live is not None:
         reason = ("ended by its operator" if row["operator"] == who.operator
                   else f"terminated by {who.operator}")
-        await s.sessions.end(live, TERMINATED, reason, actor=who.operator)
+        if body is not None and body.reason:
+            reason = f"{reason}: {body.reason}"
+        status = FAILED if body is not None and body.failed else TERMINATED
+        await s.sessions.end(live, status, reason, actor=who.operator)
     updated = await s.store.sessions.get(session_id)
     assert updated is not None
     return updated
