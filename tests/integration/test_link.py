@@ -44,12 +44,15 @@ from tether.protocol.messages import (
     decode,
     encode,
 )
+from tether.protocol.versions import SUPPORTED_VERSIONS
 
 # interval + timeout + one sweep, plus slack for a loaded 2-core machine.
 SILENT_DEATH_BOUND = 6.0
 SERVER_MAX_FRAME = 2 * 1024 * 1024  # tether.server.runner.WS_MAX_FRAME
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
 UNKNOWN_NODE = "mi-0123456789abcdef0"
+
+SPEAKS = f"{SUPPORTED_VERSIONS[0]}..{SUPPORTED_VERSIONS[-1]}"
 
 
 
@@ -239,7 +242,7 @@ HANDSHAKE_ABUSE: dict[str, tuple[Frame, int, str]] = {
     "hello with a string protocol": (hello_json(protocol="1"), CloseCode.MALFORMED,
                                      "protocol"),
     "hello with protocol 99": (hello_json(protocol=99), CloseCode.UNSUPPORTED_VERSION,
-                               "agent speaks protocol 99; this server speaks 1..3"),
+                               f"agent speaks protocol 99; this server speaks {SPEAKS}"),
     "hello from an unknown node": (hello_json(), CloseCode.AUTH_FAILED, UNKNOWN_NODE),
     "ping before hello": ('{"t": "ping"}', CloseCode.UNEXPECTED, "hello"),
     "result before hello": (encode(Result("x", "Success", 0, 0)), CloseCode.UNEXPECTED,
@@ -266,14 +269,14 @@ def test_protocol_abuse_is_refused_and_harmless(server: Server, agent: Agent) ->
     expected = {name: (int(code), part) for name, (_, code, part) in HANDSHAKE_ABUSE.items()}
     expected["hello with a wrong credential"] = (CloseCode.AUTH_FAILED, node_id)
     expected["protocol 99 and a wrong credential"] = (CloseCode.UNSUPPORTED_VERSION,
-                                                      "this server speaks 1..3")
+                                                      f"this server speaks {SPEAKS}")
     for name, (code, part) in expected.items():
         got_code, got_reason = results[name]
         assert (got_code, bool(got_reason)) == (code, True), (name, got_code, got_reason)
         assert part in got_reason, (name, got_reason)
         assert len(got_reason.encode()) <= 123, (name, got_reason)
     assert results["hello with protocol 99"][1] == \
-        "agent speaks protocol 99; this server speaks 1..3"
+        f"agent speaks protocol 99; this server speaks {SPEAKS}"
     print(f"\n{len(results)} refusals in {time.monotonic() - start:.2f} s")
 
     # The real agent was connected all along, kept its link, and still works.

@@ -122,6 +122,16 @@ class WebSite:
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """SQLite only: sessions keep nothing in the database while they run, and their rows
+    on PostgreSQL are covered by test_authorization.py's session routes. The suite's
+    15-minute budget is better spent elsewhere than running these twice."""
+    srv = Server(tmp_path_factory.mktemp("server-sqlite")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
 def website(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSite]:
     """An HTTP server on 127.0.0.1 serving small.txt and a 100 MiB big.bin."""
     root = tmp_path_factory.mktemp("www")

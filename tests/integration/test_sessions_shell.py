@@ -157,6 +157,16 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """SQLite only: sessions keep nothing in the database while they run, and their rows
+    on PostgreSQL are covered by test_authorization.py's session routes. The suite's
+    15-minute budget is better spent elsewhere than running these twice."""
+    srv = Server(tmp_path_factory.mktemp("server-sqlite")).start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def kill_children() -> Iterator[list[Shell]]:
     """Shells a test leaves behind on failure are killed, not leaked."""
@@ -167,7 +177,7 @@ def kill_children() -> Iterator[list[Shell]]:
             child.terminate(force=True)
 
 
-# -- tests on the shared server (SQLite and PostgreSQL) ------------------------
+# -- tests on the shared server ------------------------------------------------
 
 
 def test_shell_round_trip_recording_and_audit(server: Server, online_agent: Agent,

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Union
 
 from tether.agent.endpoints import Endpoint, EndpointError, FileReader, FileWriter, TcpEndpoint
 from tether.agent.shell import Shell, session_user
-from tether.protocol.channels import DEFAULT_WINDOW, ReceiveWindow, SendWindow, pack_data
+from tether.protocol.channels import ReceiveWindow, SendWindow, pack_data, window_for
 from tether.protocol.messages import Close, Eof, Message, Open, Opened, Resize, Window
 
 log = logging.getLogger("tether.agent.channels")
@@ -97,12 +97,13 @@ class Channels:
             log.exception("channel %d (%s) could not open", request.channel, request.kind)
             await self._send(Close(request.channel, error=f"agent error: {exc}"))
             return
+        window = window_for(request.kind)
         channel = _Channel(request.channel, request.kind, endpoint, SendWindow(request.window),
-                           ReceiveWindow(DEFAULT_WINDOW))
+                           ReceiveWindow(window))
         if request.window:
             channel.credit.set()
         self._open[request.channel] = channel
-        await self._send(Opened(request.channel, DEFAULT_WINDOW, size=endpoint.size,
+        await self._send(Opened(request.channel, window, size=endpoint.size,
                                 mode=endpoint.mode))
         channel.tasks = [asyncio.ensure_future(self._pump_out(channel)),
                          asyncio.ensure_future(self._pump_in(channel))]

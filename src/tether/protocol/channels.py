@@ -24,9 +24,21 @@ from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.messages import MAX_CHANNEL, MAX_WINDOW
 
 DEFAULT_WINDOW = 256 * 1024
+# Bulk channels (tunnels, copies) get more: a window caps a channel at window / RTT,
+# and a cellular RTT of 200 ms held a 256 KiB window to 1.25 MiB/s (docs/benchmarks.md).
+BULK_WINDOW = 2 * 1024 * 1024
 MAX_CHUNK = 32 * 1024  # bytes of channel data in one frame
 _HEADER = struct.Struct(">I")
 CHANNELS_PROTOCOL = 4  # the first protocol version with channels
+
+
+def window_for(kind: str) -> int:
+    """The receive window each side announces for a channel of ``kind``.
+
+    A shell moves keystrokes and screens: a small window keeps Ctrl-C close
+    behind a flood of output. Everything else is bulk.
+    """
+    return DEFAULT_WINDOW if kind == "shell" else BULK_WINDOW
 
 
 def pack_data(channel: int, data: bytes) -> bytes:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, Union
 
-from tether.protocol.channels import DEFAULT_WINDOW, ReceiveWindow, SendWindow, pack_data
+from tether.protocol.channels import ReceiveWindow, SendWindow, pack_data, window_for
 from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.messages import Close, Eof, Message, Open, Opened, Resize, Window
 
@@ -29,7 +29,7 @@ class ServerChannel:
         self.opened: asyncio.Future[Union[Opened, Close]] = \
             asyncio.get_running_loop().create_future()
         self.inbox: asyncio.Queue[Incoming] = asyncio.Queue()
-        self.receive_window = ReceiveWindow(DEFAULT_WINDOW)
+        self.receive_window = ReceiveWindow(window_for(kind))
         self.send_window = SendWindow(0)
         self._credit = asyncio.Event()
         self.closed = False
@@ -115,7 +115,7 @@ class ChannelTable:
         self._last += 1
         channel = ServerChannel(self, self._last, kind)
         self._open[self._last] = channel
-        self.conn.send(Open(self._last, kind, DEFAULT_WINDOW, **params))
+        self.conn.send(Open(self._last, kind, window_for(kind), **params))
         return channel
 
     def forget(self, number: int) -> None:
