@@ -18,9 +18,10 @@ from starlette.websockets import WebSocket
 from tether import __version__
 from tether.protocol.errors import CloseCode
 from tether.protocol.versions import AGENT_WS_PATH
+from tether.server import console
 from tether.server.access.throttle import Throttle
 from tether.server.agent_dist.bundle import AgentBundle
-from tether.server.api import agent_install, audit, operators, sessions
+from tether.server.api import agent_install, audit, fleet, operators, sessions
 from tether.server.api.errors import ApiError, api_error_handler
 from tether.server.api.limits import BodyLimit
 from tether.server.api.routes import router
@@ -141,12 +142,15 @@ def build_app(settings: Settings) -> AgentFront:
     app = FastAPI(title="tether", version=__version__, lifespan=lifespan,
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
     app.add_exception_handler(ApiError, api_error_handler)
+    app.include_router(fleet.router)  # before routes: /nodes/search is not a node id
     app.include_router(router)
     app.include_router(operators.router)
     app.include_router(audit.router)
     app.include_router(sessions.router)
     app.middleware("http")(audit.record_call)
     app.include_router(agent_install.router)
+    app.mount(console.PREFIX, console.Console(), name="console")
+    app.add_route("/", console.to_console, include_in_schema=False)
 
     return AgentFront(app, settings.max_request_body)
 

@@ -58,9 +58,25 @@ async def principal(request: Request) -> Principal:
     return await authenticate(request)
 
 
+BEARER_PROTOCOL = "tether.bearer."
+
+
+def websocket_token(request: HTTPConnection) -> str | None:
+    """A browser cannot set headers on a WebSocket: it offers the token as a subprotocol,
+    ``tether.bearer.TOKEN`` beside ``tether`` (a header, so never in a URL or a log)."""
+    offered = request.headers.get("sec-websocket-protocol", "")
+    for proto in (p.strip() for p in offered.split(",")):
+        if proto.startswith(BEARER_PROTOCOL):
+            return proto[len(BEARER_PROTOCOL):]
+    return None
+
+
 async def authenticate(request: HTTPConnection) -> Principal:
     """The token's operator, for an HTTP request or a WebSocket alike."""
     header = request.headers.get("authorization", "")
+    if not header and request.scope["type"] == "websocket":
+        token = websocket_token(request)
+        header = f"Bearer {token}" if token else ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "send an operator token: Authorization: Bearer ...")

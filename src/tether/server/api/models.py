@@ -269,3 +269,35 @@ class TerminateRequest(BaseModel):
     reason: str | None = Field(None, max_length=500)
     failed: bool = Field(False, description="the session failed (e.g. a copy that could "
                          "not complete): its status becomes Failed")
+
+
+class NodeSummary(BaseModel):
+    """A fleet-table row: what people scan for, without the whole inventory."""
+
+    node_id: str
+    name: str | None
+    activation_id: str
+    ping_status: str
+    last_seen_at: float | None
+    peer_address: str | None
+    primary_address: str | None
+    agent_version: str | None
+    tags: dict[str, str]
+    os: str | None
+    primary_interface: str | None = Field(description="the interface holding the primary "
+                                          "address")
+    point_to_point: bool = Field(description="that interface is point-to-point (ppp, wwan, "
+                                 "tun): the devices other consoles hide")
+
+
+class NodePage(BaseModel):
+    total: int
+    offset: int
+    nodes: list[NodeSummary]
+
+
+class TargetPreview(BaseModel):
+    count: int = Field(description="registered nodes the targets resolve to")
+    online: int = Field(description="of them, connected now")
+    refused_count: int = Field(description="of them, nodes this operator may not send to")
+    refused: list[str] = Field(description="the first 20 of those")

@@ -253,9 +253,12 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
             tags=["commands"])
 async def list_commands(s: State, who: Who,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                        node_id: Annotated[str | None, Query(
+                            pattern=r"^mi-[0-9a-f]{17}$")] = None,
                         ) -> list[dict[str, Any]]:
-    """The newest commands whose every node allows ``commands:read``."""
-    rows = await s.store.list_commands(limit)
+    """The newest commands (on ``node_id``, if given) whose every node allows
+    ``commands:read``."""
+    rows = await s.store.list_commands(limit, node_id)
     if not who.policy.allows_everywhere("commands:read"):
         nodes = await s.store.command_nodes([r["command_id"] for r in rows])
         tags = await s.store.tags_of(sorted({n for ids in nodes.values() for n in ids}))

@@ -170,7 +170,8 @@ async def terminate_session(session_id: str, s: State, who: Who, request: Reques
 async def session_stream(websocket: WebSocket, session_id: str,
                          offset: Annotated[int, Query(ge=0)] = 0) -> None:
     """One channel of the session. See docs/protocol.md, "Operator streams"."""
-    await websocket.accept()
+    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
+    await websocket.accept(subprotocol="tether" if "tether" in offered else None)
     s: ServerState = websocket.app.state.tether
     try:
         who = await authenticate(websocket)

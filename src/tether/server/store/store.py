@@ -77,6 +77,8 @@ class NodeFilter:
     activation_id: str | None = None
     ip: str | None = None
     include_deregistered: bool = False
+    # Free-text terms, all of which must match (see Store._term).
+    terms: tuple[str, ...] = ()
 
 
 def _url_for_async(url: str) -> str:
@@ -338,7 +340,44 @@ class Store:
         for key, value in f.tags:
             q = q.where(nodes.c.node_id.in_(sa.select(node_tags.c.node_id).where(
                 node_tags.c.key == key, node_tags.c.value == value)))
+        for term in f.terms:
+            q = q.where(Store._term(term))
         return q
+
+    @staticmethod
+    def _term(term: str) -> sa.ColumnElement[bool]:
+        """One search word: KEY=VALUE is a tag; otherwise a name or node id part, an
+        activation id, or any address of the node (its own, its peer's, an interface's)."""
+        if "=" in term:
+            key, _, value = term.partition("=")
+            return nodes.c.node_id.in_(sa.select(node_tags.c.node_id).where(
+                node_tags.c.key == key, node_tags.c.value == value))
+        return sa.or_(
+            nodes.c.name.contains(term, autoescape=True),
+            nodes.c.node_id.contains(term, autoescape=True),
+            nodes.c.activation_id == term,
+            nodes.c.primary_address == term, nodes.c.peer_address == term,
+            nodes.c.node_id.in_(sa.select(node_addresses.c.node_id)
+                                .where(node_addresses.c.address == term)))
+
+    async def count_nodes(self, f: NodeFilter = NodeFilter()) -> int:
+        q = self._filtered(sa.select(sa.func.count()).select_from(nodes), f)
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(q) or 0)
+
+    async def node_page(self, f: NodeFilter, limit: int, offset: int,
+                        only: Sequence[str] | None = None) -> list[Row]:
+        """One page of nodes by name then id; ``only``: the ids to page through instead."""
+        q = self._filtered(sa.select(nodes), f)
+        if only is not None:
+            q = q.where(nodes.c.node_id.in_(list(only)))
+        q = q.order_by(nodes.c.name, nodes.c.node_id).limit(limit).offset(offset)
+        async with self.engine.connect() as conn:
+            rows = [dict(r) for r in (await conn.execute(q)).mappings()]
+            await self._attach_tags(conn, rows)
+        for r in rows:
+            del r["credential_hash"], r["pending_credential_hash"]
+        return rows
 
     async def node_ids(self, f: NodeFilter = NodeFilter()) -> list[str]:
         """Only the ids: resolving a fan-out's targets must not decode 10,000 inventories."""
@@ -449,10 +488,14 @@ class Store:
                 commands.c.command_id == command_id))).mappings().first()
             return dict(row) if row else None
 
-    async def list_commands(self, limit: int = 50) -> list[Row]:
+    async def list_commands(self, limit: int = 50, node_id: str | None = None) -> list[Row]:
+        """The newest commands; with ``node_id``, those that ran (or will run) there."""
+        q = sa.select(commands).order_by(commands.c.created_at.desc()).limit(limit)
+        if node_id is not None:
+            q = q.where(commands.c.command_id.in_(sa.select(invocations.c.command_id).where(
+                invocations.c.node_id == node_id)))
         async with self.engine.connect() as conn:
-            result = await conn.execute(
-                sa.select(commands).order_by(commands.c.created_at.desc()).limit(limit))
+            result = await conn.execute(q)
             return [dict(r) for r in result.mappings()]
 
     async def status_counts(self, command_ids: Sequence[str]) -> dict[str, dict[str, int]]:

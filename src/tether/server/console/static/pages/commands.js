@@ -1,0 +1,13 @@
+import { get } from "../api.js";
+import { h, status, table, when } from "../dom.js";
+
+export async function render(main) {
+  const rows = await get("/commands?limit=100");
+  main.append(h("h1", {}, "Commands"), table(
+    ["Command", "Status", "Targets", "Nodes", "Comment", "By", "When"],
+    rows.map((c) => h("tr", { class: "link", onclick: () => { location.hash = `#/commands/${c.command_id}`; } },
+      h("td", { class: "mono" }, c.command_id.slice(0, 8)), h("td", {}, status(c.status)),
+      h("td", { class: "mono" }, c.targets.join(" ")),
+      h("td", {}, Object.values(c.counts).reduce((a, b) => a + b, 0)),
+      h("td", {}, c.comment || ""), h("td", {}, c.created_by), h("td", {}, when(c.created_at))))));
+}

@@ -1,0 +1,59 @@
+// Run a command: targets by ids, tags or all, with a live preview of what they hit.
+import { get, post, query } from "../api.js";
+import { errorBox, h } from "../dom.js";
+
+function targetsOf(text) {
+  return text.split(/[\s,]+/).map((t) => t.trim()).filter(Boolean);
+}
+
+export function render(main, _m, params) {
+  const targets = h("textarea", { id: "targets", rows: 3, "aria-label": "Targets" },
+    params.getAll("target").join("\n"));
+  const preview = h("div", { id: "preview", class: "muted" });
+  const script = h("textarea", { id: "script", rows: 10, class: "mono", "aria-label": "Script",
+    placeholder: "#!/bin/sh is implied: uptime; ip -brief address" });
+  const timeout = h("input", { type: "number", id: "timeout", value: 600, min: 1 });
+  const delivery = h("input", { type: "number", id: "delivery", value: 3600, min: 1 });
+  const comment = h("input", { type: "text", id: "comment", size: 50 });
+  const problem = h("div");
+  let typing = null;
+
+  async function showPreview() {
+    const list = targetsOf(targets.value);
+    if (!list.length) { preview.textContent = "Name node ids, tag:KEY=VALUE or all."; return; }
+    try {
+      const p = await get(`/targets/preview${query({ target: list })}`);
+      preview.replaceChildren(`Hits ${p.count} node${p.count === 1 ? "" : "s"} (${p.online} online now).`,
+        p.refused_count ? h("span", { class: "error" },
+          ` You may not send to ${p.refused_count}: ${p.refused.join(", ")}` +
+          `${p.refused_count > p.refused.length ? " ..." : ""}; the command would be refused.`) : "");
+    } catch (err) {
+      preview.replaceChildren(errorBox(err));
+    }
+  }
+  targets.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(showPreview, 300); });
+
+  main.append(h("h1", {}, "Run command"), h("form", { class: "card stack", onsubmit: async (e) => {
+    e.preventDefault();
+    problem.replaceChildren();
+    try {
+      const cmd = await post("/commands?invocations=false", {
+        targets: targetsOf(targets.value), script: script.value,
+        timeout: Number(timeout.value), delivery_timeout: Number(delivery.value),
+        comment: comment.value || null });
+      location.hash = `#/commands/${cmd.command_id}`;
+    } catch (err) {
+      problem.replaceChildren(errorBox(err));
+    }
+  } },
+  h("label", { for: "targets" }, "Targets: node ids, tag:KEY=VALUE or all (one per line)"), targets, preview,
+  h("label", { for: "script" }, "Script (run by /bin/sh on each node)"), script,
+  h("label", { for: "timeout" }, "Execution timeout, seconds (the whole process group is killed)"), timeout,
+  h("label", { for: "delivery" }, "Delivery timeout, seconds (how long to wait for offline nodes)"), delivery,
+  h("label", { for: "comment" }, "Comment"), comment,
+  h("p", { class: "muted" }, "Every target online gets the command at once; rate control ",
+    "(a few nodes at a time) is not available yet."),
+  problem, h("button", { class: "primary", type: "submit" }, "Run")));
+  showPreview();
+  return () => clearTimeout(typing);
+}
