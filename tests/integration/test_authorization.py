@@ -38,7 +38,10 @@ from tether.server.config import Settings
 API = "/api/v1"
 # Routes outside the matrix: registration is authenticated by the activation code,
 # whoami needs only a valid token, and the docs are public.
-UNMATRIXED = {("POST", "/api/v1/registrations"), ("GET", "/api/v1/whoami")}
+# Any valid token: registration (an activation code instead), whoami, and the target
+# preview, which tells what POST /commands would (the count, the nodes it would refuse).
+UNMATRIXED = {("POST", "/api/v1/registrations"), ("GET", "/api/v1/whoami"),
+              ("GET", "/api/v1/targets/preview")}
 UNMATRIXED_PATHS = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/oauth2-redirect"}
 # No proxy from the environment may sit between the tests and the loopback server.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -213,7 +216,8 @@ class Case:
 
     @property
     def listing(self) -> bool:
-        return self.method == "GET" and self.route in ("/nodes", "/commands", "/sessions")
+        return self.method == "GET" and self.route in ("/nodes", "/nodes/search", "/commands",
+                                                        "/sessions")
 
     def __str__(self) -> str:
         return f"{self.method} {self.route}"
@@ -360,6 +364,8 @@ CASES = [
          _revoke_activation),
     Case("GET", "/nodes", "nodes:read", 200,
          lambda f: Call("/nodes", node=f.lab, listed=("node_id", f.lab))),
+    Case("GET", "/nodes/search", "nodes:read", 200,
+         lambda f: Call(f"/nodes/search?q={f.lab}", node=f.lab, listed=("node_id", f.lab))),
     Case("GET", "/nodes/{node_id}", "nodes:read", 200,
          lambda f: Call(f"/nodes/{f.lab}", node=f.lab)),
     Case("PATCH", "/nodes/{node_id}/tags", "nodes:tag", 200, _tag_node),
@@ -401,6 +407,12 @@ CASES = [
          _terminate_session),
     Case("GET", "/audit/verify", "audit:read", 200, lambda f: Call("/audit/verify")),
 ]
+
+
+def rows_of(data: Any) -> list[dict[str, Any]]:
+    """A listing's rows: the list itself, or a page's ``nodes``."""
+    rows: list[dict[str, Any]] = data["nodes"] if isinstance(data, dict) else data
+    return rows
 
 
 def _allow(actions: list[str], resources: list[str]) -> Statement:
@@ -466,7 +478,7 @@ def test_allowed(fleet: Fleet, case: Case, grant: Grant) -> None:
     assert reply.status == case.status, reply
     if c.listed is not None:
         field, value = c.listed
-        assert value in {row[field] for row in reply.data}
+        assert value in {row[field] for row in rows_of(reply.data)}
     if c.after is not None:
         c.after(True)
 
@@ -481,7 +493,7 @@ def test_denied(fleet: Fleet, case: Case, grant: Grant) -> None:
         assert reply.status == 200, reply
         assert c.listed is not None
         field, value = c.listed
-        assert value not in {row[field] for row in reply.data}
+        assert value not in {row[field] for row in rows_of(reply.data)}
     else:
         assert reply.status == 403, reply
         assert reply.data["error"] == "forbidden"

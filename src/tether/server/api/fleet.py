@@ -65,7 +65,8 @@ async def search_nodes(s: State, who: Who,
                        ping_status: Annotated[str | None, Query(
                            pattern="^(Online|ConnectionLost)$")] = None,
                        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                       offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+                       ) -> dict[str, Any]:
     """One page of the fleet (by name), with the total this operator may see."""
     f = NodeFilter(ping_status=ping_status, terms=tuple(_terms(q)))
     if who.policy.allows_everywhere("nodes:read"):
