@@ -6,7 +6,8 @@ import { address } from "./fleet.js";
 export async function render(main, [nodeId]) {
   const n = await get(`/nodes/${nodeId}`);
   const inv = n.inventory || {};
-  const [page] = [await get(`/nodes/search${query({ q: nodeId, limit: 1 })}`)];
+  // The search row says which interface holds the primary address (and if it is point-to-point).
+  const page = await get(`/nodes/search${query({ q: nodeId, limit: 1 })}`);
   const summary = page.nodes[0] || n;
   main.append(
     h("h1", {}, n.name || n.node_id, " ", status(n.ping_status)),
