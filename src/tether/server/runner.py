@@ -40,7 +40,8 @@ def url_of(sock: socket.socket, tls: bool = False) -> str:
 
 
 def _first_steps(settings: Settings, url: str) -> str:
-    return (f"To register a first device:\n"
+    return (f"Web console: {url}/ (sign in with the token in {settings.admin_token_file})\n"
+            f"To register a first device:\n"
             f"  export TETHER_SERVER={url} TETHER_TOKEN=$(cat {settings.admin_token_file})\n"
             f"  tether activation create            # prints an activation id and code\n"
             f"  # on the device (the server must listen on an address it can reach):\n"
