@@ -22,7 +22,7 @@ export function forget() {
 }
 
 export async function signIn(token) {
-  const who = await call("GET", "/whoami", null, token);
+  const who = await (await call("GET", "/whoami", null, token)).json();
   sessionStorage.setItem(KEY, JSON.stringify({ token, operator: who.operator, roles: who.roles }));
   return who;
 }

@@ -17,7 +17,7 @@ export async function render(main, _m, params) {
         rows.slice().reverse().map((r) => h("tr", {},
           h("td", {}, r.seq), h("td", {}, when(r.at)), h("td", {}, r.actor), h("td", { class: "mono" }, r.action),
           h("td", { class: "mono" }, r.target || ""), h("td", {}, r.outcome), h("td", { class: "mono" }, r.source || ""),
-          h("td", { class: "mono" }, JSON.stringify(r.detail))))));
+          h("td", { class: "mono detail" }, JSON.stringify(r.detail))))));
     } catch (err) {
       body.replaceChildren(errorBox(err));
     }

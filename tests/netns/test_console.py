@@ -1,0 +1,426 @@
+"""The web console in a real browser, against a device whose only link is ``ppp0``.
+
+Why: the console is the operator's other way in besides the CLI, and the API
+tests cannot show that its pages, driven by a browser, find a PPP-only device by
+its address, run a command there and show the output, open a recorded shell, and
+leave an audit trail. This drives Debian's Chromium headless (``/usr/bin/chromium``;
+Playwright downloads no browser) with Playwright for Python, in the namespaces of
+``pppnet.PppNetwork`` as ``test_cellular`` does (whose ``Cellular`` helper this
+reuses): the server, a second "bystander" agent and the browser in the server
+namespace, the device's agent in the device namespace. The browser runs this very
+file as a script (``python test_console.py walk|signin ...``) inside the server
+namespace, so its traffic stays in the namespaces (and loopback); it prints one
+``RESULT {json}`` line, or exits nonzero with a traceback, and the test asserts on
+that.
+
+PRODUCT CONTRACT under test (src/tether/server/console/static/):
+
+- ``/`` redirects to ``/console/``, which asks for an operator token (``#token``)
+  and, signed in, names the operator in the header (``#operator``, also after a
+  reload) and shows the fleet (``#/nodes``): one ``tr[data-node=ID]`` per
+  node; ``#search`` matches part of an address, and the primary address cell has
+  a badge ``ppp0 · point-to-point`` for a point-to-point interface.
+- A node's page lists its interfaces, ``ppp0`` marked point-to-point, and has
+  "Open shell" and "Run command" buttons. The run page previews what the targets
+  hit (``#preview``: "Hits 1 node ...") and goes to the command's page, which
+  updates live and shows each node's stdout in ``pre.out-stdout``.
+- The shell page opens a recorded session in an xterm.js terminal
+  (``#shell-state``: "... (recorded)"); what is typed runs on the device.
+- The audit page lists ``POST /api/v1/commands`` and ``POST /api/v1/sessions``
+  records by the operator, targeting the node; sessions and activations have
+  their own lists.
+- Under the page's Content-Security-Policy nothing logs a console error.
+
+Screenshots of each page go to a temporary folder, and to
+``docs/images/console-<page>.png`` when ``TETHER_SAVE_SCREENSHOTS=1`` (viewport
+1280x800). Measured times are printed after the module (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pppnet import DEVICE_ADDR, PppNetwork, clean_env
+from test_cellular import NODE_ID, Cellular, start_online
+
+pytestmark = pytest.mark.netns
+
+CHROMIUM = "/usr/bin/chromium"
+VIEWPORT = {"width": 1280, "height": 800}
+BROWSER_TIMEOUT = 240.0  # the whole browser script, launch to close
+STEP_TIMEOUT_MS = 30_000  # any one Playwright wait
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+PAGES = ("signin", "fleet", "node", "run", "command", "shell", "audit", "sessions",
+         "activations")
+RESULT = "RESULT "
+# Console messages that are not the product's fault (none seen so far: the page's
+# icon is a data: URL, so there is no favicon request to fail).
+HARMLESS = re.compile(r"favicon\.ico")
+
+TIMINGS: dict[str, float] = {}  # what -> seconds, printed after the module
+NOTES: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_timings() -> Iterator[None]:
+    yield
+    if TIMINGS or NOTES:
+        print("\nconsole timings:")
+        for what, seconds in TIMINGS.items():
+            print(f"  {seconds:6.2f} s  {what}")
+        for note in NOTES:
+            print(f"  {note}")
+
+
+# -- the browser side: run as a script in the server namespace ---------------------------
+
+
+class Browser:
+    """Chromium with one page, and what it logged; ``shot`` saves the page."""
+
+    def __init__(self, shots: Path) -> None:
+        self.shots = shots
+        self.console: list[str] = []  # console errors and warnings, page errors
+        self.failed: list[str] = []  # requests that failed (aborted long polls included)
+        self.timings: dict[str, float] = {}
+        self.started = time.monotonic()
+
+    def lap(self, what: str) -> None:
+        self.timings[what] = round(time.monotonic() - self.started, 3)
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"))
+
+    def __enter__(self) -> Browser:
+        from playwright.sync_api import expect, sync_playwright
+
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = self._playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox"])
+        except BaseException:
+            self._playwright.stop()
+            raise
+        self.lap("browser launched")
+        self.page = self._browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+        self.page.set_default_timeout(STEP_TIMEOUT_MS)
+        expect.set_options(timeout=STEP_TIMEOUT_MS)
+        self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}")
+                     if m.type in ("error", "warning") else None)
+        self.page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        self.page.on("requestfailed",
+                     lambda r: self.failed.append(f"{r.method} {r.url}: {r.failure}"))
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        try:
+            if kind is not None:
+                self.shot("failure")
+        finally:
+            self._browser.close()
+            self._playwright.stop()
+
+    def sign_in(self, url: str, token: str, seen: dict[str, Any]) -> None:
+        """From ``/`` to the signed-in fleet page."""
+        from playwright.sync_api import expect
+
+        page = self.page
+        page.goto(f"{url}/")
+        page.wait_for_selector("#token")
+        seen["signin_url"] = page.url
+        self.shot("signin")
+        page.fill("#token", token)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**#/nodes")
+        page.wait_for_selector("tr[data-node], #count:has-text('no nodes match')")
+        expect(page.locator("main h1")).to_have_text("Fleet")
+        expect(page.locator("header#top")).to_be_visible()
+        seen["operator_shown"] = page.locator("#operator").inner_text()
+        self.lap("signed in, fleet shown")
+
+    def result(self, seen: dict[str, Any]) -> dict[str, Any]:
+        return {"seen": seen, "console": self.console, "failed_requests": self.failed,
+                "timings": self.timings,
+                "shots": sorted(f.name for f in self.shots.glob("*.png"))}
+
+
+def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
+         shots: Path) -> dict[str, Any]:
+    """Walk the console as an operator would; what was seen, for the test to judge.
+
+    A page that does not show what it should raises (a Playwright timeout or an
+    AssertionError) after a screenshot ``failure.png`` in ``shots``.
+    """
+    from playwright.sync_api import expect
+
+    seen: dict[str, Any] = {}
+    with Browser(shots) as b:
+        page, shot, lap = b.page, b.shot, b.lap
+        b.sign_in(url, token, seen)
+        rows = page.locator("tr[data-node]")
+        expect(rows).to_have_count(2)  # the device and the bystander
+
+        # Find the device by its ppp0 address.
+        page.fill("#search", device_addr)
+        expect(rows).to_have_count(1)
+        row = page.locator(f'tr[data-node="{node_id}"]')
+        expect(row).to_contain_text(device_addr)
+        badge = row.locator(".badge")
+        expect(badge).to_have_text("ppp0 · point-to-point")
+        seen["fleet_badge"] = badge.inner_text()
+        seen["fleet_badge_p2p"] = "p2p" in (badge.get_attribute("class") or "")
+        seen["fleet_count"] = page.locator("#count").inner_text()
+        seen["fleet_row_ids"] = [r.get_attribute("data-node") for r in rows.all()]
+        lap("searched by address")
+        shot("fleet")
+
+        # The node's page: ppp0 in the interfaces, marked point-to-point.
+        row.click()
+        page.wait_for_url(f"**#/nodes/{node_id}")
+        ppp0 = page.locator("tr").filter(
+            has=page.locator("td.mono", has_text=re.compile(r"^ppp0")))
+        expect(ppp0).to_have_count(1)
+        expect(ppp0.locator(".badge.p2p")).to_have_text("point-to-point")
+        seen["node_ppp0"] = ppp0.locator("td").all_inner_texts()
+        expect(page.get_by_role("button", name="Open shell")).to_be_enabled()
+        lap("node page")
+        shot("node")
+
+        # Run a command from the node's page.
+        page.get_by_role("button", name="Run command").click()
+        page.wait_for_url("**#/run?target=*")
+        expect(page.locator("#targets")).to_have_value(node_id)
+        expect(page.locator("#preview")).to_contain_text("Hits 1 node")
+        seen["preview"] = page.locator("#preview").inner_text()
+        page.fill("#script", "echo console-$(hostname)")
+        shot("run")
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.wait_for_url(re.compile(r"#/commands/[0-9a-f-]{36}$"))
+        seen["command_id"] = page.url.rsplit("/", 1)[1]
+        out = page.locator(f'tr[data-node="{node_id}"] pre.out-stdout')
+        expect(out).to_contain_text(f"console-{hostname}")
+        expect(page.locator(f'tr[data-node="{node_id}"] .status-Success')).to_be_visible()
+        seen["stdout"] = out.inner_text()
+        lap("command output shown")
+        shot("command")
+
+        # A shell: back to the node through the command's link, then Open shell.
+        page.locator(f'tr[data-node="{node_id}"] a[href="#/nodes/{node_id}"]').click()
+        page.get_by_role("button", name="Open shell").click()
+        page.wait_for_url(f"**#/shell/{node_id}")
+        expect(page.locator("#shell-state")).to_contain_text("(recorded)")
+        seen["shell_state"] = page.locator("#shell-state").inner_text()
+        rows_text = page.locator("#terminal .xterm-rows")
+        expect(rows_text).to_contain_text(re.compile(r"[#$%>]"))  # the shell's prompt
+        answer = page.locator("#terminal").get_by_text(hostname, exact=True)
+        seen["hostname_rows_before"] = answer.count()
+        page.click("#terminal")
+        page.keyboard.type("hostname\n")
+        answer.first.wait_for()
+        seen["terminal"] = rows_text.inner_text()
+        lap("shell answered hostname")
+        shot("shell")
+
+        # The audit trail of both.
+        page.locator('header nav a[href="#/audit"]').click()
+        page.wait_for_url("**#/audit")
+        audit_rows = page.locator("main table tbody tr")
+        for action in ("POST /api/v1/commands", "POST /api/v1/sessions"):
+            expect(audit_rows.filter(has_text=action).first).to_be_visible()
+        seen["audit"] = [r.locator("td").all_inner_texts() for r in audit_rows.all()]
+        lap("audit page")
+        shot("audit")
+
+        page.locator('header nav a[href="#/sessions"]').click()
+        page.wait_for_url("**#/sessions")
+        session_rows = page.locator("main table tbody tr").filter(has_text=node_id)
+        expect(session_rows.filter(has_text="shell")).to_have_count(1)
+        seen["sessions"] = [r.locator("td").all_inner_texts() for r in session_rows.all()]
+        shot("sessions")
+
+        page.locator('header nav a[href="#/activations"]').click()
+        page.wait_for_url("**#/activations")
+        expect(page.locator("tr[data-activation]")).to_have_count(2)
+        seen["activations"] = page.locator("tr[data-activation]").count()
+        lap("sessions and activations pages")
+        shot("activations")
+    return b.result(seen)
+
+
+def sign_in_only(url: str, token: str, shots: Path) -> dict[str, Any]:
+    """Sign in, and what the header then shows (also after a reload of the page)."""
+    seen: dict[str, Any] = {}
+    with Browser(shots) as b:
+        b.sign_in(url, token, seen)
+        b.page.reload()
+        b.page.wait_for_selector("#search")
+        seen["operator_after_reload"] = b.page.locator("#operator").inner_text()
+    return b.result(seen)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="drive the tether console (test_console)")
+    sub = parser.add_subparsers(dest="what", required=True)
+    w = sub.add_parser("walk")
+    for name in ("url", "token", "node_id", "device_addr", "hostname", "shots"):
+        w.add_argument(name)
+    s = sub.add_parser("signin")
+    for name in ("url", "token", "shots"):
+        s.add_argument(name)
+    a = parser.parse_args()
+    try:
+        if a.what == "walk":
+            result = walk(a.url, a.token, a.node_id, a.device_addr, a.hostname, Path(a.shots))
+        else:
+            result = sign_in_only(a.url, a.token, Path(a.shots))
+    except Exception:
+        print(traceback.format_exc(), file=sys.stderr)
+        return 1
+    print(RESULT + json.dumps(result))
+    return 0
+
+
+# -- the test side -------------------------------------------------------------------------
+
+
+class Console(Cellular):
+    """``Cellular`` with a second agent beside the server, so a search has something to
+    leave out."""
+
+    def start_bystander(self) -> str:
+        """An agent in the server namespace (eth0, not point-to-point); its node id."""
+        activation = self.cli("activation", "create", "--json")
+        state_dir = str(self.tmp / "bystander")
+        agent = [sys.executable, "-m", "tether.agent"]
+        result = self.net.run(self.net.server_ns, [
+            *agent, "register", "--insecure", "--server", self.server_url,
+            "--activation-id", activation["activation_id"],
+            "--activation-code", activation["activation_code"],
+            "--state-dir", state_dir], env=clean_env())
+        found = NODE_ID.search(result.stdout)
+        assert result.returncode == 0 and found, (
+            f"register the bystander: exit {result.returncode}\n{result.stdout}"
+            f"{result.stderr}{self.logs()}")
+        proc, self.watchers["bystander"] = self.net.spawn(
+            self.net.server_ns, [*agent, "run", "--state-dir", state_dir], env=clean_env())
+        self.procs.append(proc)
+        return found.group(0)
+
+    def browse(self, *args: str) -> dict[str, Any]:
+        """This file as a script in the server namespace (``walk`` or ``signin``); the
+        browser's result. The last argument is the screenshot folder."""
+        result = self.net.run(
+            self.net.server_ns, [sys.executable, str(Path(__file__).resolve()), *args],
+            timeout=BROWSER_TIMEOUT, env=clean_env())
+        lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT)]
+        assert result.returncode == 0 and len(lines) == 1, (
+            f"the browser script: exit {result.returncode} (screenshots in {args[-1]})\n"
+            f"{result.stdout}{result.stderr}{self.logs()}")
+        browsed: dict[str, Any] = json.loads(lines[0][len(RESULT):])
+        return browsed
+
+    def operator(self) -> str:
+        name: str = self.cli("whoami", "--json")["operator"]
+        return name
+
+
+def console_errors(result: dict[str, Any]) -> list[str]:
+    return [m for m in result["console"] if m.startswith(("error", "pageerror"))
+            and not HARMLESS.search(m)]
+
+
+@pytest.fixture
+def console(ppp_network: PppNetwork, tmp_path: Path) -> Iterator[Console]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"needs Debian's Chromium at {CHROMIUM} (scripts/browser installs it)")
+    field = Console(ppp_network, tmp_path)
+    try:
+        field.start_server()
+        yield field
+    finally:
+        field.stop()  # the network's teardown kills whatever is left in its namespaces
+
+
+def test_operator_finds_ppp_device_runs_command_and_shell_in_browser(
+        console: Console, tmp_path: Path) -> None:
+    started = time.monotonic()
+    node = start_online(console)
+    other_id = console.start_bystander()
+    console.wait_node("listed with the bystander", lambda _n: {
+        n["node_id"] for n in console.cli("nodes", "list", "--json")} == {
+        console.node_id, other_id}, timeout=60)
+    hostname = node["inventory"]["computer_name"]
+    assert hostname, node["inventory"]
+    operator = console.operator()
+    TIMINGS["server and both agents online"] = time.monotonic() - started
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    browsing = time.monotonic()
+    result = console.browse("walk", console.server_url, console.token, console.node_id,
+                            DEVICE_ADDR, hostname, str(shots))
+    TIMINGS["browser script, start to exit"] = time.monotonic() - browsing
+    for what, at in result["timings"].items():
+        TIMINGS[f"  browser: {what} (since the browser script began)"] = at
+    seen = result["seen"]
+    if os.environ.get("TETHER_SAVE_SCREENSHOTS") == "1":
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        for name in PAGES:
+            shutil.copyfile(shots / f"{name}.png", IMAGES / f"console-{name}.png")
+        NOTES.append(f"screenshots copied to {IMAGES}/console-<page>.png")
+    NOTES.append(f"screenshots: {', '.join(result['shots'])} in {shots}")
+    NOTES.extend(f"console: {m}" for m in result["console"])
+    NOTES.extend(f"failed request: {m}" for m in result["failed_requests"])
+
+    assert seen["signin_url"].endswith("/console/#/signin"), seen["signin_url"]
+    # Found by the ppp0 address: only the device, with its interface marked point-to-point.
+    assert seen["fleet_row_ids"] == [console.node_id], seen
+    assert seen["fleet_badge"] == "ppp0 · point-to-point" and seen["fleet_badge_p2p"], seen
+    name, flags, addresses = seen["node_ppp0"]
+    assert name.startswith("ppp0") and "point-to-point" in name, seen["node_ppp0"]
+    assert "pointopoint" in flags.split(), seen["node_ppp0"]
+    assert f"{DEVICE_ADDR}/32" in addresses, seen["node_ppp0"]
+    assert seen["preview"].startswith("Hits 1 node"), seen["preview"]
+    # The command ran on the device, and the CLI agrees with what the page showed.
+    assert seen["stdout"].strip() == f"console-{hostname}", seen["stdout"]
+    assert console.stdout_of(seen["command_id"]).strip() == f"console-{hostname}"
+    # The shell's answer is a line of its own, which was not there before it was asked.
+    assert "(recorded)" in seen["shell_state"], seen["shell_state"]
+    assert seen["hostname_rows_before"] == 0, seen["terminal"]
+    assert hostname in [line.strip() for line in seen["terminal"].split("\n")], seen["terminal"]
+    # The audit trail names the operator, the action and the node for both.
+    for action in ("POST /api/v1/commands", "POST /api/v1/sessions"):
+        records = [r for r in seen["audit"] if r[3] == action]
+        assert any(r[2] == operator and console.node_id in r[4] + r[7] and r[5] == "ok"
+                   for r in records), (action, records)
+    (session_row,) = [r for r in seen["sessions"] if r[3] == "shell"]
+    assert session_row[1] == console.node_id and session_row[2] == operator, session_row
+    assert seen["activations"] == 2
+    assert set(result["shots"]) == {f"{name}.png" for name in PAGES}, result["shots"]
+    # Nothing the pages did logged an error, under the console's CSP.
+    assert console_errors(result) == [], result["console"]
+
+
+def test_header_names_the_signed_in_operator(console: Console, tmp_path: Path) -> None:
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    result = console.browse("signin", console.server_url, console.token, str(shots))
+    assert console_errors(result) == [], result["console"]
+    operator = console.operator()
+    assert result["seen"]["operator_shown"] == operator, result["seen"]
+    assert result["seen"]["operator_after_reload"] == operator, result["seen"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
