@@ -27,6 +27,9 @@ log = logging.getLogger("tether.agent.channels")
 
 Send = Callable[[Union[Message, bytes]], Awaitable[None]]
 _EOF = object()
+# Bounds a channel's hang-up (a shell gets 3 s between SIGHUP and SIGKILL), so a stuck
+# endpoint can never keep the agent from dialing again.
+HANG_UP_TIMEOUT = 10.0
 
 
 @dataclass
@@ -79,9 +82,10 @@ class Channels:
         channel.inbox.put_nowait(data)
 
     async def close_all(self) -> None:
-        """The link is gone: every channel with it."""
-        for channel in list(self._open.values()):
-            await self._end(channel, reply=False)
+        """The link is gone: every channel with it, hung up side by side (a shell's
+        hang-up takes seconds, and the agent dials again only after this)."""
+        await asyncio.gather(*(self._end(channel, reply=False)
+                               for channel in list(self._open.values())))
 
     # -- one channel ----------------------------------------------------------
 
@@ -177,7 +181,10 @@ class Channels:
             if task is not current:
                 task.cancel()
         try:
-            await channel.endpoint.hang_up()
+            await asyncio.wait_for(channel.endpoint.hang_up(), HANG_UP_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("channel %d did not hang up within %g s", channel.number,
+                        HANG_UP_TIMEOUT)
         except Exception:
             log.exception("channel %d did not hang up cleanly", channel.number)
         if reply:

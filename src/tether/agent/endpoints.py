@@ -19,6 +19,7 @@ from typing import Any, Optional
 from tether.protocol.messages import Open
 
 READ_CHUNK = 32 * 1024
+HELPER_REAP_TIMEOUT = 5.0
 
 
 # The folder holding the ``tether`` package the agent runs from.
@@ -141,10 +142,18 @@ async def _header(proc: asyncio.subprocess.Process) -> list[str]:
     return line.split()[1:]
 
 
-def _stop(proc: asyncio.subprocess.Process) -> None:
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """Kill the helper and reap it.
+
+    Reaping means reading its pipes to the end: asyncio's ``wait()`` returns only
+    once they are closed, and a pipe left full (nobody read it since the channel
+    ended) would never be, so a plain ``wait()`` here hung the agent's reconnect.
+    """
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+    with contextlib.suppress(asyncio.TimeoutError, OSError):
+        await asyncio.wait_for(proc.communicate(), HELPER_REAP_TIMEOUT)
 
 
 class FileReader(Endpoint):
@@ -180,8 +189,7 @@ class FileReader(Endpoint):
         return self._digest
 
     async def hang_up(self) -> None:
-        _stop(self.proc)
-        await self.proc.wait()
+        await _stop(self.proc)
 
 
 class FileWriter(Endpoint):
@@ -237,6 +245,5 @@ class FileWriter(Endpoint):
         return None, await self._done
 
     async def hang_up(self) -> None:
-        _stop(self.proc)  # the partial file stays for a resumed attempt
-        await self.proc.wait()
+        await _stop(self.proc)  # the partial file stays for a resumed attempt
 
