@@ -28,6 +28,14 @@ def server(request: pytest.FixtureRequest,
             srv.stop()
 
 
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One SQLite server per module, for modules whose subject is not the database."""
+    srv = Server(tmp_path_factory.mktemp("server-sqlite-only") / "data").start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def make_agent(server: Server, tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []

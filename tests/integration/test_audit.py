@@ -112,13 +112,6 @@ def state_changing_routes(data_dir: Path) -> set[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("audit") / "data").start()
-    yield srv
-    srv.stop()
-
-
 # -- 1. every state-changing route writes a record --------------------------------
 
 

@@ -122,13 +122,11 @@ class WebSite:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(sqlite_server: Server) -> Server:
     """SQLite only: sessions keep nothing in the database while they run, and their rows
     on PostgreSQL are covered by test_authorization.py's session routes. The suite's
     15-minute budget is better spent elsewhere than running these twice."""
-    srv = Server(tmp_path_factory.mktemp("server-sqlite")).start()
-    yield srv
-    srv.stop()
+    return sqlite_server
 
 
 @pytest.fixture(scope="module")

@@ -249,12 +249,50 @@ def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
         seen["sessions"] = [r.locator("td").all_inner_texts() for r in session_rows.all()]
         shot("sessions")
 
+        # The shell's recording replays in the page.
+        session_rows.filter(has_text="shell").locator("a").first.click()
+        page.wait_for_url(re.compile(r"#/sessions/[A-Za-z0-9._-]+$"))
+        replayed = page.locator("#replay").get_by_text(hostname, exact=True)
+        replayed.first.wait_for(timeout=15_000)
+        seen["replayed_hostname"] = replayed.count()
+        lap("recording replayed")
+
+        # The audit log filters, and exports what it shows as JSON lines.
+        page.locator('header nav a[href="#/audit"]').click()
+        page.wait_for_url("**#/audit")
+        page.fill("#action", "POST /api/v1/sessions")
+        page.get_by_role("button", name="Filter").click()
+        expect(audit_rows.filter(has_text="POST /api/v1/commands")).to_have_count(0)
+        expect(audit_rows.filter(has_text="POST /api/v1/sessions").first).to_be_visible()
+        with page.expect_download() as got:
+            page.get_by_role("button", name="Export JSON lines").click()
+        exported = Path(got.value.path()).read_text().splitlines()
+        seen["exported_actions"] = sorted({json.loads(line)["action"] for line in exported})
+        page.get_by_role("button", name="Verify chain").click()
+        expect(page.locator("#verdict")).to_contain_text("chain intact")
+        seen["verdict"] = page.locator("#verdict").inner_text()
+        lap("audit filtered, exported, verified")
+
         page.locator('header nav a[href="#/activations"]').click()
         page.wait_for_url("**#/activations")
         expect(page.locator("tr[data-activation]")).to_have_count(2)
         seen["activations"] = page.locator("tr[data-activation]").count()
-        lap("sessions and activations pages")
+        # A new activation: its code once, then revoked from the list.
+        page.fill("#limit", "3")
+        page.fill("#tags", "site=north")
+        page.get_by_role("button", name="Create").click()
+        code = page.locator("#code")
+        expect(code).to_have_text(re.compile(r"^tac_"))
+        new_id = page.locator("#activation-id").inner_text()
+        seen["new_activation"] = {"id": new_id, "code_shown": code.inner_text()[:4]}
         shot("activations")
+        row = page.locator(f'tr[data-activation="{new_id}"]')
+        expect(row).to_contain_text("site=north")
+        row.get_by_role("button", name="Revoke").click()
+        expect(page.locator(f'tr[data-activation="{new_id}"] button')).to_have_count(0)
+        page.reload()
+        expect(page.locator("#code")).to_have_count(0)  # never shown again
+        lap("activation created and revoked")
     return b.result(seen)
 
 
@@ -404,9 +442,18 @@ def test_operator_finds_ppp_device_runs_command_and_shell_in_browser(
         records = [r for r in seen["audit"] if r[3] == action]
         assert any(r[2] == operator and console.node_id in r[4] + r[7] and r[5] == "ok"
                    for r in records), (action, records)
-    (session_row,) = [r for r in seen["sessions"] if r[3] == "shell"]
+    shells = [r for r in seen["sessions"] if len(r) > 3 and r[3].strip() == "shell"]
+    assert len(shells) == 1, seen["sessions"]
+    (session_row,) = shells
     assert session_row[1] == console.node_id and session_row[2] == operator, session_row
     assert seen["activations"] == 2
+    assert seen["replayed_hostname"] >= 1, seen
+    assert seen["exported_actions"] == ["POST /api/v1/sessions"], seen["exported_actions"]
+    assert seen["verdict"].startswith("chain intact"), seen["verdict"]
+    assert seen["new_activation"]["code_shown"] == "tac_", seen
+    revoked = [a for a in console.cli("activation", "list", "--json")
+               if a["activation_id"] == seen["new_activation"]["id"]]
+    assert revoked and revoked[0]["revoked_at"] is not None, revoked
     assert set(result["shots"]) == {f"{name}.png" for name in PAGES}, result["shots"]
     # Nothing the pages did logged an error, under the console's CSP.
     assert console_errors(result) == [], result["console"]

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from tether.cli.client import Client
-from tether.cli.output import print_json, table, when
+from tether.cli.output import emit, print_json, table, when
 from tether.cli.parsing import parse_duration
 
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
@@ -163,11 +163,8 @@ def commands_output(c: Client, args: argparse.Namespace) -> int:
 
 
 def commands_cancel(c: Client, args: argparse.Namespace) -> int:
-    cmd = c.post(f"/commands/{args.command_id}/cancel")
-    if args.json:
-        print_json(cmd)
-    else:
-        print(f"command {cmd['command_id']}: {cmd['status']} ({_counts(cmd)})")
+    emit(args.json, c.post(f"/commands/{args.command_id}/cancel"),
+         lambda cmd: f"command {cmd['command_id']}: {cmd['status']} ({_counts(cmd)})")
     return 0
 
 

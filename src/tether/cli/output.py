@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+
+
+def emit(as_json: bool, value: Any, line: Callable[[Any], str]) -> None:
+    """The answer of a command: JSON for scripts, or one line for people."""
+    if as_json:
+        print_json(value)
+    else:
+        print(line(value))
 
 
 def when(ts: float | None) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tether.cli import copy, forward, shell
 from tether.cli.client import Client
-from tether.cli.output import print_json, table, when
+from tether.cli.output import emit, print_json, table, when
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -134,9 +134,6 @@ def sessions_replay(client: Client, args: argparse.Namespace) -> int:
 
 
 def sessions_terminate(client: Client, args: argparse.Namespace) -> int:
-    row = client.post(f"/sessions/{args.session_id}/terminate")
-    if args.json:
-        print_json(row)
-    else:
-        print(f"{row['session_id']}: {row['status']} ({row['end_reason'] or '-'})")
+    emit(args.json, client.post(f"/sessions/{args.session_id}/terminate"),
+         lambda row: f"{row['session_id']}: {row['status']} ({row['end_reason'] or '-'})")
     return 0

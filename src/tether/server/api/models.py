@@ -76,18 +76,23 @@ class CreatedActivation(Activation):
     activation_code: str = Field(description="shown once; the server keeps only its hash")
 
 
-class Node(BaseModel):
+class NodeFields(BaseModel):
+    """What every view of a node carries."""
+
     node_id: str
     name: str | None
     activation_id: str
-    registered_at: float
-    deregistered_at: float | None
     ping_status: str
     last_seen_at: float | None
     peer_address: str | None
     primary_address: str | None
     agent_version: str | None
     tags: dict[str, str]
+
+
+class Node(NodeFields):
+    registered_at: float
+    deregistered_at: float | None
     inventory: dict[str, object] | None
 
 
@@ -271,18 +276,9 @@ class TerminateRequest(BaseModel):
                          "not complete): its status becomes Failed")
 
 
-class NodeSummary(BaseModel):
+class NodeSummary(NodeFields):
     """A fleet-table row: what people scan for, without the whole inventory."""
 
-    node_id: str
-    name: str | None
-    activation_id: str
-    ping_status: str
-    last_seen_at: float | None
-    peer_address: str | None
-    primary_address: str | None
-    agent_version: str | None
-    tags: dict[str, str]
     os: str | None
     primary_interface: str | None = Field(description="the interface holding the primary "
                                           "address")
