@@ -307,6 +307,34 @@ def sign_in_only(url: str, token: str, shots: Path) -> dict[str, Any]:
     return b.result(seen)
 
 
+def as_viewer(url: str, token: str, node_id: str, shots: Path) -> dict[str, Any]:
+    """A viewer sees the fleet and is refused, with the policy's words, what it may not do."""
+    from playwright.sync_api import expect
+
+    seen: dict[str, Any] = {}
+    with Browser(shots) as b:
+        page = b.page
+        b.sign_in(url, token, seen)
+        expect(page.locator(f'tr[data-node="{node_id}"]')).to_be_visible()
+        page.goto(f"{url}/console/#/run?target={node_id}")
+        warned = page.locator("#preview .error")  # the preview says so before Run
+        expect(warned).to_contain_text("You may not send to 1")
+        seen["preview_warned"] = warned.inner_text()
+        page.fill("#script", "echo nope")
+        page.get_by_role("button", name="Run", exact=True).click()
+        refusal = page.locator("main form .error[role=alert]")
+        expect(refusal).to_contain_text("may not commands:send")
+        seen["run_refused"] = refusal.inner_text()
+        page.goto(f"{url}/console/#/shell/{node_id}")
+        expect(page.locator("#shell-state .error")).to_contain_text("may not sessions:start")
+        seen["shell_refused"] = page.locator("#shell-state").inner_text()
+        page.goto(f"{url}/console/#/audit")
+        expect(page.locator("main .error").first).to_contain_text("may not audit:read")
+        seen["audit_refused"] = page.locator("main .error").first.inner_text()
+        b.shot("viewer-refused")
+    return b.result(seen)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="drive the tether console (test_console)")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -316,10 +344,15 @@ def main() -> int:
     s = sub.add_parser("signin")
     for name in ("url", "token", "shots"):
         s.add_argument(name)
+    v = sub.add_parser("viewer")
+    for name in ("url", "token", "node_id", "shots"):
+        v.add_argument(name)
     a = parser.parse_args()
     try:
         if a.what == "walk":
             result = walk(a.url, a.token, a.node_id, a.device_addr, a.hostname, Path(a.shots))
+        elif a.what == "viewer":
+            result = as_viewer(a.url, a.token, a.node_id, Path(a.shots))
         else:
             result = sign_in_only(a.url, a.token, Path(a.shots))
     except Exception:
@@ -471,3 +504,23 @@ def test_header_names_the_signed_in_operator(console: Console, tmp_path: Path) -
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_a_viewer_sees_the_fleet_but_the_console_refuses_what_its_policy_does(
+        console: Console, tmp_path: Path) -> None:
+    """The console has no rights of its own: the API refuses, and the page says why."""
+    start_online(console)
+    console.cli("operators", "create", "watcher", "--role", "viewer", "--json")
+    token = console.cli("tokens", "create", "--operator", "watcher", "--json")["token"]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    result = console.browse("viewer", console.server_url, token, console.node_id, str(shots))
+    seen = result["seen"]
+    assert seen["operator_shown"] == "watcher", seen
+    assert console.node_id in seen["preview_warned"], seen
+    assert "watcher may not commands:send" in seen["run_refused"], seen
+    assert "watcher may not sessions:start" in seen["shell_refused"], seen
+    assert "watcher may not audit:read" in seen["audit_refused"], seen
+    # Nothing was sent and no session started.
+    assert console.cli("commands", "list", "--json") == [], "a viewer's command was stored"
+    assert console.cli("sessions", "list", "--json") == [], "a viewer's session was started"
