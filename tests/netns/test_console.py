@@ -43,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -119,6 +120,8 @@ class Browser:
         self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}")
                      if m.type in ("error", "warning") else None)
         self.page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        self.loads = 0  # page loads: a status that changes with none is live
+        self.page.on("load", lambda _p: setattr(self, "loads", self.loads + 1))
         self.page.on("requestfailed",
                      lambda r: self.failed.append(f"{r.method} {r.url}: {r.failure}"))
         return self
@@ -156,7 +159,7 @@ class Browser:
 
 
 def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
-         shots: Path) -> dict[str, Any]:
+         bystander: str, bystander_pid: int, shots: Path) -> dict[str, Any]:
     """Walk the console as an operator would; what was seen, for the test to judge.
 
     A page that does not show what it should raises (a Playwright timeout or an
@@ -293,6 +296,17 @@ def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
         page.reload()
         expect(page.locator("#code")).to_have_count(0)  # never shown again
         lap("activation created and revoked")
+
+        # Live status: the bystander's agent dies; its row turns ConnectionLost in place.
+        page.locator('header nav a[href="#/nodes"]').click()
+        page.wait_for_url("**#/nodes")
+        other = page.locator(f'tr[data-node="{bystander}"]')
+        expect(other).to_contain_text("Online")
+        loads = b.loads
+        os.kill(bystander_pid, signal.SIGKILL)
+        expect(other).to_contain_text("ConnectionLost", timeout=30_000)
+        seen["loads_while_status_changed"] = b.loads - loads
+        lap("status changed without a reload")
     return b.result(seen)
 
 
@@ -339,8 +353,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="drive the tether console (test_console)")
     sub = parser.add_subparsers(dest="what", required=True)
     w = sub.add_parser("walk")
-    for name in ("url", "token", "node_id", "device_addr", "hostname", "shots"):
+    for name in ("url", "token", "node_id", "device_addr", "hostname", "bystander"):
         w.add_argument(name)
+    w.add_argument("bystander_pid", type=int)
+    w.add_argument("shots")
     s = sub.add_parser("signin")
     for name in ("url", "token", "shots"):
         s.add_argument(name)
@@ -350,7 +366,8 @@ def main() -> int:
     a = parser.parse_args()
     try:
         if a.what == "walk":
-            result = walk(a.url, a.token, a.node_id, a.device_addr, a.hostname, Path(a.shots))
+            result = walk(a.url, a.token, a.node_id, a.device_addr, a.hostname, a.bystander,
+                          a.bystander_pid, Path(a.shots))
         elif a.what == "viewer":
             result = as_viewer(a.url, a.token, a.node_id, Path(a.shots))
         else:
@@ -439,8 +456,9 @@ def test_operator_finds_ppp_device_runs_command_and_shell_in_browser(
     shots = tmp_path / "screenshots"
     shots.mkdir()
     browsing = time.monotonic()
+    bystander_pid = str(console.procs[-1].pid)
     result = console.browse("walk", console.server_url, console.token, console.node_id,
-                            DEVICE_ADDR, hostname, str(shots))
+                            DEVICE_ADDR, hostname, other_id, bystander_pid, str(shots))
     TIMINGS["browser script, start to exit"] = time.monotonic() - browsing
     for what, at in result["timings"].items():
         TIMINGS[f"  browser: {what} (since the browser script began)"] = at
@@ -483,6 +501,7 @@ def test_operator_finds_ppp_device_runs_command_and_shell_in_browser(
     assert seen["replayed_hostname"] >= 1, seen
     assert seen["exported_actions"] == ["POST /api/v1/sessions"], seen["exported_actions"]
     assert seen["verdict"].startswith("chain intact"), seen["verdict"]
+    assert seen["loads_while_status_changed"] == 0, seen  # live, not reloaded
     assert seen["new_activation"]["code_shown"] == "tac_", seen
     revoked = [a for a in console.cli("activation", "list", "--json")
                if a["activation_id"] == seen["new_activation"]["id"]]
