@@ -18,6 +18,7 @@ from tether.server.access.policy import (
     Node,
     Policy,
     PolicyError,
+    Scope,
     Statement,
     effective_policy,
     parse_statements,
@@ -652,3 +653,25 @@ def test_statement_order_does_not_matter(raw: list[dict[str, Any]], action: str,
     backward = Policy(parse_statements(list(reversed(raw))))
     assert check(forward, action, node) is check(backward, action, node)
     assert forward.allows_everywhere(action) is backward.allows_everywhere(action)
+
+
+def in_scope(scope: Scope, node: Node) -> bool:
+    return (scope.everything or node.node_id in scope.node_ids
+            or any(node.tags.get(k) == v for k, v in scope.tags))
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=st.lists(raw_statements, max_size=6), fleet=st.lists(nodes, max_size=6),
+       action=st.sampled_from(sorted(NODE_ACTIONS)))
+def test_scopes_decide_as_allows_does(raw: list[dict[str, Any]], fleet: list[Node],
+                                      action: str) -> None:
+    """The fleet search turns a policy into SQL through scope(); it must decide as allows."""
+    p = Policy(parse_statements(raw))
+    allowed, denied = p.scope(action, "allow"), p.scope(action, "deny")
+    for node in fleet:
+        assert (in_scope(allowed, node) and not in_scope(denied, node)) is p.allows(action, node)
+
+
+def test_scope_is_for_node_actions_only() -> None:
+    with pytest.raises(PolicyError):
+        ROLES["admin"].scope("audit:read", "allow")

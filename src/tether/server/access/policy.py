@@ -75,6 +75,23 @@ def _selects(resource: str, node: Node) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class Scope:
+    """The nodes one effect of a policy reaches for one action, as data a query can use.
+
+    A node is in the scope when ``everything`` is set, when its id is in
+    ``node_ids``, or when it carries one of ``tags``: exactly what ``covers``
+    decides for each statement, gathered over the statements of that effect.
+    """
+
+    everything: bool = False
+    node_ids: frozenset[str] = frozenset()
+    tags: frozenset[tuple[str, str]] = frozenset()
+
+    def empty(self) -> bool:
+        return not (self.everything or self.node_ids or self.tags)
+
+
+@dataclasses.dataclass(frozen=True)
 class Policy:
     statements: tuple[Statement, ...] = ()
 
@@ -95,6 +112,25 @@ class Policy:
                     for s in self.statements)
                 and not any(s.effect == "deny" and s.covers_action(action)
                             for s in self.statements))
+
+    def scope(self, action: str, effect: str) -> Scope:
+        """Where the ``effect`` statements reach for a node ``action``: with ``allows``,
+        allowed = in the allow scope and not in the deny scope (tests/unit/test_policy.py)."""
+        if action not in NODE_ACTIONS:
+            raise PolicyError(f"{action} is not checked against nodes")
+        everything, ids, tags = False, set(), set()
+        for s in self.statements:
+            if s.effect != effect or not s.covers_action(action):
+                continue
+            for r in s.resources:
+                if r == "*":
+                    everything = True
+                elif r.startswith("tag:"):
+                    key, _, value = r[4:].partition("=")
+                    tags.add((key, value))
+                else:
+                    ids.add(r)
+        return Scope(everything, frozenset(ids), frozenset(tags))
 
     def refused(self, action: str, nodes: Iterable[Node]) -> list[str]:
         """Ids of the nodes on which ``action`` is not allowed, in the order given."""

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from tether.protocol.ids import new_node_id, new_uuid
 from tether.protocol.statuses import InvocationStatus, allowed_sources
+from tether.server.access.policy import Scope
 from tether.server.secrets import hash_secret, matches, new_secret
 from tether.server.store import migrate
 from tether.server.store.audit import AuditLog
@@ -79,6 +80,9 @@ class NodeFilter:
     include_deregistered: bool = False
     # Free-text terms, all of which must match (see Store._term).
     terms: tuple[str, ...] = ()
+    # A policy's reach for one action: in ``allowed`` and not in ``denied``.
+    allowed: Scope | None = None
+    denied: Scope | None = None
 
 
 def _url_for_async(url: str) -> str:
@@ -342,7 +346,23 @@ class Store:
                 node_tags.c.key == key, node_tags.c.value == value)))
         for term in f.terms:
             q = q.where(Store._term(term))
+        if f.allowed is not None:
+            q = q.where(Store._in_scope(f.allowed))
+        if f.denied is not None and not f.denied.empty():
+            q = q.where(sa.not_(Store._in_scope(f.denied)))
         return q
+
+    @staticmethod
+    def _in_scope(scope: Scope) -> sa.ColumnElement[bool]:
+        if scope.everything:
+            return sa.true()
+        parts: list[sa.ColumnElement[bool]] = [sa.false()]
+        if scope.node_ids:
+            parts.append(nodes.c.node_id.in_(sorted(scope.node_ids)))
+        for key, value in sorted(scope.tags):
+            parts.append(nodes.c.node_id.in_(sa.select(node_tags.c.node_id).where(
+                node_tags.c.key == key, node_tags.c.value == value)))
+        return sa.or_(*parts)
 
     @staticmethod
     def _term(term: str) -> sa.ColumnElement[bool]:
@@ -365,12 +385,9 @@ class Store:
         async with self.engine.connect() as conn:
             return int(await conn.scalar(q) or 0)
 
-    async def node_page(self, f: NodeFilter, limit: int, offset: int,
-                        only: Sequence[str] | None = None) -> list[Row]:
-        """One page of nodes by name then id; ``only``: the ids to page through instead."""
+    async def node_page(self, f: NodeFilter, limit: int, offset: int) -> list[Row]:
+        """One page of nodes, by name then id."""
         q = self._filtered(sa.select(nodes), f)
-        if only is not None:
-            q = q.where(nodes.c.node_id.in_(list(only)))
         q = q.order_by(nodes.c.name, nodes.c.node_id).limit(limit).offset(offset)
         async with self.engine.connect() as conn:
             rows = [dict(r) for r in (await conn.execute(q)).mappings()]
