@@ -26,7 +26,7 @@ from tether.protocol.messages import Close, Eof, Message, Open, Opened, Resize, 
 log = logging.getLogger("tether.agent.channels")
 
 Send = Callable[[Union[Message, bytes]], Awaitable[None]]
-_EOF = object()
+_EOF = object()  # in an inbox: the server's eof (with the digest it carried, if any)
 # Bounds a channel's hang-up (a shell gets 3 s between SIGHUP and SIGKILL), so a stuck
 # endpoint can never keep the agent from dialing again.
 HANG_UP_TIMEOUT = 10.0
@@ -71,7 +71,7 @@ class Channels:
             with contextlib.suppress(OSError):
                 channel.endpoint.resize(message.rows, message.cols)
         elif isinstance(message, Close):
-            await self._end(channel, reply=False)
+            await self._end(channel)
 
     def data(self, number: int, data: bytes) -> None:
         """Bytes from the server; over the window is a protocol error."""
@@ -84,7 +84,7 @@ class Channels:
     async def close_all(self) -> None:
         """The link is gone: every channel with it, hung up side by side (a shell's
         hang-up takes seconds, and the agent dials again only after this)."""
-        await asyncio.gather(*(self._end(channel, reply=False)
+        await asyncio.gather(*(self._end(channel)
                                for channel in list(self._open.values())))
 
     # -- one channel ----------------------------------------------------------
@@ -152,7 +152,7 @@ class Channels:
             exit_code, error = None, f"agent error: {exc}"
         if not channel.closed:
             await self._send(Close(channel.number, exit_code=exit_code, error=error))
-            await self._end(channel, reply=False, current=asyncio.current_task())
+            await self._end(channel, current=asyncio.current_task())
 
     async def _pump_in(self, channel: _Channel) -> None:
         try:
@@ -169,10 +169,12 @@ class Channels:
         except EndpointError as exc:
             if not channel.closed:
                 await self._send(Close(channel.number, error=str(exc)))
-                await self._end(channel, reply=False, current=asyncio.current_task())
+                await self._end(channel, current=asyncio.current_task())
 
-    async def _end(self, channel: _Channel, reply: bool,
+    async def _end(self, channel: _Channel,
                    current: Optional[asyncio.Task[object]] = None) -> None:
+        """Drop the channel and hang up its endpoint. Sends nothing: ``close`` is not
+        answered, and whoever ends a channel from this side has sent its own."""
         if channel.closed:
             return
         channel.closed = True
@@ -187,5 +189,3 @@ class Channels:
                         HANG_UP_TIMEOUT)
         except Exception:
             log.exception("channel %d did not hang up cleanly", channel.number)
-        if reply:
-            await self._send(Close(channel.number))

@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 from tether.protocol.messages import Open
 
-READ_CHUNK = 32 * 1024
 HELPER_REAP_TIMEOUT = 5.0
 
 
