@@ -186,7 +186,8 @@ async def session_stream(websocket: WebSocket, session_id: str,
         await _refuse(websocket, "this shell is already attached")
         return
     try:
-        channel = s.sessions.channel(live, **_channel_params(live, offset))
+        kind, params = _channel_of(live, offset)
+        channel = s.sessions.channel(live, kind, **params)
     except SessionError as exc:
         await _refuse(websocket, str(exc))
         return
@@ -202,17 +203,18 @@ async def session_stream(websocket: WebSocket, session_id: str,
         await websocket.close(1000)
 
 
-def _channel_params(live: LiveSession, offset: int) -> dict[str, Any]:
+def _channel_of(live: LiveSession, offset: int) -> tuple[str, dict[str, Any]]:
+    """The channel kind a stream of this session opens, and its ``open`` fields."""
     t = live.row["target"]
     if live.kind == "shell":
-        return {"user": t.get("user"), "rows": t.get("rows"), "cols": t.get("cols"),
-                "term": t.get("term")}
+        return "shell", {"user": t.get("user"), "rows": t.get("rows"), "cols": t.get("cols"),
+                         "term": t.get("term")}
     if live.kind == "forward":
-        return {"host": t["host"], "port": t["port"]}
+        return "tcp", {"host": t["host"], "port": t["port"]}
     if t["direction"] == "from_node":
-        return {"file_kind": "file_read", "path": t["path"], "offset": offset}
-    return {"file_kind": "file_write", "path": t["path"], "size": t["size"],
-            "sha256": t["sha256"], "mode": t.get("mode"), "force": bool(t.get("force"))}
+        return "file_read", {"path": t["path"], "offset": offset}
+    return "file_write", {"path": t["path"], "size": t["size"], "sha256": t["sha256"],
+                          "mode": t.get("mode"), "force": bool(t.get("force"))}
 
 
 async def _refuse(websocket: WebSocket, message: str) -> None:

@@ -78,6 +78,13 @@ async def _handshake(ws: WebSocket, store: Store) -> Hello:
     return hello
 
 
+def _count(bucket: TokenBucket, conn: AgentConnection, settings: Settings) -> None:
+    """One message against the agent's rate, or the close code for going over it."""
+    if not bucket.take(conn.last_received):
+        raise ProtocolError(CloseCode.RATE_LIMITED, "more messages than "
+                            f"{settings.agent_message_rate:g} a second")
+
+
 def _welcome(hello: Hello, settings: Settings) -> Welcome:
     return Welcome(protocol=hello.protocol, server_version=__version__,
                    keepalive_interval=settings.keepalive_interval,
@@ -127,15 +134,13 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
                 break
             conn.received()
             try:
-                # Channel data is paced by its windows, not by the message rate.
-                if isinstance(frame, bytes) and conn.protocol >= CHANNELS_PROTOCOL \
-                        and conn.channels.data(*unpack_data(frame)):
-                    continue
-                if not bucket.take(conn.last_received):
-                    raise ProtocolError(CloseCode.RATE_LIMITED, "more messages than "
-                                        f"{settings.agent_message_rate:g} a second")
                 if isinstance(frame, bytes) and conn.protocol >= CHANNELS_PROTOCOL:
-                    continue  # data for a channel that was just closed
+                    # Channel data is paced by its windows, not by the message rate;
+                    # only frames for a channel already closed count against it.
+                    if not conn.channels.data(*unpack_data(frame)):
+                        _count(bucket, conn, settings)
+                    continue
+                _count(bucket, conn, settings)
                 message = decode(frame, AGENT_MESSAGES)
                 if isinstance(message, (Opened, Window, Eof, Close)):
                     conn.channels.handle(message)
@@ -148,7 +153,7 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         log.exception("agent connection %s failed", conn.node_id)
         conn.close(1011, "internal server error")
     finally:
-        conn.channels.close_all("the node's link was lost")
+        conn.close_channels("the node's link was lost")
         if registry.remove(conn):
             await dispatcher.node_disconnected(conn)
         conn.close(CloseCode.NORMAL, "")

@@ -42,11 +42,23 @@ class AgentConnection:
         self.closing = False
         self._outbox: deque[object] = deque()
         # Channel data waits behind control messages: a bulk copy never delays
-        # a command or a close. Its size is bounded by the agent's windows.
-        self._data: deque[bytes | str] = deque()
+        # a command or a close. Its size is bounded by the agent's windows. Both it
+        # and the channel table exist only once a session uses this link: most of a
+        # fleet never has one, and each idle link's memory is a measured target.
+        self._data: deque[bytes | str] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._close_args: tuple[int, str] = (1000, "")
-        self.channels = ChannelTable(self)
+        self._channels: ChannelTable | None = None
+
+    @property
+    def channels(self) -> ChannelTable:
+        if self._channels is None:
+            self._channels = ChannelTable(self)
+        return self._channels
+
+    def close_channels(self, reason: str) -> None:
+        if self._channels is not None:
+            self._channels.close_all(reason)
 
     def received(self) -> None:
         self.last_received = time.monotonic()
@@ -63,6 +75,8 @@ class AgentConnection:
         channel message that must not overtake that channel's data (``eof``, ``close``)."""
         if self.closing:
             return False
+        if self._data is None:
+            self._data = deque()
         self._data.append(frame if isinstance(frame, bytes) else encode(frame))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
@@ -83,6 +97,7 @@ class AgentConnection:
         try:
             while self._outbox or self._data:
                 if not self._outbox:
+                    assert self._data is not None
                     data = self._data.popleft()
                     if isinstance(data, bytes):
                         await self.ws.send_bytes(data)
@@ -92,7 +107,7 @@ class AgentConnection:
                 item = self._outbox.popleft()
                 if item is _CLOSE:
                     code, reason = self._close_args
-                    self._data.clear()
+                    self._data = None
                     await self.ws.close(code, reason)
                     return
                 assert isinstance(item, str)
@@ -101,7 +116,7 @@ class AgentConnection:
             log.debug("writer for %s stopped: %s", self.node_id, exc)
             self.closing = True
             self._outbox.clear()
-            self._data.clear()
+            self._data = None
 
     async def drained(self, timeout: float) -> None:
         """Wait (up to ``timeout``) for what is queued, the close included, to go out."""

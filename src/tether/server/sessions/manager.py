@@ -106,12 +106,11 @@ class SessionManager:
         self.live[live.session_id] = live
         return live
 
-    def channel(self, live: LiveSession, **params: Any) -> ServerChannel:
+    def channel(self, live: LiveSession, kind: str, **params: Any) -> ServerChannel:
         """A new channel of the session on its node's current link."""
         conn = self.registry.get(live.row["node_id"])
         if conn is None or live.ended:
             raise SessionError("node_offline", f"{live.row['node_id']} is not connected")
-        kind = {"shell": "shell", "forward": "tcp"}.get(live.kind) or params.pop("file_kind")
         channel = conn.channels.open(kind, **params)
         live.channels.add(channel)
         return channel
