@@ -43,3 +43,20 @@ def test_the_default_cap_is_at_most_a_minute() -> None:
 def test_nonsense_settings_are_refused(base: float, cap: float) -> None:
     with pytest.raises(ValueError):
         Backoff(base, cap)
+
+
+def test_time_spent_in_a_failed_attempt_comes_off_the_wait() -> None:
+    backoff = Backoff(base=1.0, cap=60.0, uniform=lambda lo, hi: hi)
+    backoff.attempt = 10  # at the cap
+    assert backoff.next_delay(spent=20.0) == 40.0
+    assert backoff.next_delay(spent=75.0) == 0.0
+
+
+@given(st.floats(0, 120), st.integers(0, 50), st.integers(0, 2**32))
+def test_attempts_start_at_most_a_cap_apart(spent: float, attempt: int, seed: int) -> None:
+    """A link restored during a slow failed dial sees the next dial within the cap."""
+    backoff = Backoff(1.0, 60.0, uniform=random.Random(seed).uniform)
+    backoff.attempt = attempt
+    wait = backoff.next_delay(spent)
+    assert wait >= 0.0
+    assert spent + wait <= max(spent, 60.0)

@@ -4,6 +4,10 @@ Full jitter (a uniform draw between 0 and the exponential ceiling) spreads a
 fleet that lost its link at the same moment, so a restarted server is not hit
 by every device in the same second. The cap bounds how long a device whose
 link came back can stay away; the incumbent's agent can wait for hours.
+
+The delay runs from the start of the failed attempt, not its end: a dial into a
+dead link can hang on the kernel's SYN retries for up to the connect timeout, and
+a link restored during that hang must still see the next attempt within the cap.
 """
 
 from __future__ import annotations
@@ -25,10 +29,16 @@ class Backoff:
         self._uniform = uniform
         self.attempt = 0
 
-    def next_delay(self) -> float:
+    def next_delay(self, spent: float = 0.0) -> float:
+        """The wait before the next attempt, given ``spent`` seconds in the failed one.
+
+        Attempts therefore start at most ``cap`` seconds apart. Pass 0 after a
+        connection that was up: a fleet dropped by a restarting server must draw
+        its full jitter again, not rush back at once.
+        """
         ceiling = min(self.cap, self.base * 2 ** min(self.attempt, 32))
         self.attempt += 1
-        return self._uniform(0.0, ceiling)
+        return max(0.0, self._uniform(0.0, ceiling) - spent)
 
     def reset(self) -> None:
         self.attempt = 0

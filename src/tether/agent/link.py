@@ -93,6 +93,7 @@ class Agent:
         self._clock: Optional[Keepalive] = None
         self._synced: set[str] = set()
         self._fingerprint = ""
+        self._welcomed = False  # whether the current attempt got past the handshake
         self.channels = Channels(self.send, identity.node_id,
                                  run_as or pwd.getpwuid(os.getuid()))
 
@@ -101,6 +102,8 @@ class Agent:
     async def run_forever(self) -> None:
         self._recover()
         while True:
+            started = time.monotonic()
+            self._welcomed = False
             try:
                 await self._connect_once()
             except FatalLinkError:
@@ -108,7 +111,8 @@ class Agent:
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake,
                     ProtocolError) as exc:
                 log.warning("link to %s lost: %s", self.identity.server_url, _describe(exc))
-            delay = self.backoff.next_delay()
+            spent = 0.0 if self._welcomed else time.monotonic() - started
+            delay = self.backoff.next_delay(spent)
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
 
@@ -142,6 +146,7 @@ class Agent:
             if not isinstance(welcome, Welcome):
                 raise ProtocolError(CloseCode.UNEXPECTED, f"expected welcome, got {welcome.TYPE}")
             log.info("connected to %s as %s", self.identity.server_url, self.identity.node_id)
+            self._welcomed = True
             self.backoff.reset()
             self.ws = ws
             try:
