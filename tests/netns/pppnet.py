@@ -6,6 +6,7 @@
     lo, ppp0  <--tunlink-->  ppp-dev  |  to-server  <--veth-->    eth0
     10.64.0.2                10.64.0.1   10.65.0.2                10.65.0.1
     default via ppp0         ip_forward=1, no NAT                 tether.carrier.internal
+    resolver 10.64.0.1       DNS: private zone (dnszone.py)
 
 Why this shape: in the field the device's only address is on a point-to-point
 link from an LTE dongle, the operator's server sits behind the carrier, and the
@@ -13,9 +14,11 @@ server sees the device's own address. The kernel here has no ppp, so the link
 is a pair of tun devices joined by ``tunlink.py``, which also lets tests count,
 cut and restore it, and shape it like a cellular link (``shape``: latency,
 jitter, loss, a bandwidth cap), repeatably when the network has a ``seed``.
-Nothing has a route outside these namespaces, and the device resolves the
-server's name through its own ``/etc/netns/<ns>/hosts``
-(``ip netns exec`` bind-mounts it over ``/etc/hosts``), as a device would.
+Nothing has a route outside these namespaces. The device resolves the server's
+name by DNS, as it would against a private zone: its own
+``/etc/netns/<ns>/resolv.conf`` (``ip netns exec`` bind-mounts it over
+``/etc/resolv.conf``) names the carrier's resolver at the far end of ``ppp0``,
+where ``dnszone.py`` serves the zone; so a cut link also cuts name resolution.
 
 Everything created is removed by ``close()``, also after a failed test; the
 relay exits by itself if the harness dies (its stdin closes).
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 TUNLINK = Path(__file__).with_name("tunlink.py")
+DNSZONE = Path(__file__).with_name("dnszone.py")
 DEVICE_ADDR = "10.64.0.2"
 CARRIER_PPP_ADDR = "10.64.0.1"
 CARRIER_LAN_ADDR = "10.65.0.2"
@@ -144,6 +148,7 @@ class PppNetwork:
         self._procs: list[subprocess.Popen[Any]] = []
         self._watchers: list[OutputWatcher] = []
         self._relay: subprocess.Popen[str] | None = None
+        self._dns: subprocess.Popen[str] | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="tether-netns-"))
         self._control_path = str(self._tmp / "link.sock")
 
@@ -281,6 +286,7 @@ class PppNetwork:
         self._configure_ppp()
         self._configure_carrier_lan()
         self._write_device_etc()
+        self.start_dns()
 
     def _start_relay(self) -> None:
         tun_dev, tun_car = self._tun_names
@@ -323,13 +329,32 @@ class PppNetwork:
         _sysctl(car, "net.ipv4.ip_forward=1")
 
     def _write_device_etc(self) -> None:
-        """The device's own resolver files; no nameserver, so unknown names fail locally."""
+        """The device's own resolver files: the server's name is only in DNS.
+
+        One-second timeouts, two tries: a lookup over a cut link fails within
+        seconds, as a short-timeout resolver on a device would.
+        """
         etc = Path("/etc/netns") / self.device_ns
         etc.mkdir(parents=True)
         (etc / "hosts").write_text(
-            f"127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {socket.gethostname()}\n"
-            f"{SERVER_ADDR} {SERVER_NAME}\n")
-        (etc / "resolv.conf").write_text("# the test network has no DNS; see hosts\n")
+            f"127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {socket.gethostname()}\n")
+        (etc / "resolv.conf").write_text(
+            f"nameserver {CARRIER_PPP_ADDR}\noptions timeout:1 attempts:2\n")
+
+    def start_dns(self) -> None:
+        """The carrier's resolver serving the private zone with the server's name."""
+        if self._dns is not None and self._dns.poll() is None:
+            return
+        self._dns, watcher = self.spawn(self.carrier_ns, [
+            sys.executable, str(DNSZONE), "--listen", CARRIER_PPP_ADDR,
+            "--record", f"{SERVER_NAME}={SERVER_ADDR}"])
+        watcher.wait_for("ready", timeout=10)
+
+    def stop_dns(self) -> None:
+        """The resolver is down: lookups time out ("no nameserver answered")."""
+        if self._dns is not None:
+            _stop(self._dns, lambda sig, pid=self._dns.pid: os.killpg(pid, sig))
+            self._dns = None
 
     def close(self) -> None:
         """Undo everything, each step on its own so one failure does not leak the rest."""

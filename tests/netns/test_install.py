@@ -327,8 +327,9 @@ class Site:
 def assert_device_is_closed(net: PppNetwork) -> None:
     """The device's only way out is ppp0 to the carrier, and index names do not resolve.
 
-    Reads routing tables and asks the device's own resolver (its hosts file; its
-    resolv.conf has no nameserver), so no packet goes anywhere but loopback.
+    Reads routing tables and asks the device's own resolver, whose only nameserver
+    is the test network's private zone at the carrier, so no packet leaves the test's
+    namespaces.
     """
     def ip_json(*args: str) -> list[dict[str, Any]]:
         result = net.run(net.device_ns, ["ip", "-j", *args])

@@ -2,15 +2,16 @@
 
 Why: the doctor exists for a person at a device in a closed network whose
 agent does not come Online. Only the field-like network shows what they
-would see: the server's name in the device's own ``/etc/hosts``, a route
-over a point-to-point link, a carrier in between. Each test runs the real
+would see: the server's name in a private DNS zone served by the carrier's
+resolver at the far end of ``ppp0``, a route over a point-to-point link, a
+carrier in between. Each test runs the real
 server (server namespace) and the real ``python -m tether.agent`` (device
 namespace), breaks one thing the way it breaks in the field, and checks that
 the doctor stops at that step with the hint for it and skips what depends
 on it.
 
 Nothing is sent anywhere but the test's namespaces: the device has no route
-out, and its resolver, having no nameserver, asks only its own loopback.
+out, and its only nameserver is the test network's own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pppnet import DEVICE_ADDR, OutputWatcher, PppNetwork, clean_env
+from pppnet import CARRIER_PPP_ADDR, DEVICE_ADDR, OutputWatcher, PppNetwork, clean_env
 
 pytestmark = pytest.mark.netns
 
@@ -158,8 +159,8 @@ def test_doctor_passes_on_a_healthy_device_and_leaves_the_agent_alone(field: Fie
     assert all(r["ok"] is True for r in results), results
     assert statuses(results) == {**{c: "pass" for c in CHECKS}, "tls": "n/a"}, results
     resolve = checks["resolve"]["detail"]
-    assert "answered by /etc/hosts" in resolve, resolve
-    assert f"{field.net.server_addr} {field.net.server_name}" in resolve, resolve
+    assert f"{field.net.server_name} -> {field.net.server_addr}" in resolve, resolve
+    assert f"answered by DNS (nameservers {CARRIER_PPP_ADDR} from" in resolve, resolve
     route = checks["route"]["detail"]
     assert "ppp0, point-to-point" in route, route
     assert f"from {DEVICE_ADDR}" in route, route
@@ -214,9 +215,22 @@ def test_doctor_stops_at_resolution_for_an_unknown_name(field: Field) -> None:
     assert code == 1
     assert statuses(results) == expect(["identity", "permissions"], "resolve"), results
     assert "not in /etc/hosts" in resolve["detail"], resolve
-    assert "no nameserver in /etc/resolv.conf" in resolve["detail"], resolve
+    assert f"DNS (nameservers {CARRIER_PPP_ADDR} from" in resolve["detail"], resolve
+    assert "no such name" in resolve["detail"], resolve
     assert "private DNS zone" in resolve["hint"], resolve
     assert "/etc/hosts" in resolve["hint"], resolve
+
+
+def test_doctor_says_no_nameserver_answered_when_the_resolver_is_down(field: Field) -> None:
+    field.net.stop_dns()
+    code, results = field.doctor()
+    resolve = by_check(results)["resolve"]
+
+    assert code == 1
+    assert statuses(results) == expect(["identity", "permissions"], "resolve"), results
+    assert "no nameserver answered" in resolve["detail"], resolve
+    assert CARRIER_PPP_ADDR in resolve["detail"], resolve
+    assert "private DNS zone" in resolve["hint"], resolve
 
 
 def test_doctor_says_refused_when_the_server_is_down(field: Field) -> None:

@@ -113,10 +113,10 @@ def test_cut_drops_everything_and_restore_brings_it_back(ppp_network: PppNetwork
     port = start_echo(ppp_network)
     ppp_network.cut()
     assert ppp_network.stats()["cut"] is True
-    assert connect(ppp_network, ppp_network.device_ns, SERVER_NAME, port, timeout=1) == "timeout"
+    assert connect(ppp_network, ppp_network.device_ns, SERVER_ADDR, port, timeout=1) == "timeout"
     assert ppp_network.stats()["uplink"]["dropped"] > 0
     ppp_network.restore()
-    assert connect(ppp_network, ppp_network.device_ns, SERVER_NAME, port).startswith("ok ")
+    assert connect(ppp_network, ppp_network.device_ns, SERVER_ADDR, port).startswith("ok ")
 
 
 def test_device_cannot_reach_root_namespace_loopback(ppp_network: PppNetwork) -> None:
@@ -132,12 +132,31 @@ def test_device_cannot_reach_root_namespace_loopback(ppp_network: PppNetwork) ->
             root_service.accept()  # nothing arrived in the root namespace
 
 
-def test_unknown_names_do_not_resolve_on_the_device(ppp_network: PppNetwork) -> None:
-    """The device's resolver is its own hosts file; no DNS query leaves the network."""
-    result = ppp_network.run(ppp_network.device_ns, ["getent", "hosts", "example.com"])
-    assert result.returncode != 0
-    resolved = ppp_network.run(ppp_network.device_ns, ["getent", "hosts", SERVER_NAME])
-    assert resolved.stdout.split() == [SERVER_ADDR, SERVER_NAME]
+def getent(net: PppNetwork, name: str) -> subprocess.CompletedProcess[str]:
+    return net.run(net.device_ns, ["getent", "ahostsv4", name], timeout=30)
+
+
+def test_the_server_name_is_answered_by_dns_over_ppp0(ppp_network: PppNetwork) -> None:
+    """Not by a hosts file: the query crosses the link to the carrier's resolver."""
+    hosts = (Path("/etc/netns") / ppp_network.device_ns / "hosts").read_text()
+    assert SERVER_NAME not in hosts
+    ppp_network.trace()
+    resolved = getent(ppp_network, SERVER_NAME)
+    assert resolved.returncode == 0, resolved.stderr
+    assert resolved.stdout.split()[0] == SERVER_ADDR, resolved.stdout
+    assert any(p["dir"] == "uplink" and p["proto"] == "udp" for p in ppp_network.traced())
+
+
+def test_unknown_names_fail_at_once_and_a_cut_link_cuts_resolution(
+        ppp_network: PppNetwork) -> None:
+    unknown = getent(ppp_network, "example.com")
+    assert unknown.returncode == 2, unknown  # "key not found": the zone said NXDOMAIN
+    ppp_network.cut()
+    cut = getent(ppp_network, SERVER_NAME)
+    assert cut.returncode != 0 and SERVER_ADDR not in cut.stdout, cut
+    assert ppp_network.stats()["uplink"]["dropped_by"].get("cut", 0) > 0
+    ppp_network.restore()
+    assert getent(ppp_network, SERVER_NAME).returncode == 0
 
 
 def test_teardown_removes_everything() -> None:
