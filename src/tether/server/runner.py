@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from tether.protocol.netaddr import is_loopback_host
 from tether.server.app import build_app
 from tether.server.config import Settings
 
@@ -40,13 +41,33 @@ def url_of(sock: socket.socket, tls: bool = False) -> str:
 
 
 def _first_steps(settings: Settings, url: str) -> str:
-    return (f"Web console: {url}/ (sign in with the token in {settings.admin_token_file})\n"
-            f"To register a first device:\n"
-            f"  export TETHER_SERVER={url} TETHER_TOKEN=$(cat {settings.admin_token_file})\n"
-            f"  tether activation create            # prints an activation id and code\n"
-            f"  # on the device (the server must listen on an address it can reach):\n"
-            f"  tether-agent register --server URL --activation-id ID --activation-code CODE\n"
-            f"  tether-agent run")
+    """How to register a first device, in the words that work for this server's address.
+
+    A copied command that fails is worse than none: the agent refuses plain HTTP to
+    another machine without ``--insecure``, and pins a private CA with ``--ca``.
+    """
+    if settings.host in ("0.0.0.0", "::", ""):  # noqa: S104 - what a wildcard bind prints
+        url = url.replace("[::]", "SERVER").replace("0.0.0.0", "SERVER")  # noqa: S104
+    register = ("tether-agent register --server {url}{extra} "
+                "--activation-id ID --activation-code CODE")
+    operator = f"export TETHER_SERVER={url} TETHER_TOKEN=$(cat {settings.admin_token_file})"
+    device: list[str]
+    if settings.tls is not None and settings.tls.ca is not None:
+        operator += f" TETHER_CA={settings.tls.ca}"
+        device = [f"# on the device, with a copy of {settings.tls.ca} (compare its fingerprint):",
+                  register.format(url=url, extra=" --ca ca.pem")]
+    elif settings.tls is not None or not is_loopback_host(settings.host):
+        extra = "" if settings.tls is not None else " --insecure"
+        device = ["# on the device:", register.format(url=url, extra=extra)]
+    else:
+        device = ["# on this machine (for devices elsewhere, serve TLS: --host 0.0.0.0 "
+                  "--tls auto --tls-name NAME):", register.format(url=url, extra="")]
+    lines = [f"Web console: {url}/ (sign in with the token in "
+             f"{settings.admin_token_file})",
+             "To register a first device:", operator,
+             "tether activation create            # prints an activation id and code",
+             *device, "tether-agent run"]
+    return "\n".join(lines[:2] + ["  " + line for line in lines[2:]])
 
 
 def serve(settings: Settings, log_level: str = "info") -> None:

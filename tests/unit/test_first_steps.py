@@ -1,0 +1,52 @@
+"""The start-up banner's first steps: each printed command must work as copied.
+
+The agent refuses plain HTTP to another machine unless told ``--insecure``, and
+needs ``--ca`` to trust a server on tether's private CA; a banner that leaves
+those out sends a first user into an error on their first device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tether.server.config import Settings
+from tether.server.runner import _first_steps
+from tether.server.tls import TlsFiles
+
+
+def register_line(banner: str) -> str:
+    (line,) = [x.strip() for x in banner.splitlines() if "tether-agent register" in x]
+    return line
+
+
+def test_loopback_server_registers_a_local_agent_and_says_how_to_reach_others(
+        tmp_path: Path) -> None:
+    settings = Settings.for_data_dir(tmp_path, host="127.0.0.1")
+    banner = _first_steps(settings, "http://127.0.0.1:8720")
+    assert register_line(banner) == ("tether-agent register --server http://127.0.0.1:8720 "
+                                     "--activation-id ID --activation-code CODE")
+    assert "--tls auto" in banner
+    assert f"TETHER_TOKEN=$(cat {settings.admin_token_file})" in banner
+
+
+def test_plain_http_on_the_network_tells_the_device_to_accept_it(tmp_path: Path) -> None:
+    settings = Settings.for_data_dir(tmp_path, host="0.0.0.0")
+    line = register_line(_first_steps(settings, "http://0.0.0.0:8720"))
+    assert line.startswith("tether-agent register --server http://SERVER:8720 --insecure "), line
+
+
+def test_private_ca_is_pinned_by_the_device_and_trusted_by_the_cli(tmp_path: Path) -> None:
+    tls = TlsFiles(tmp_path / "server.pem", tmp_path / "server-key.pem", tmp_path / "ca.pem")
+    settings = Settings.for_data_dir(tmp_path, host="0.0.0.0", tls=tls)
+    banner = _first_steps(settings, "https://0.0.0.0:8720")
+    assert "--server https://SERVER:8720 --ca ca.pem" in register_line(banner)
+    assert "--insecure" not in banner
+    assert f"TETHER_CA={tmp_path / 'ca.pem'}" in banner
+    assert f"a copy of {tmp_path / 'ca.pem'}" in banner
+
+
+def test_a_certificate_of_a_public_ca_needs_nothing_more(tmp_path: Path) -> None:
+    tls = TlsFiles(tmp_path / "cert.pem", tmp_path / "key.pem")
+    settings = Settings.for_data_dir(tmp_path, host="0.0.0.0", tls=tls)
+    line = register_line(_first_steps(settings, "https://fleet.example:8720"))
+    assert "--insecure" not in line and "--ca" not in line
