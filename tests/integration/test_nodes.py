@@ -255,9 +255,17 @@ def test_deregister_offline_node_and_tag_target(server: Server,
     u = uuid.uuid4().hex[:8]
     activation_id, code = server.activation("--tag", f"batch={u}")
     nid = make_agent().register(activation_id, code).node_id
+    # Waiting for the offline node: deregistering it ends the wait as Undeliverable.
+    queued = server.cli("run", "--target", nid, "--no-wait", "--", "echo never")
     text = server.cli_raw("nodes", "deregister", nid)
     assert text.returncode == 0, text.stderr
     assert f"deregistered {nid}" in text.stdout
+    shown = server.cli("commands", "show", queued["command_id"], "--json")
+    (invocation,) = shown["invocations"]
+    assert invocation["status"] == "Undeliverable", invocation
+    assert invocation["reason"] == "node deregistered", invocation
+    assert invocation["ended_at"] is not None, invocation
+    assert shown["status"] == "Failed", shown
     run = server.cli_raw("run", "--target", f"tag:batch={u}", "--", "echo hi")
     assert run.returncode == EXIT_API, run
     assert "bad_targets" in run.stderr

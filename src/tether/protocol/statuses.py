@@ -9,12 +9,14 @@ glossary. Rules enforced here and nowhere else:
   come back in time), Cancelled (an operator cancelled first) or
   Undeliverable (the node was deregistered).
 - InProgress ends with whatever the agent reports (Success, Failed, TimedOut,
-  Cancelled), or Failed/Undeliverable when the server gives up on it.
+  Cancelled), or when the server gives up on it: TimedOut (no result within the
+  timeout plus the delivery timeout) or Undeliverable (the node was deregistered).
 - A terminal status never changes again; a late or repeated report is
   acknowledged and dropped.
 
 The store applies a transition with a conditional UPDATE whose WHERE clause
-comes from ``allowed_sources``, so two racing writers cannot both win.
+comes from ``allowed_sources`` (store.py's ``_moving``, the only way it writes a
+status), so two racing writers cannot both win.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tether.protocol.ids import new_node_id, new_uuid
-from tether.protocol.statuses import InvocationStatus, allowed_sources
+from tether.protocol.statuses import InvocationStatus, allowed_sources, can_transition
 from tether.server.access.policy import Scope
 from tether.server.secrets import hash_secret, matches, new_secret
 from tether.server.store import migrate
@@ -33,11 +33,9 @@ from tether.server.store.schema import (
 )
 from tether.server.store.sessions import Sessions
 
-# Sources of the batched transitions, from the one table (protocol/statuses.py).
-_ACCEPT_SOURCES = sorted(s.value for s in allowed_sources(InvocationStatus.IN_PROGRESS))
-_RESULT_SOURCES = sorted(set.intersection(*(
-    {s.value for s in allowed_sources(InvocationStatus(t))}
-    for t in ("Success", "Failed", "TimedOut", "Cancelled"))))
+_S = InvocationStatus
+# A result's status is a bound value, so its WHERE must admit every status it may carry.
+_RESULT_TARGETS = (_S.SUCCESS, _S.FAILED, _S.TIMED_OUT, _S.CANCELLED)
 _RESULT_COLUMNS = ("status", "ended_at", "exit_code", "stdout_size", "stderr_size",
                    "stdout_truncated", "stderr_truncated", "reason", "stdout_inline",
                    "stderr_inline")
@@ -52,6 +50,24 @@ def _one_of(column: sa.ColumnElement[Any], values: list[str]) -> sa.ColumnElemen
     """
     assert all(v.isalnum() for v in values)
     return column.in_([sa.literal_column(f"'{v}'") for v in values])
+
+
+def _moving(targets: Sequence[InvocationStatus],
+            sources: Sequence[InvocationStatus] = ()) -> sa.ColumnElement[bool]:
+    """The WHERE of every UPDATE that changes an invocation's status.
+
+    It admits only statuses from which each of ``targets`` may be reached in the
+    one table (protocol/statuses.py), narrowed to ``sources`` where given, so no
+    write in the store can make a transition the table does not allow, and two
+    racing writers cannot both win. A source the table refuses is a bug: raised.
+    """
+    legal = set.intersection(*(set(allowed_sources(t)) for t in targets))
+    chosen = set(sources) or legal
+    wrong = [f"{s.value} -> {t.value}" for s in chosen for t in targets
+             if not can_transition(s, t)]
+    if wrong:
+        raise ValueError(f"not in the transition table: {', '.join(sorted(wrong))}")
+    return _one_of(invocations.c.status, sorted(s.value for s in chosen))
 
 
 if TYPE_CHECKING:
@@ -297,7 +313,7 @@ class Store:
                 await conn.execute(
                     invocations.update().where(
                         invocations.c.invocation_id == sa.bindparam("b_inv"),
-                        _one_of(invocations.c.status, _ACCEPT_SOURCES))
+                        _moving([_S.IN_PROGRESS]))
                     .values(status=InvocationStatus.IN_PROGRESS.value,
                             started_at=sa.bindparam("b_at")),
                     batch.accepted)
@@ -305,7 +321,7 @@ class Store:
                 await conn.execute(
                     invocations.update().where(
                         invocations.c.invocation_id == sa.bindparam("b_inv"),
-                        _one_of(invocations.c.status, _RESULT_SOURCES))
+                        _moving(_RESULT_TARGETS))
                     .values({c: sa.bindparam(f"b_{c}") for c in _RESULT_COLUMNS}),
                     batch.results)
 
@@ -478,11 +494,9 @@ class Store:
                  ping_status=CONNECTION_LOST))
         if done.rowcount != 1:
             return False
-        for status in (InvocationStatus.PENDING, InvocationStatus.IN_PROGRESS):
-            await conn.execute(invocations.update().where(
-                invocations.c.node_id == node_id, invocations.c.status == status.value,
-            ).values(status=InvocationStatus.UNDELIVERABLE.value, ended_at=now,
-                     reason="node deregistered"))
+        await conn.execute(invocations.update().where(
+            invocations.c.node_id == node_id, _moving([_S.UNDELIVERABLE]),
+        ).values(status=_S.UNDELIVERABLE.value, ended_at=now, reason="node deregistered"))
         return True
 
     # -- commands ----------------------------------------------------------
@@ -568,8 +582,8 @@ class Store:
             if ids:
                 await conn.execute(invocations.update().where(
                     invocations.c.invocation_id.in_(ids),
-                    invocations.c.status == InvocationStatus.PENDING.value,
-                ).values(status=InvocationStatus.DELIVERY_TIMED_OUT.value, ended_at=now,
+                    _moving([_S.DELIVERY_TIMED_OUT], [_S.PENDING]),
+                ).values(status=_S.DELIVERY_TIMED_OUT.value, ended_at=now,
                          reason="the node did not connect before the delivery timeout"))
             return ids
 
@@ -590,8 +604,8 @@ class Store:
             if ids:
                 await conn.execute(invocations.update().where(
                     invocations.c.invocation_id.in_(ids),
-                    invocations.c.status == InvocationStatus.IN_PROGRESS.value,
-                ).values(status=InvocationStatus.TIMED_OUT.value, ended_at=now,
+                    _moving([_S.TIMED_OUT], [_S.IN_PROGRESS]),
+                ).values(status=_S.TIMED_OUT.value, ended_at=now,
                          reason="no result from the node within the timeout plus the "
                                 "delivery timeout"))
             return ids
@@ -604,8 +618,8 @@ class Store:
                                .values(cancel_requested=True))
             await conn.execute(invocations.update().where(
                 invocations.c.command_id == command_id,
-                invocations.c.status == InvocationStatus.PENDING.value,
-            ).values(status=InvocationStatus.CANCELLED.value, ended_at=now,
+                _moving([_S.CANCELLED], [_S.PENDING]),
+            ).values(status=_S.CANCELLED.value, ended_at=now,
                      reason="cancelled before delivery"))
             result = await conn.execute(sa.select(invocations.c.invocation_id,
                                                   invocations.c.node_id).where(
