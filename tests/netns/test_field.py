@@ -81,7 +81,9 @@ SEED = 20261201
 QUEUED = 20
 SHORT_AFTER = (4, 11, 17)  # a 1-s delivery timeout command follows these queued ones
 SHORT_DELIVERY_TIMEOUT = 1.0
-SWEEP_BOUND = SHORT_DELIVERY_TIMEOUT + 1.0 + 3.0  # timeout, one sweep, CLI and scheduling
+# Submission to DeliveryTimedOut on the server's own clock: the timeout, one sweep, and a
+# second for a loaded machine (no CLI polling in it: that is measured separately).
+SWEEP_BOUND = SHORT_DELIVERY_TIMEOUT + 1.0 + 1.0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -370,13 +372,17 @@ def test_queue_for_offline_node_delivered_in_order_and_expired_never_run(
                 f"touch {out_dir}/expired-{k}; echo expired-{k}")["command_id"],
                 time.monotonic()))
 
-    expired_at = []
+    expired_at, seen_at = [], []
     for command_id, submitted in short:
-        field.wait_invocation(command_id, {"DeliveryTimedOut"}, timeout=SWEEP_BOUND + 10)
-        expired_at.append(time.monotonic() - submitted)
+        inv = field.wait_invocation(command_id, {"DeliveryTimedOut"}, timeout=SWEEP_BOUND + 30)
+        seen_at.append(time.monotonic() - submitted)
+        created = field.cli("commands", "show", command_id, "--json")["created_at"]
+        expired_at.append(inv["ended_at"] - created)
     TIMINGS["3: submit -> DeliveryTimedOut, slowest of the short ones (CLI poll)"] = max(
+        seen_at)
+    TIMINGS["3: submit -> DeliveryTimedOut, slowest of the short ones (server clock)"] = max(
         expired_at)
-    assert max(expired_at) <= SWEEP_BOUND, expired_at
+    assert all(SHORT_DELIVERY_TIMEOUT <= t <= SWEEP_BOUND for t in expired_at), expired_at
     pending = [field.invocation(cid)["status"] for cid in queued]
     assert pending == ["Pending"] * QUEUED, f"{pending}{field.logs()}"
 
