@@ -161,6 +161,12 @@ def test_base_install_on_python39_runs_commands(tmp_path: Path, closed_port: int
     no_server = subprocess.run([vpython, "-c", "import tether.server.app"],
                                capture_output=True, text=True, env=clean_env(), timeout=60)
     assert no_server.returncode != 0 and "fastapi" in no_server.stderr
+    # The operator CLI is not for this interpreter, and says so instead of a traceback.
+    cli = subprocess.run([str(venv / "bin" / "tether"), "nodes", "list"],
+                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert cli.returncode == 2, cli
+    assert "need Python 3.10 or newer; this is Python 3.9" in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr and "tether-agent" in cli.stderr, cli.stderr
 
     server = Server(tmp_path / "server").start()  # on this test run's own interpreter
     agent_proc = None

@@ -1,5 +1,5 @@
 import sys
 
-from tether.cli.main import main
+from tether.cli.entry import main
 
 sys.exit(main())
