@@ -54,6 +54,8 @@ from typing import Any
 import pytest
 from pppnet import DEVICE_ADDR, OutputWatcher, PppNetwork, clean_env, unavailable_reason
 
+import tether
+
 pytestmark = pytest.mark.netns
 
 PORT = 8400  # the server namespace is fresh, so any port is free there
@@ -469,6 +471,14 @@ def test_install_with_curl_then_upgrade_with_wget(site: Site, tmp_path: Path) ->
     # 2. wget | sh again with the same (used-up) activation: upgrade in place, on a
     # device without curl, so the installer's own downloads go through wget too.
     site.stop_agent(agent)
+    # Make the installed agent an older one, with a module the new one does not have,
+    # so the re-run has something to upgrade and to remove.
+    package = site_packages(prefix, version) / "tether"
+    init = package / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', '__version__ = "0.0.1"', init.read_text()))
+    (package / "left_by_the_old_version.py").write_text("")
+    agent_bin = str(prefix / "venv" / "bin" / "tether-agent")
+    assert site.device([agent_bin, "--version"]).stdout.split() == ["tether-agent", "0.0.1"]
     wget_only = site.path_without("curl")
     found = site.device(["sh", "-c", "command -v curl; command -v wget"], path=wget_only)
     assert [Path(line).name for line in found.stdout.split()] == ["wget"], found
@@ -485,6 +495,9 @@ def test_install_with_curl_then_upgrade_with_wget(site: Site, tmp_path: Path) ->
             f"no run instruction without systemd:\n{second.stdout}\n{second.stderr}")
     assert (state / "identity.json").read_bytes() == identity
     assert_agent_only_venv(site, prefix, version)
+    assert not (package / "left_by_the_old_version.py").exists()
+    upgraded = site.device([agent_bin, "--version"]).stdout.split()
+    assert upgraded == ["tether-agent", tether.__version__], upgraded
 
     site.start_agent("agent-after-upgrade", prefix, state)
     with timed("agent online after upgrade"):
