@@ -324,13 +324,14 @@ def test_long_outage_back_online_within_reconnect_cap(cellular: Cellular) -> Non
     """The link stays cut until the agent's backoff has reached its cap; restored, the
     agent is back within the cap.
 
-    In a blackhole each dial hangs until the agent's open timeout (20 s; its SYNs
-    vanish), so the backoff ceiling (1, 2, 4 s, then the 5-s cap) is reached only
-    after three failed dials, about a minute in: that, not a fixed 15 s, is what
-    makes this outage long enough. The link comes back just as the agent starts a
-    wait drawn under the cap; its next dial must reach the server. (Restored in the
-    middle of a hanging dial instead, the agent comes back at the kernel's next SYN
-    retransmission, whatever the cap: that is not what this test measures.)
+    In a blackhole each dial fails at name resolution (the resolver is across the
+    cut link: two 1-s tries), so the backoff ceiling (1, 2, 4 s, then the 5-s cap)
+    is reached after three failed dials; the outage goes on, wait after wait, until
+    it has lasted ``LONG_OUTAGE``. The link comes back just as the agent starts a
+    wait drawn under the cap; its next dial must reach the server. (A dial that
+    hangs on lost SYNs instead counts against the next wait, so attempts still
+    start within the cap of each other: tests/unit/test_backoff.py and
+    benchmarks/reconnect.py.)
     """
     start_online(cellular)
     since = cellular.mark()
@@ -340,6 +341,9 @@ def test_long_outage_back_online_within_reconnect_cap(cellular: Cellular) -> Non
     waits = 1 + math.ceil(math.log2(RECONNECT_CAP / BACKOFF_BASE))
     lines = cellular.wait_lines(RECONNECTING, since, waits,
                                 timeout=waits * (AGENT_OPEN_TIMEOUT + RECONNECT_CAP) + 60)
+    while time.monotonic() - cut < LONG_OUTAGE:
+        lines = cellular.wait_lines(RECONNECTING, since, len(lines) + 1,
+                                    timeout=AGENT_OPEN_TIMEOUT + RECONNECT_CAP + 30)
     assert cellular.node()["ping_status"] == "ConnectionLost", cellular.logs()
     cellular.net.restore()
     restored = time.monotonic()
@@ -347,7 +351,7 @@ def test_long_outage_back_online_within_reconnect_cap(cellular: Cellular) -> Non
     took = time.monotonic() - restored
     delays = [float(m.group(1)) for m in map(RECONNECT_DELAY.search, lines) if m]
     TIMINGS[f"long outage ({restored - cut:.0f} s, waits {delays}): restore -> Online"] = took
-    assert len(delays) == waits and all(0 <= d <= RECONNECT_CAP for d in delays), lines
+    assert len(delays) >= waits and all(0 <= d <= RECONNECT_CAP for d in delays), lines
     assert restored - cut >= LONG_OUTAGE
     assert took <= RECONNECT_BOUND, f"Online {took:.1f} s after restore{cellular.logs()}"
 
