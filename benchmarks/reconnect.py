@@ -5,7 +5,9 @@ the emulated PPP link (default keepalive and reconnect settings). After the node
 is Online, the link is cut for ``--outage`` seconds (10 minutes by default: long
 enough for the agent's backoff to reach its cap), then restored; the time until
 the server lists the node Online again is the number. Target: at most the backoff
-cap (60 s) plus 5 s.
+cap (60 s) plus 5 s. Where the restore lands in the agent's backoff is chance, so
+run it several times (``--runs``, or several copies at once: each builds its own
+network) and read the worst.
 
     .venv/bin/python benchmarks/reconnect.py [--outage 600] [--runs 1]
 """
