@@ -455,9 +455,9 @@ def test_rate_queue_overflow_drops_the_excess(ppp_network: PppNetwork) -> None:
 def test_reset_stats_zeroes_every_counter(ppp_network: PppNetwork) -> None:
     port = start_echo(ppp_network)
     ppp_network.shape(latency_ms=5)
-    assert connect(ppp_network, ppp_network.device_ns, SERVER_NAME, port).startswith("ok ")
+    assert connect(ppp_network, ppp_network.device_ns, SERVER_ADDR, port).startswith("ok ")
     ppp_network.cut()
-    assert connect(ppp_network, ppp_network.device_ns, SERVER_NAME, port, timeout=0.5) == (
+    assert connect(ppp_network, ppp_network.device_ns, SERVER_ADDR, port, timeout=0.5) == (
         "timeout")
     ppp_network.restore()
     stats = ppp_network.stats()
@@ -469,14 +469,14 @@ def test_reset_stats_zeroes_every_counter(ppp_network: PppNetwork) -> None:
         assert (counters["packets"], counters["bytes"], counters["dropped"]) == (0, 0, 0)
         assert set(counters["dropped_by"].values()) == {0}
         assert counters["shape"]["latency_ms"] == 5  # settings are not counters
-    assert connect(ppp_network, ppp_network.device_ns, SERVER_NAME, port).startswith("ok ")
+    assert connect(ppp_network, ppp_network.device_ns, SERVER_ADDR, port).startswith("ok ")
     assert 0 < ppp_network.stats()["uplink"]["packets"] < stats["uplink"]["packets"] + 20
 
 
 def test_trace_shows_each_delivered_packet(ppp_network: PppNetwork) -> None:
     port = start_echo(ppp_network)
     ppp_network.trace()
-    assert connect(ppp_network, ppp_network.device_ns, SERVER_NAME, port).startswith("ok ")
+    assert connect(ppp_network, ppp_network.device_ns, SERVER_ADDR, port).startswith("ok ")
     # The closing FIN/ACKs may still cross the link after connect() returns, and the
     # trace and the counters are two reads: wait until they describe the same packets.
     def trace_matches_counters() -> bool:
