@@ -29,6 +29,7 @@ from websockets.sync.client import ClientConnection, connect
 from harness import Agent, Server
 from tether.agent.backoff import Backoff
 from tether.agent.link import Agent as LinkAgent
+from tether.agent.runner import mark_of
 from tether.agent.spool import Spool
 from tether.agent.state import Identity
 from tether.protocol.errors import CloseCode
@@ -427,7 +428,11 @@ def test_agent_restart_during_execution_fails_it_without_rerun(server: Server, a
               f"{time.monotonic() - start:.2f} s")
         inv = done["invocations"][0]
         assert (done["status"], inv["status"], inv["reason"]) == \
-            ("Failed", "Failed", "agent restarted during execution")
+            ("Failed", "Failed", "agent restarted during execution; "
+                                 "the processes it left running were stopped")
+        # The report is true: the orphaned script is gone, not running behind it.
+        (script_pid,) = map(int, marker.read_text().split())
+        assert mark_of(script_pid) is None
         # Whatever the reconnect re-sent, the agent has handled it once a later command
         # has run; the interrupted script still started exactly once.
         assert_runs_commands(server, agent)

@@ -60,6 +60,8 @@ from test_cellular import (
     start_online,
 )
 
+from tether.agent.runner import mark_of
+
 pytestmark = pytest.mark.netns
 
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "Undeliverable"}
@@ -429,7 +431,9 @@ def test_agent_killed_mid_command_reports_failed_and_never_runs_it_again(
     field.procs.append(proc)
     inv = field.wait_invocation(command_id, {"Failed", "Success", "TimedOut"}, timeout=30)
     assert inv["status"] == "Failed"
-    assert inv["reason"] == "agent restarted during execution"
+    assert inv["reason"] == ("agent restarted during execution; "
+                             "the processes it left running were stopped")
+    assert mark_of(int(pid.read_text())) is None  # the script the report covers: gone
     # A later command completing proves the agent is past any re-delivery.
     later = field.submit("echo later")
     assert field.wait_invocation(later, {"Success", "Failed"}, timeout=30)["status"] \

@@ -27,7 +27,7 @@ from tether import __version__
 from tether.agent.backoff import Backoff
 from tether.agent.channels import Channels
 from tether.agent.inventory import collect_inventory, inventory_fingerprint
-from tether.agent.runner import Execution
+from tether.agent.runner import Execution, ProcessMark, stop_leftover
 from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
 from tether.agent.spool import STREAMS, Spool
 from tether.agent.state import Identity, save_identity, tls_context
@@ -100,7 +100,7 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------
 
     async def run_forever(self) -> None:
-        self._recover()
+        await self._recover()
         while True:
             started = time.monotonic()
             self._welcomed = False
@@ -116,14 +116,22 @@ class Agent:
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
 
-    def _recover(self) -> None:
-        """Invocations interrupted by an agent restart end as Failed, never rerun."""
+    async def _recover(self) -> None:
+        """Invocations interrupted by an agent restart end as Failed, never rerun.
+
+        A script the killed agent left running is stopped first, so what the
+        operator reads (Failed) is what the device is doing (nothing).
+        """
         for invocation_id in self.spool.unfinished():
+            mark = ProcessMark.load(self.spool.folder(invocation_id))
+            stopped = mark is not None and await stop_leftover(mark)
             size = {s: self.spool.stream_size(invocation_id, s) for s in STREAMS}
             self.spool.save_result(Result(
                 invocation_id, "Failed", size["stdout"], size["stderr"],
-                reason="agent restarted during execution"))
-            log.warning("invocation %s was interrupted by an agent restart", invocation_id)
+                reason="agent restarted during execution" + (
+                    "; the processes it left running were stopped" if stopped else "")))
+            log.warning("invocation %s was interrupted by an agent restart%s", invocation_id,
+                        f"; stopped its process group {mark.pgid}" if stopped and mark else "")
 
     async def _connect_once(self) -> None:
         url = websocket_url(self.identity.server_url)

@@ -7,17 +7,23 @@ cancel kills every process it started, not just the shell. Both streams are
 written to the spool as they arrive (never held in memory), each up to the
 output cap; beyond the cap bytes are read and dropped so the child never
 blocks on a full pipe, and the result says the stream was truncated.
+
+An agent killed mid-run leaves its script's group running (it is in a session of
+its own). The runner marks the group in the invocation's folder, so the next agent
+can stop it (``stop_leftover``) while it reports the invocation Failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pwd
 import signal
 import time
 from collections.abc import Awaitable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -28,6 +34,80 @@ READ_CHUNK = 64 * 1024
 KILL_GRACE = 5.0
 
 OnOutput = Callable[[str, str, int, bytes], Awaitable[None]]
+PROCESS_FILE = "process.json"
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class ProcessMark:
+    """A script's process group, told apart from any later process with the same pid.
+
+    Pids are reused; a pid with its start time and the boot it started in is not.
+    """
+
+    pgid: int
+    start_ticks: int
+    boot_id: str
+
+    def save(self, folder: Path) -> None:
+        """Without fsync: after a power loss the group is gone and the mark moot."""
+        fd = os.open(folder / PROCESS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as f:
+            json.dump(asdict(self), f)
+
+    @classmethod
+    def load(cls, folder: Path) -> Optional[ProcessMark]:
+        try:
+            return cls(**json.loads((folder / PROCESS_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def start_ticks_of(stat: str) -> int:
+    """``starttime`` (field 22) of a ``/proc/PID/stat`` line.
+
+    Counted from the last ``)``: the command name before it may hold spaces
+    and parentheses of its own.
+    """
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def mark_of(pid: int) -> Optional[ProcessMark]:
+    """The mark of a running process; None for one that is gone, a zombie (it runs
+    nothing any more), or where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] in "ZX":
+            return None
+        return ProcessMark(pid, start_ticks_of(stat), BOOT_ID.read_text().strip())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def stop_leftover(mark: ProcessMark) -> bool:
+    """Stop the group a killed agent's script left running, if it is still that group.
+
+    Only while its leader is the very process marked: a group whose leader has
+    gone cannot be told from a later one with the same number, so it is left alone.
+    """
+    if mark_of(mark.pgid) != mark:
+        return False
+    await stop_group(mark.pgid)
+    return True
+
+
+async def stop_group(pgid: int) -> None:
+    """SIGTERM the whole group, then SIGKILL whatever is left after a grace period.
+
+    The group is watched, not its leader: a child that ignores SIGTERM and keeps
+    the output pipes open must not hold a result back for the whole grace.
+    """
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE
+    # No event tells when a process group is empty: poll it.
+    while time.monotonic() < deadline and _group_alive(pgid):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
 
 
 def clean_environment(command: Command, node_id: str,
@@ -96,6 +176,9 @@ class Execution:
         finally:
             os.close(script_fd)
         proc = self._proc
+        mark = mark_of(proc.pid)
+        if mark is not None:
+            mark.save(self.folder)
         assert proc.stdout is not None and proc.stderr is not None
         pumps = asyncio.gather(self._pump("stdout", proc.stdout),
                                self._pump("stderr", proc.stderr), proc.wait())
@@ -108,7 +191,7 @@ class Execution:
             status = "Cancelled" if cancelled in done else "TimedOut"
             reason = ("cancelled by an operator" if status == "Cancelled"
                       else f"ran longer than the {cmd.timeout:g} s timeout")
-            await self._kill_group(proc)
+            await stop_group(proc.pid)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(pumps, KILL_GRACE)
         cancelled.cancel()
@@ -140,19 +223,6 @@ class Execution:
                     await self.on_output(self.command.invocation_id, stream, kept, chunk)
                     kept += len(chunk)
                 self._sizes[stream] = (kept, truncated)
-
-    async def _kill_group(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM the whole group, then SIGKILL whatever is left after a grace period.
-
-        The group is watched, not the shell: a child that ignores SIGTERM and keeps
-        the output pipes open must not hold the result back for the whole grace.
-        """
-        _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_GRACE
-        # No event tells when a process group is empty: poll it.
-        while time.monotonic() < deadline and _group_alive(proc.pid):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        _signal_group(proc.pid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
