@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
-from tether.cli import copy, forward, shell
 from tether.cli.client import Client
 from tether.cli.output import emit, print_json, table, when
+
+
+def _run_of(module: str) -> Callable[[Client, argparse.Namespace], int]:
+    """``tether.cli.<module>.run``, imported only once that command is chosen.
+
+    The stream commands bring websockets and asyncio, about a third of the
+    CLI's start-up, which every other ``tether`` call would otherwise pay.
+    """
+    def run(client: Client, args: argparse.Namespace) -> int:
+        handler: Callable[[Client, argparse.Namespace], int] = importlib.import_module(
+            f"tether.cli.{module}").run
+        return handler(client, args)
+    return run
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -27,7 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sh.add_argument("node_id")
     sh.add_argument("--user", help="the account to log in as (needs sessions:choose-user; "
                                    "default: the agent's --run-as user)")
-    sh.set_defaults(handler=shell.run)
+    sh.set_defaults(handler=_run_of("shell"))
 
     fw = sub.add_parser("forward", help="forward a local port to HOST:PORT as the node sees it",
                         description="Listen on LOCAL_PORT here; each connection reaches "
@@ -37,7 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     fw.add_argument("spec", metavar="LOCAL_PORT:HOST:PORT")
     fw.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
                     help="local address to listen on (default 127.0.0.1)")
-    fw.set_defaults(handler=forward.run)
+    fw.set_defaults(handler=_run_of("forward"))
 
     cp = sub.add_parser("cp", help="copy a file to or from a node (checked, resumable)",
                         description="tether cp LOCAL mi-...:/PATH uploads; tether cp "
@@ -49,7 +62,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     cp.add_argument("--resume-for", type=float, default=300.0, metavar="SECONDS",
                     help="keep resuming after link drops for this long (default 300)")
     _json(cp)
-    cp.set_defaults(handler=copy.run)
+    cp.set_defaults(handler=_run_of("copy"))
 
     ss = sub.add_parser("sessions", help="list, show, replay and terminate sessions")
     acts = ss.add_subparsers(dest="action", required=True, metavar="ACTION")
