@@ -419,6 +419,9 @@ def test_agent_restart_during_execution_fails_it_without_rerun(server: Server, a
         poll("InProgress", lambda: command(server, cid),
              lambda c: c["invocations"][0]["status"] == "InProgress")
         poll("the script to start", lambda: marker.exists() and marker.read_text(), bool)
+        # The runner marks the script's group just after it starts: kill after the mark.
+        poll("the script's mark", lambda: list(
+            (agent.state_dir / "spool").glob("*/process.json")), bool)
         agent.stop(signal.SIGKILL)  # the agent only: the script is in its own session
         agent.start()
         start = time.monotonic()

@@ -421,7 +421,14 @@ def test_agent_killed_mid_command_reports_failed_and_never_runs_it_again(
     start_online(field)
     runs, pid = field.device_tmp / "killed-runs", field.device_tmp / "killed-pid"
     command_id = field.submit(f"echo start >> {runs}; echo $$ > {pid}; sleep 30")
-    field.wait_invocation(command_id, {"InProgress"}, timeout=30)
+    inv = field.wait_invocation(command_id, {"InProgress"}, timeout=30)
+    # InProgress is sent before the script starts, and the runner marks the script's
+    # group just after: kill the agent only once the mark is on disk.
+    mark = field.tmp / "agent" / "spool" / inv["invocation_id"] / "process.json"
+    deadline = time.monotonic() + 30
+    while not (mark.exists() and pid.exists()):
+        assert time.monotonic() < deadline, "the script never started"
+        time.sleep(POLL)
     agent = field.procs.pop()  # start_agent appended it last
     os.killpg(agent.pid, signal.SIGKILL)
     agent.wait(10)

@@ -15,7 +15,7 @@ import pytest
 
 from tether.protocol.statuses import InvocationStatus as S
 from tether.server.store import store
-from tether.server.store.store import _moving
+from tether.server.store.store import _moving, _transition
 
 
 def where_sql(clause: object) -> str:
@@ -54,4 +54,14 @@ def test_every_update_of_an_invocation_goes_through_the_table() -> None:
             calls = {ast.unparse(n.func) for a in node.args for n in ast.walk(a)
                      if isinstance(n, ast.Call)}
             assert "_moving" in calls, ast.unparse(node)
-    assert updates >= 6
+    assert updates == 2  # _transition, and the batched results (their status is bound)
+    # A status is set only where its WHERE was built: in _transition.
+    (transition,) = [f for f in ast.walk(tree)
+                     if isinstance(f, ast.FunctionDef) and f.name == "_transition"]
+    inside = {id(n) for n in ast.walk(transition)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "values" and id(node) not in inside):
+            assert "status" not in {k.arg for k in node.keywords}, ast.unparse(node)
+    assert where_sql(_transition(S.CANCELLED, S.PENDING)).startswith(
+        "UPDATE invocations SET status='Cancelled' WHERE invocations.status IN ('Pending')")

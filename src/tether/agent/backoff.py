@@ -5,9 +5,10 @@ fleet that lost its link at the same moment, so a restarted server is not hit
 by every device in the same second. The cap bounds how long a device whose
 link came back can stay away; the incumbent's agent can wait for hours.
 
-The delay runs from the start of the failed attempt, not its end: a dial into a
-dead link can hang on the kernel's SYN retries for up to the connect timeout, and
-a link restored during that hang must still see the next attempt within the cap.
+The delay runs from the start of a failed dial, not its end: a dial into a dead
+link can hang on the kernel's SYN retries for up to the connect timeout, and a
+link restored during that hang must still see the next attempt within the cap
+(or within one dial's timeout, if that is longer than the cap).
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self, spent: float = 0.0) -> float:
-        """The wait before the next attempt, given ``spent`` seconds in the failed one.
+        """The wait before the next attempt, given ``spent`` seconds in a failed dial.
 
-        Attempts therefore start at most ``cap`` seconds apart. Pass 0 after a
-        connection that was up: a fleet dropped by a restarting server must draw
-        its full jitter again, not rush back at once.
+        Attempts therefore start at most ``max(cap, spent)`` seconds apart. Pass 0
+        once the connection had opened: a fleet dropped by a restarting or
+        overloaded server must draw its full jitter again, not rush back at once.
         """
         ceiling = min(self.cap, self.base * 2 ** min(self.attempt, 32))
         self.attempt += 1

@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
     run.add_argument("--reconnect-cap", type=float, default=DEFAULT_CAP, metavar="SECONDS",
                      help="longest time from the start of one reconnect attempt to the next, "
-                          f"a slow failed dial included (default {DEFAULT_CAP:g})")
+                          "a slow failed dial included (or that dial's own 20 s timeout, "
+                          f"if longer) (default {DEFAULT_CAP:g})")
     run.add_argument("--run-as", metavar="USER",
                      help="user scripts run as (needs the agent to run as root; default: "
                           "the agent's own user)")

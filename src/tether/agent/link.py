@@ -93,7 +93,7 @@ class Agent:
         self._clock: Optional[Keepalive] = None
         self._synced: set[str] = set()
         self._fingerprint = ""
-        self._welcomed = False  # whether the current attempt got past the handshake
+        self._dialed = False  # whether the current attempt's WebSocket opened
         self.channels = Channels(self.send, identity.node_id,
                                  run_as or pwd.getpwuid(os.getuid()))
 
@@ -103,7 +103,7 @@ class Agent:
         await self._recover()
         while True:
             started = time.monotonic()
-            self._welcomed = False
+            self._dialed = False
             try:
                 await self._connect_once()
             except FatalLinkError:
@@ -111,7 +111,9 @@ class Agent:
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake,
                     ProtocolError) as exc:
                 log.warning("link to %s lost: %s", self.identity.server_url, _describe(exc))
-            spent = 0.0 if self._welcomed else time.monotonic() - started
+            # Only a dial that never opened counts against the wait: once the WebSocket
+            # is up, the server is there, and a slow or refusing one gets full jitter.
+            spent = 0.0 if self._dialed else time.monotonic() - started
             delay = self.backoff.next_delay(spent)
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
@@ -142,6 +144,7 @@ class Agent:
                                ssl=self.tls)
         except InvalidURI as exc:
             raise FatalLinkError(str(exc)) from None
+        self._dialed = True
         async with ws:
             await ws.send(encode(Hello(_protocol_version(), self.identity.node_id,
                                        self.identity.credential, __version__)))
@@ -154,7 +157,6 @@ class Agent:
             if not isinstance(welcome, Welcome):
                 raise ProtocolError(CloseCode.UNEXPECTED, f"expected welcome, got {welcome.TYPE}")
             log.info("connected to %s as %s", self.identity.server_url, self.identity.node_id)
-            self._welcomed = True
             self.backoff.reset()
             self.ws = ws
             try:

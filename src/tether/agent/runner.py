@@ -93,6 +93,11 @@ async def stop_leftover(mark: ProcessMark) -> bool:
     if mark_of(mark.pgid) != mark:
         return False
     await stop_group(mark.pgid)
+    deadline = time.monotonic() + 1.0  # a SIGKILL lands at once, but not synchronously
+    while mark_of(mark.pgid) == mark:  # no event tells when a process has ended
+        if time.monotonic() > deadline:
+            return False  # not ours to signal (another user's, and we are not root)
+        await asyncio.sleep(0.01)
     return True
 
 

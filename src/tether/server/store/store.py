@@ -70,6 +70,12 @@ def _moving(targets: Sequence[InvocationStatus],
     return _one_of(invocations.c.status, sorted(s.value for s in chosen))
 
 
+def _transition(target: InvocationStatus, *sources: InvocationStatus) -> sa.Update:
+    """An UPDATE moving invocations into ``target``, which it names once, from the
+    sources the table allows (narrowed to ``sources``); callers add rows and values."""
+    return invocations.update().where(_moving([target], sources)).values(status=target.value)
+
+
 if TYPE_CHECKING:
     from tether.server.store.writer import WriteBatch
 
@@ -311,11 +317,9 @@ class Store:
                 await self._write_inventories(conn, batch.inventories)
             if batch.accepted:
                 await conn.execute(
-                    invocations.update().where(
-                        invocations.c.invocation_id == sa.bindparam("b_inv"),
-                        _moving([_S.IN_PROGRESS]))
-                    .values(status=InvocationStatus.IN_PROGRESS.value,
-                            started_at=sa.bindparam("b_at")),
+                    _transition(_S.IN_PROGRESS)
+                    .where(invocations.c.invocation_id == sa.bindparam("b_inv"))
+                    .values(started_at=sa.bindparam("b_at")),
                     batch.accepted)
             if batch.results:
                 await conn.execute(
@@ -494,9 +498,8 @@ class Store:
                  ping_status=CONNECTION_LOST))
         if done.rowcount != 1:
             return False
-        await conn.execute(invocations.update().where(
-            invocations.c.node_id == node_id, _moving([_S.UNDELIVERABLE]),
-        ).values(status=_S.UNDELIVERABLE.value, ended_at=now, reason="node deregistered"))
+        await conn.execute(_transition(_S.UNDELIVERABLE).where(
+            invocations.c.node_id == node_id).values(ended_at=now, reason="node deregistered"))
         return True
 
     # -- commands ----------------------------------------------------------
@@ -574,18 +577,23 @@ class Store:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
 
     async def expire_deliveries(self, now: float) -> list[str]:
-        """Pending invocations whose delivery deadline passed become DeliveryTimedOut."""
+        """Pending invocations whose delivery deadline passed become DeliveryTimedOut.
+
+        A read first, so an idle sweep takes no write lock; the ids returned are
+        the rows the UPDATE moved, not the ones read (a result may land between).
+        """
         async with self.engine.begin() as conn:
             ids = list(await conn.scalars(sa.select(invocations.c.invocation_id).where(
                 invocations.c.status == InvocationStatus.PENDING.value,
                 invocations.c.deliver_by <= now)))
-            if ids:
-                await conn.execute(invocations.update().where(
-                    invocations.c.invocation_id.in_(ids),
-                    _moving([_S.DELIVERY_TIMED_OUT], [_S.PENDING]),
-                ).values(status=_S.DELIVERY_TIMED_OUT.value, ended_at=now,
-                         reason="the node did not connect before the delivery timeout"))
-            return ids
+            if not ids:
+                return []
+            return list(await conn.scalars(
+                _transition(_S.DELIVERY_TIMED_OUT, _S.PENDING)
+                .where(invocations.c.invocation_id.in_(ids))
+                .values(ended_at=now,
+                        reason="the node did not connect before the delivery timeout")
+                .returning(invocations.c.invocation_id)))
 
     async def expire_executions(self, now: float) -> list[str]:
         """InProgress past timeout + delivery timeout: the node will not report any more.
@@ -601,14 +609,14 @@ class Store:
                           + commands.c.delivery_timeout <= now))
         async with self.engine.begin() as conn:
             ids = list(await conn.scalars(overdue))
-            if ids:
-                await conn.execute(invocations.update().where(
-                    invocations.c.invocation_id.in_(ids),
-                    _moving([_S.TIMED_OUT], [_S.IN_PROGRESS]),
-                ).values(status=_S.TIMED_OUT.value, ended_at=now,
-                         reason="no result from the node within the timeout plus the "
-                                "delivery timeout"))
-            return ids
+            if not ids:
+                return []
+            return list(await conn.scalars(
+                _transition(_S.TIMED_OUT, _S.IN_PROGRESS)
+                .where(invocations.c.invocation_id.in_(ids))
+                .values(ended_at=now, reason="no result from the node within the timeout "
+                                             "plus the delivery timeout")
+                .returning(invocations.c.invocation_id)))
 
     async def request_cancel(self, command_id: str) -> list[Row]:
         """Cancel what has not started; return the running invocations to stop."""
@@ -616,11 +624,10 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(commands.update().where(commands.c.command_id == command_id)
                                .values(cancel_requested=True))
-            await conn.execute(invocations.update().where(
-                invocations.c.command_id == command_id,
-                _moving([_S.CANCELLED], [_S.PENDING]),
-            ).values(status=_S.CANCELLED.value, ended_at=now,
-                     reason="cancelled before delivery"))
+            await conn.execute(
+                _transition(_S.CANCELLED, _S.PENDING)
+                .where(invocations.c.command_id == command_id)
+                .values(ended_at=now, reason="cancelled before delivery"))
             result = await conn.execute(sa.select(invocations.c.invocation_id,
                                                   invocations.c.node_id).where(
                 invocations.c.command_id == command_id,
