@@ -37,12 +37,13 @@ def test_plain_http_on_the_network_tells_the_device_to_accept_it(tmp_path: Path)
 
 def test_private_ca_is_pinned_by_the_device_and_trusted_by_the_cli(tmp_path: Path) -> None:
     tls = TlsFiles(tmp_path / "server.pem", tmp_path / "server-key.pem", tmp_path / "ca.pem")
-    settings = Settings.for_data_dir(tmp_path, host="0.0.0.0", tls=tls)
-    banner = _first_steps(settings, "https://0.0.0.0:8720")
+    settings = Settings.for_data_dir(tmp_path, host="::", tls=tls)
+    banner = _first_steps(settings, "https://[::]:8720")
     assert "--server https://SERVER:8720 --ca ca.pem" in register_line(banner)
     assert "--insecure" not in banner
     assert f"TETHER_CA={tmp_path / 'ca.pem'}" in banner
     assert f"a copy of {tmp_path / 'ca.pem'}" in banner
+    assert "--tls-name" in banner.splitlines()[-1]  # what SERVER must be
 
 
 def test_a_certificate_of_a_public_ca_needs_nothing_more(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.protocol.netaddr import is_loopback_host, plain_http_off_machine
+from tether.protocol.netaddr import is_loopback_host, is_wildcard_host, plain_http_off_machine
 
 
 @pytest.mark.parametrize("host, loopback", [
@@ -21,3 +21,10 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
     ("http://10.0.0.1:8720", True), ("http://tether.lan", True)])
 def test_plain_http_off_machine(url: str, off: bool) -> None:
     assert plain_http_off_machine(url) is off
+
+
+@pytest.mark.parametrize("host, wildcard", [
+    ("0.0.0.0", True), ("::", True), ("[::]", True), ("::0", True), ("", True),
+    ("127.0.0.1", False), ("10.64.0.1", False), ("server.example", False)])
+def test_wildcard_hosts(host: str, wildcard: bool) -> None:
+    assert is_wildcard_host(host) is wildcard

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 from tether.cli import access, commands, fleet, sessions
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail
-from tether.protocol.netaddr import is_loopback_host
+from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
 from tether.server.config import (
     DEFAULT_AGENT_MESSAGE_BURST,
     DEFAULT_AGENT_MESSAGE_RATE,
@@ -270,7 +270,7 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
         return tls.TlsFiles(args.tls_cert, args.tls_key)
     if args.tls == "auto":
         names = args.tls_name or [n for n in (
-            args.host if args.host not in ("0.0.0.0", "::") else None,  # noqa: S104
+            None if is_wildcard_host(args.host) else args.host,
             socket.gethostname(), "localhost", "127.0.0.1") if n]
         return tls.auto(args.data_dir / "tls", list(dict.fromkeys(names)))
     return None

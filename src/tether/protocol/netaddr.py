@@ -21,6 +21,14 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def is_wildcard_host(host: str) -> bool:
+    """An address that binds every interface (0.0.0.0, ::): no device can dial it."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host == ""
+
+
 def plain_http_off_machine(url: str) -> bool:
     """True for an ``http://`` URL whose host is not this machine."""
     parts = urllib.parse.urlsplit(url)

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from tether.protocol.netaddr import is_loopback_host
+from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
 from tether.server.app import build_app
 from tether.server.config import Settings
 
@@ -46,8 +46,10 @@ def _first_steps(settings: Settings, url: str) -> str:
     A copied command that fails is worse than none: the agent refuses plain HTTP to
     another machine without ``--insecure``, and pins a private CA with ``--ca``.
     """
-    if settings.host in ("0.0.0.0", "::", ""):  # noqa: S104 - what a wildcard bind prints
-        url = url.replace("[::]", "SERVER").replace("0.0.0.0", "SERVER")  # noqa: S104
+    wildcard = is_wildcard_host(settings.host)
+    if wildcard:  # the address it prints is no device's to dial
+        scheme, _, rest = url.partition("://")
+        url = f"{scheme}://SERVER:{rest.rsplit(':', 1)[1]}"
     register = ("tether-agent register --server {url}{extra} "
                 "--activation-id ID --activation-code CODE")
     operator = f"export TETHER_SERVER={url} TETHER_TOKEN=$(cat {settings.admin_token_file})"
@@ -67,6 +69,9 @@ def _first_steps(settings: Settings, url: str) -> str:
              "To register a first device:", operator,
              "tether activation create            # prints an activation id and code",
              *device, "tether-agent run"]
+    if wildcard:
+        lines.append("# SERVER: this machine's name or address as devices reach it"
+                     + (" (one the certificate names: --tls-name)" if settings.tls else ""))
     return "\n".join(lines[:2] + ["  " + line for line in lines[2:]])
 
 
