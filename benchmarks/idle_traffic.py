@@ -151,12 +151,15 @@ class Product:
             raise self.fail(f"tether.cli {args}: {result.stdout}{result.stderr}")
         return json.loads(result.stdout)
 
-    def start_agent(self) -> str:
+    def start_agent(self, by_address: bool = False) -> str:
+        """Register and run the agent; it dials the server by name (DNS over the link)
+        or, with ``by_address``, by address."""
         activation = self.cli("activation", "create", "--json")
+        host = self.net.server_addr if by_address else self.net.server_name
         state = str(self.tmp / "agent")
         agent = [sys.executable, "-m", "tether.agent"]
         result = self.net.run(self.net.device_ns, [
-            *agent, "register", "--server", f"http://{self.net.server_name}:{PORT}",
+            *agent, "register", "--server", f"http://{host}:{PORT}",
             "--activation-id", activation["activation_id"],
             "--activation-code", activation["activation_code"], "--state-dir", state,
             "--insecure"],

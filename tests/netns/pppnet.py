@@ -351,7 +351,8 @@ class PppNetwork:
         watcher.wait_for("ready", timeout=10)
 
     def stop_dns(self) -> None:
-        """The resolver is down: lookups time out ("no nameserver answered")."""
+        """The resolver is down: the carrier answers port unreachable, and lookups
+        fail at once ("no nameserver answered")."""
         if self._dns is not None:
             _stop(self._dns, lambda sig, pid=self._dns.pid: os.killpg(pid, sig))
             self._dns = None

@@ -330,8 +330,8 @@ def test_long_outage_back_online_within_reconnect_cap(cellular: Cellular) -> Non
     it has lasted ``LONG_OUTAGE``. The link comes back just as the agent starts a
     wait drawn under the cap; its next dial must reach the server. (A dial that
     hangs on lost SYNs instead counts against the next wait, so attempts still
-    start within the cap of each other: tests/unit/test_backoff.py and
-    benchmarks/reconnect.py.)
+    start within the cap of each other: tests/unit/test_backoff.py, and
+    benchmarks/reconnect.py, whose device dials the server's address.)
     """
     start_online(cellular)
     since = cellular.mark()
@@ -352,7 +352,6 @@ def test_long_outage_back_online_within_reconnect_cap(cellular: Cellular) -> Non
     delays = [float(m.group(1)) for m in map(RECONNECT_DELAY.search, lines) if m]
     TIMINGS[f"long outage ({restored - cut:.0f} s, waits {delays}): restore -> Online"] = took
     assert len(delays) >= waits and all(0 <= d <= RECONNECT_CAP for d in delays), lines
-    assert restored - cut >= LONG_OUTAGE
     assert took <= RECONNECT_BOUND, f"Online {took:.1f} s after restore{cellular.logs()}"
 
 
