@@ -499,7 +499,7 @@ async def test_duplicate_delivery_never_runs_twice(tmp_path: Path) -> None:
     assert result is not None and result.status == "Success"
 
     second_life = LinkAgent(ident, state, Backoff())  # the agent restarted
-    second_life._recover()
+    await second_life._recover()
     await deliver(second_life)
     first_life.spool.forget(cmd.invocation_id)  # even after the result was acknowledged
     third_life = LinkAgent(ident, state, Backoff())
