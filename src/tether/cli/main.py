@@ -24,6 +24,7 @@ from tether.server.config import (
     DEFAULT_AGENT_MESSAGE_RATE,
     DEFAULT_CREDENTIAL_MAX_AGE,
     DEFAULT_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_HELLO_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_REGISTRATIONS_PER_ACTIVATION,
@@ -77,6 +78,10 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    default=DEFAULT_HANDSHAKES_PER_ADDRESS,
                    help="agent WebSocket handshakes in progress at once from one address "
                         f"(default {DEFAULT_HANDSHAKES_PER_ADDRESS})")
+    s.add_argument("--hello-timeout", type=float, metavar="SECONDS",
+                   default=DEFAULT_HELLO_TIMEOUT,
+                   help="how long a new agent connection may stay silent before its hello "
+                        f"(default {DEFAULT_HELLO_TIMEOUT:g})")
     s.add_argument("--credential-max-age", type=float, metavar="SECONDS",
                    default=DEFAULT_CREDENTIAL_MAX_AGE,
                    help="rotate a connected node's credential once it is this old (default "
@@ -303,6 +308,7 @@ def _serve(args: argparse.Namespace) -> int:
         agent_message_rate=args.agent_message_rate,
         agent_message_burst=args.agent_message_burst,
         handshakes_per_address=args.handshakes_per_address,
+        hello_timeout=args.hello_timeout,
         credential_max_age=args.credential_max_age,
         session_idle_timeout=args.session_idle_timeout,
         session_max_duration=args.session_max_duration, record_input=args.record_input)

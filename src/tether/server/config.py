@@ -18,6 +18,9 @@ DEFAULT_CREDENTIAL_MAX_AGE = 30 * 86400.0
 DEFAULT_AGENT_MESSAGE_BURST = 2000
 DEFAULT_AGENT_MESSAGE_RATE = 500.0
 DEFAULT_HANDSHAKES_PER_ADDRESS = 256
+# Long enough for a hello over a lossy, high-latency cellular link (a few RTTs and
+# retransmits), short enough that silent sockets cannot pile up.
+DEFAULT_HELLO_TIMEOUT = 15.0
 DEFAULT_REGISTRATIONS_PER_ADDRESS = 10
 DEFAULT_REGISTRATIONS_PER_ACTIVATION = 30
 DEFAULT_SESSION_IDLE_TIMEOUT = 20 * 60.0   # Session Manager's default too
@@ -48,6 +51,7 @@ class Settings:
     agent_message_burst: int = DEFAULT_AGENT_MESSAGE_BURST
     agent_message_rate: float = DEFAULT_AGENT_MESSAGE_RATE
     handshakes_per_address: int = DEFAULT_HANDSHAKES_PER_ADDRESS
+    hello_timeout: float = DEFAULT_HELLO_TIMEOUT
     max_request_body: int = 1024 * 1024
     # Node credentials older than this are rotated while the node is connected
     # (protocol 3 agents); 0 turns scheduled rotation off.

@@ -36,7 +36,6 @@ from tether.server.gateway.registry import AgentConnection, Registry
 from tether.server.store import Store
 
 log = logging.getLogger(__name__)
-HELLO_TIMEOUT = 15.0
 
 
 class Refused(ProtocolError):
@@ -58,11 +57,11 @@ async def _receive_frame(ws: WebSocket) -> str | bytes | None:
     return data
 
 
-async def _handshake(ws: WebSocket, store: Store) -> Hello:
+async def _handshake(ws: WebSocket, store: Store, timeout: float) -> Hello:
     try:
-        frame = await asyncio.wait_for(_receive_frame(ws), HELLO_TIMEOUT)
+        frame = await asyncio.wait_for(_receive_frame(ws), timeout)
     except asyncio.TimeoutError:
-        raise ProtocolError(CloseCode.UNEXPECTED, "no hello within 15 s") from None
+        raise ProtocolError(CloseCode.UNEXPECTED, f"no hello within {timeout:g} s") from None
     if frame is None:
         raise ProtocolError(CloseCode.GOING_AWAY, "closed before hello")
     hello = decode(frame, AGENT_MESSAGES)
@@ -101,7 +100,7 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
                            "this address; try again")
         return
     try:
-        hello = await _handshake(ws, store)
+        hello = await _handshake(ws, store, settings.hello_timeout)
     except ProtocolError as exc:
         log.info("agent from %s refused: %s", peer, exc)
         if isinstance(exc, Refused):
