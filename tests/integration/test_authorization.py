@@ -652,6 +652,31 @@ def test_send_to_a_node_outside_the_policy_sends_nothing(fleet: Fleet) -> None:
     assert [i["node_id"] for i in sent["invocations"]] == [fleet.lab]
 
 
+def test_session_list_limit_counts_only_sessions_the_policy_reaches(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """The policy filters before the limit: a newer session on a node the operator may
+    not read must not push theirs off the page (a filter after LIMIT returned none)."""
+    act = fleet.admin.ok("POST", "/activations",
+                         {"registration_limit": 1, "tags": {"env": "prod"}})
+    other = Agent(fleet.server, tmp_path / "live-prod").register(
+        act["activation_id"], act["activation_code"])
+    other.start().connected()
+    try:
+        newest = fleet.admin.ok("POST", "/sessions",
+                                {"node_id": other.node_id, "kind": "shell"})["session_id"]
+        _, api = fleet.operator([], [_allow(["sessions:read"], ["tag:env=lab"])])
+        (row,) = api.ok("GET", "/sessions?limit=1")
+        assert row["node_id"] == fleet.live_lab and row["session_id"] != newest, row
+        _, denied = fleet.operator([], [_allow(["sessions:read"], ["*"]),
+                                        _deny(["sessions:read"], ["tag:env=prod"])])
+        (row,) = denied.ok("GET", "/sessions?limit=1")
+        assert row["node_id"] == fleet.live_lab, row
+        assert fleet.admin.ok("GET", "/sessions?limit=1")[0]["session_id"] == newest
+        fleet.admin.ok("POST", f"/sessions/{newest}/terminate", {})
+    finally:
+        other.stop()
+
+
 def test_command_list_hides_commands_touching_other_nodes(fleet: Fleet) -> None:
     _, api = fleet.operator([], [_allow(["commands:read", "commands:read-output",
                                          "commands:cancel"], ["tag:env=lab"])])

@@ -100,12 +100,11 @@ async def list_sessions(s: State, who: Who,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                         ) -> list[dict[str, Any]]:
     """Recent sessions, newest first, on the nodes this operator may read sessions of."""
-    rows = await s.store.sessions.find(node_ids=[node_id] if node_id else None,
-                                       operator=operator, active=active, limit=limit)
-    if not who.policy.allows_everywhere("sessions:read"):
-        tags = await s.store.tags_of(sorted({r["node_id"] for r in rows}))
-        rows = [r for r in rows if who.policy.allows(
-            "sessions:read", Node(r["node_id"], tags.get(r["node_id"], {})))]
+    limited = not who.policy.allows_everywhere("sessions:read")
+    rows = await s.store.sessions.find(
+        node_ids=[node_id] if node_id else None, operator=operator, active=active,
+        limit=limit, allowed=who.policy.scope("sessions:read", "allow") if limited else None,
+        denied=who.policy.scope("sessions:read", "deny") if limited else None)
     return [_shape(r, s.sessions.live.get(r["session_id"])) for r in rows]
 
 

@@ -15,7 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.server.access.policy import Scope
 from tether.server.store.schema import sessions
+from tether.server.store.scope import readable
 
 Row = dict[str, Any]
 CONNECTED, TERMINATED, FAILED = "Connected", "Terminated", "Failed"
@@ -65,8 +67,12 @@ class Sessions:
         return dict(row) if row else None
 
     async def find(self, *, node_ids: Sequence[str] | None = None, operator: str | None = None,
-                   active: bool | None = None, limit: int = 100) -> list[Row]:
-        q = sa.select(sessions).order_by(sessions.c.started_at.desc()).limit(limit)
+                   active: bool | None = None, limit: int = 100,
+                   allowed: Scope | None = None, denied: Scope | None = None) -> list[Row]:
+        """Newest first, on the nodes in ``allowed`` and not in ``denied`` (a policy's
+        reach, applied before the limit)."""
+        q = (sa.select(sessions).where(readable(sessions.c.node_id, allowed, denied))
+             .order_by(sessions.c.started_at.desc()).limit(limit))
         if node_ids is not None:
             q = q.where(sessions.c.node_id.in_(list(node_ids)))
         if operator is not None:

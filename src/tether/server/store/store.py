@@ -31,6 +31,7 @@ from tether.server.store.schema import (
     node_tags,
     nodes,
 )
+from tether.server.store.scope import readable
 from tether.server.store.sessions import Sessions
 
 _S = InvocationStatus
@@ -366,23 +367,7 @@ class Store:
                 node_tags.c.key == key, node_tags.c.value == value)))
         for term in f.terms:
             q = q.where(Store._term(term))
-        if f.allowed is not None:
-            q = q.where(Store._in_scope(f.allowed))
-        if f.denied is not None and not f.denied.empty():
-            q = q.where(sa.not_(Store._in_scope(f.denied)))
-        return q
-
-    @staticmethod
-    def _in_scope(scope: Scope) -> sa.ColumnElement[bool]:
-        if scope.everything:
-            return sa.true()
-        parts: list[sa.ColumnElement[bool]] = [sa.false()]
-        if scope.node_ids:
-            parts.append(nodes.c.node_id.in_(sorted(scope.node_ids)))
-        for key, value in sorted(scope.tags):
-            parts.append(nodes.c.node_id.in_(sa.select(node_tags.c.node_id).where(
-                node_tags.c.key == key, node_tags.c.value == value)))
-        return sa.or_(*parts)
+        return q.where(readable(nodes.c.node_id, f.allowed, f.denied))
 
     @staticmethod
     def _term(term: str) -> sa.ColumnElement[bool]:
