@@ -693,6 +693,20 @@ def test_command_list_hides_commands_touching_other_nodes(fleet: Fleet) -> None:
     assert fleet.admin.ok("GET", f"/commands/{fleet.cmd_both}")["status"] == "Pending"
 
 
+def test_command_list_limit_counts_only_commands_the_policy_reaches(fleet: Fleet) -> None:
+    """Filtered before the limit: newer commands touching a node the operator may not
+    read must not push theirs off the page."""
+    newer = {fleet.command(fleet.prod), fleet.command(fleet.lab, fleet.prod)}
+    for statements in ([_allow(["commands:read"], ["tag:env=lab"])],
+                       [_allow(["commands:read"], ["*"]),
+                        _deny(["commands:read"], [fleet.prod])]):
+        _, api = fleet.operator([], statements)
+        (row,) = api.ok("GET", "/commands?limit=1")
+        assert row["command_id"] not in newer, row
+        api.ok("GET", f"/commands/{row['command_id']}")  # it may read the whole command
+    assert {c["command_id"] for c in fleet.admin.ok("GET", "/commands?limit=2")} == newer
+
+
 def test_tag_scope_cannot_be_escaped_by_retagging(fleet: Fleet) -> None:
     _, api = fleet.operator([], [_allow(["nodes:tag", "nodes:read"], ["tag:env=lab"])])
     node = fleet.spare_node()  # a lab node of its own: a wrong answer must not move the fleet

@@ -15,7 +15,6 @@ from fastapi.responses import Response
 from tether import __version__
 from tether.protocol.ids import is_node_id
 from tether.protocol.statuses import InvocationStatus, command_status
-from tether.server.access.policy import Node
 from tether.server.api import models
 from tether.server.api.audit_note import note
 from tether.server.api.auth import Principal, Who, require_nodes
@@ -258,12 +257,10 @@ async def list_commands(s: State, who: Who,
                         ) -> list[dict[str, Any]]:
     """The newest commands (on ``node_id``, if given) whose every node allows
     ``commands:read``."""
-    rows = await s.store.list_commands(limit, node_id)
-    if not who.policy.allows_everywhere("commands:read"):
-        nodes = await s.store.command_nodes([r["command_id"] for r in rows])
-        tags = await s.store.tags_of(sorted({n for ids in nodes.values() for n in ids}))
-        rows = [r for r in rows if not who.policy.refused("commands:read", (
-            Node(n, tags[n]) for n in nodes[r["command_id"]]))]
+    limited = not who.policy.allows_everywhere("commands:read")
+    rows = await s.store.list_commands(
+        limit, node_id, allowed=who.policy.scope("commands:read", "allow") if limited else None,
+        denied=who.policy.scope("commands:read", "deny") if limited else None)
     counts = await s.store.status_counts([r["command_id"] for r in rows])
     return [_summary(r, counts[r["command_id"]]) for r in rows]
 

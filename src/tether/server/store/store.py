@@ -507,9 +507,19 @@ class Store:
                 commands.c.command_id == command_id))).mappings().first()
             return dict(row) if row else None
 
-    async def list_commands(self, limit: int = 50, node_id: str | None = None) -> list[Row]:
-        """The newest commands; with ``node_id``, those that ran (or will run) there."""
+    async def list_commands(self, limit: int = 50, node_id: str | None = None,
+                            allowed: Scope | None = None,
+                            denied: Scope | None = None) -> list[Row]:
+        """The newest commands; with ``node_id``, those that ran (or will run) there.
+
+        With a policy's reach (``allowed``, ``denied``), only commands every node of
+        which it reaches, decided before the limit.
+        """
         q = sa.select(commands).order_by(commands.c.created_at.desc()).limit(limit)
+        if allowed is not None or denied is not None:
+            q = q.where(~sa.exists().where(
+                invocations.c.command_id == commands.c.command_id,
+                sa.not_(readable(invocations.c.node_id, allowed, denied))))
         if node_id is not None:
             q = q.where(commands.c.command_id.in_(sa.select(invocations.c.command_id).where(
                 invocations.c.node_id == node_id)))
