@@ -238,6 +238,8 @@ def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
         # The audit trail of both.
         page.locator('header nav a[href="#/audit"]').click()
         page.wait_for_url("**#/audit")
+        # The URL changes before the page renders; the old page's rows are still there.
+        expect(page.locator("main h1")).to_have_text("Audit log")
         audit_rows = page.locator("main table tbody tr")
         for action in ("POST /api/v1/commands", "POST /api/v1/sessions"):
             expect(audit_rows.filter(has_text=action).first).to_be_visible()
@@ -247,6 +249,8 @@ def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
 
         page.locator('header nav a[href="#/sessions"]').click()
         page.wait_for_url("**#/sessions")
+        # Not the audit page's rows, which also name the node and "shell": this page's.
+        expect(page.locator("main h1")).to_have_text("Sessions")
         session_rows = page.locator("main table tbody tr").filter(has_text=node_id)
         expect(session_rows.filter(has_text="shell")).to_have_count(1)
         seen["sessions"] = [r.locator("td").all_inner_texts() for r in session_rows.all()]
