@@ -476,6 +476,8 @@ def test_install_with_curl_then_upgrade_with_wget(site: Site, tmp_path: Path) ->
     package = site_packages(prefix, version) / "tether"
     init = package / "__init__.py"
     init.write_text(re.sub(r'__version__ = "[^"]+"', '__version__ = "0.0.1"', init.read_text()))
+    # Same size, maybe the same second: the cached bytecode would still say the old version.
+    shutil.rmtree(package / "__pycache__", ignore_errors=True)
     (package / "left_by_the_old_version.py").write_text("")
     agent_bin = str(prefix / "venv" / "bin" / "tether-agent")
     assert site.device([agent_bin, "--version"]).stdout.split() == ["tether-agent", "0.0.1"]
