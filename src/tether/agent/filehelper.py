@@ -14,7 +14,10 @@ exactly what that account could. The agent only moves bytes through pipes.
         its end stdout gets ``done`` or ``error MESSAGE``.
 
 The partial file (``.NAME.<first 16 hex of the digest>.tether-part``) is named
-after the content, so only an attempt to copy the same content resumes it.
+after the content, so only an attempt to copy the same content resumes it. It
+is written only if it is a regular file of ours (never through a symlink), and
+the file gets MODE's permission bits minus the umask, never setuid, setgid or
+sticky (``tether.partfile``, ``tether.protocol.filemode``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import stat
 import sys
 from typing import BinaryIO
+
+from tether.partfile import PartFile, PartRefused
 
 CHUNK = 256 * 1024
 
@@ -74,6 +79,12 @@ def read(path: str, offset: int) -> None:
 
 
 def write(path: str, size: int, expected: str, mode: int, force: bool) -> None:
+    """Receive the file into its partial file, check it, give it its mode, rename it.
+
+    The partial file is opened, checked, chmod-ed and renamed by
+    ``tether.partfile`` only: never through a symlink or a planted hard link,
+    with ``mode`` masked to its permission bits minus our umask.
+    """
     target = os.path.abspath(path)
     if not os.path.isabs(path):
         raise Refused(f"{path} is not an absolute path")
@@ -84,32 +95,26 @@ def write(path: str, size: int, expected: str, mode: int, force: bool) -> None:
     folder, name = os.path.split(target)
     if not os.path.isdir(folder):
         raise Refused(f"{folder} does not exist on the device")
-    part = os.path.join(folder, f".{name}.{expected[:16]}.tether-part")
     try:
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise Refused(f"cannot write in {folder}: {exc.strerror}") from None
-    with os.fdopen(fd, "r+b") as f:
-        held = os.fstat(fd).st_size
-        if held > size:
-            f.truncate(0)
-            held = 0
-        f.seek(held)
+        part = PartFile.open(folder, f".{name}.{expected[:16]}.tether-part")
+    except PartRefused as exc:
+        raise Refused(str(exc)) from None
+    with part:
+        held = part.resume(size)
         out = sys.stdout.buffer
         out.write(f"ok {held}\n".encode())
         out.flush()
         for block in iter(lambda: sys.stdin.buffer.read(CHUNK), b""):
-            f.write(block)
-        f.flush()
-        os.fsync(fd)
-        f.seek(0)
-        got = _hash_file(f).hexdigest()
-    if got != expected:
-        os.unlink(part)
-        raise Refused(f"checksum mismatch on the device (got {got[:16]}..., expected "
-                      f"{expected[:16]}...); the partial file was removed")
-    os.chmod(part, mode)
-    os.replace(part, target)
+            part.file.write(block)
+        got = part.digest()
+        if got != expected:
+            part.discard()
+            raise Refused(f"checksum mismatch on the device (got {got[:16]}..., expected "
+                          f"{expected[:16]}...); the partial file was removed")
+        try:
+            part.install(name, mode)
+        except PartRefused as exc:
+            raise Refused(str(exc)) from None
     out.write(b"done\n")
     out.flush()
 

@@ -4,7 +4,10 @@ Each copy is one session; each attempt one stream. A dropped link does not
 start the copy over: an upload resumes from what the device already holds
 (its partial file is named after the content's SHA-256), a download from what
 the local partial file (``LOCAL.tether-part``) holds. Whole-file SHA-256 is
-checked at the end on the receiving side; the mode is kept.
+checked at the end on the receiving side. The mode is kept as far as it is
+safe: its permission bits minus the receiver's umask, never setuid, setgid or
+sticky (``tether.protocol.filemode``); a partial file is never written through
+a symlink (``tether.partfile``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tether.cli.client import ApiFailure, Client
 from tether.cli.stream import CHUNK, StreamClosed, control_of, open_stream, start_session
+from tether.partfile import PartFile, PartRefused
 
 REMOTE = re.compile(r"^(mi-[0-9a-f]{17}):(.+)$")
 # Errors after which trying again cannot help: the device said no.
@@ -106,45 +110,61 @@ def _download(client: Client, args: argparse.Namespace, node: str, remote: str,
         local = local / os.path.basename(remote.rstrip("/"))
     if local.exists() and not args.force:
         raise ValueError(f"{local} exists; --force replaces it")
-    part = local.with_name(local.name + ".tether-part")
+    # Opened (or made) before the session starts, never through a symlink; the
+    # device's mode is masked when it is installed (tether.partfile).
+    try:
+        part = PartFile.open(str(local.parent), local.name + ".tether-part")
+    except PartRefused as exc:
+        raise ValueError(str(exc)) from None
+    with part:
+        return _download_into(client, args, node, remote, local, part)
+
+
+def _download_into(client: Client, args: argparse.Namespace, node: str, remote: str,
+                   local: Path, part: PartFile) -> int:
     session = start_session(client, {"node_id": node, "kind": "copy",
                                      "direction": "from_node", "path": remote})
     done: dict[str, Any] = {}
 
     async def attempt() -> None:
-        offset = part.stat().st_size if part.exists() else 0
+        offset = part.size()
         ws, opened = await open_stream(client, session["session_id"], offset)
         done.update(size=opened.get("size"), mode=opened.get("mode"))
+        part.file.seek(offset)
         try:
-            with open(part, "ab") as f:  # noqa: ASYNC230 - the CLI does nothing else
-                async for frame in ws:
-                    if isinstance(frame, bytes):
-                        f.write(frame)
-                        continue
-                    control = control_of(frame)
-                    if control.get("t") == "eof":
-                        done["sha256"] = control.get("sha256")
-                    elif control.get("t") == "closed":
-                        if control.get("error"):
-                            raise StreamClosed(str(control["error"]))
-                        return
+            async for frame in ws:
+                if isinstance(frame, bytes):
+                    part.file.write(frame)
+                    continue
+                control = control_of(frame)
+                if control.get("t") == "eof":
+                    done["sha256"] = control.get("sha256")
+                elif control.get("t") == "closed":
+                    if control.get("error"):
+                        raise StreamClosed(str(control["error"]))
+                    return
             raise StreamClosed("the connection to the tether server was lost")
         finally:
+            part.file.flush()
             await ws.close()
 
     code = _with_retries(client, args, session, attempt, f"{node}:{remote} -> {local}")
     if code != 0:
+        if part.size() == 0:
+            part.discard()  # nothing to resume from
         return code
-    got = _digest(part)
+    got = part.digest()
     if got != done.get("sha256"):
-        part.unlink()
+        part.discard()
         print(f"tether: checksum mismatch (got {got[:16]}..., the device had "
               f"{str(done.get('sha256'))[:16]}...): the file changed during the copy; "
               "copy again", file=sys.stderr)
         return 1
-    if isinstance(done.get("mode"), int):
-        os.chmod(part, done["mode"])
-    os.replace(part, local)
+    try:
+        part.install(local.name, done.get("mode"))
+    except PartRefused as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"path": str(local), "size": done.get("size"), "sha256": got}))
     return 0
