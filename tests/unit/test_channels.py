@@ -57,23 +57,27 @@ Side = Any  # AGENT_MESSAGES or SERVER_MESSAGES
 channels = st.integers(min_value=1, max_value=MAX_CHANNEL)
 windows = st.integers(min_value=0, max_value=MAX_WINDOW)
 credits = st.integers(min_value=1, max_value=MAX_WINDOW)
-opt_texts = st.none() | st.text()
-opt_non_negative = st.none() | st.integers(min_value=0)
+# Within each field's bound (tether.protocol.limits; tested in test_messages.py).
+opt_texts = st.none() | st.text(max_size=64)
+opt_non_negative = st.none() | st.integers(min_value=0, max_value=2**63 - 1)
+modes = st.none() | st.integers(min_value=0, max_value=0o177777)
 terminal_sizes = st.integers(min_value=1, max_value=65535)
-sha256s = st.none() | st.text("0123456789abcdef", min_size=64, max_size=64) | st.text()
+sha256s = st.none() | st.text("0123456789abcdef", min_size=64, max_size=64) \
+    | st.text(max_size=64)
 
 opens = st.builds(
     Open, channel=channels, kind=st.sampled_from(CHANNEL_KINDS), window=windows,
     user=opt_texts, rows=st.none() | st.integers(1, 65535),
     cols=st.none() | st.integers(1, 65535), term=opt_texts,
     host=opt_texts, port=st.none() | st.integers(min_value=1, max_value=65535),
-    path=opt_texts, offset=opt_non_negative, mode=opt_non_negative, size=opt_non_negative,
+    path=opt_texts, offset=opt_non_negative, mode=modes, size=opt_non_negative,
     sha256=sha256s, force=st.booleans())
 openeds = st.builds(Opened, channel=channels, window=windows,
-                    size=opt_non_negative, mode=opt_non_negative)
+                    size=opt_non_negative, mode=modes)
 window_msgs = st.builds(Window, channel=channels, credit=credits)
 eofs = st.builds(Eof, channel=channels, sha256=sha256s)
-closes = st.builds(Close, channel=channels, exit_code=st.none() | st.integers(),
+closes = st.builds(Close, channel=channels,
+                   exit_code=st.none() | st.integers(-(2**31), 2**31 - 1),
                    error=opt_texts)
 resizes = st.builds(Resize, channel=channels, rows=terminal_sizes, cols=terminal_sizes)
 

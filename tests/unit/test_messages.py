@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import string
+import typing
 from typing import Any, Callable
 
 import pytest
@@ -45,6 +46,21 @@ from tether.protocol import (
     decode,
     encode,
 )
+from tether.protocol.limits import (
+    FIELD_LIMITS,
+    INT32,
+    MODE,
+    OUTPUT_CAP,
+    SECONDS,
+    TRUNCATED_MARK,
+    Flag,
+    Items,
+    Limit,
+    Nested,
+    Over,
+    Span,
+    Text,
+)
 from tether.protocol.messages import (
     AGENT_RESULT_STATUSES,
     CHANNEL_KINDS,
@@ -67,15 +83,18 @@ GARBAGE_CODES = {CloseCode.MALFORMED, CloseCode.UNKNOWN_TYPE}
 # --- strategies for valid messages ------------------------------------------
 
 node_ids = st.text("0123456789abcdef", min_size=17, max_size=17).map(lambda h: "mi-" + h)
-texts = st.text()  # no lone surrogates: see the module docstring
+# Within the smallest bound of a string (tether.protocol.limits); the bounds
+# themselves are tested field by field below.
+texts = st.text(max_size=40)  # no lone surrogates: see the module docstring
 opt_texts = st.none() | texts
-ints = st.integers()
-positive_floats = st.floats(min_value=0.0, exclude_min=True,
+ints = st.integers(int(INT32.lo), int(INT32.hi))
+positive_floats = st.floats(min_value=0.0, exclude_min=True, max_value=SECONDS.hi,
                             allow_nan=False, allow_infinity=False)
-non_negative = st.integers(min_value=0)
+non_negative = st.integers(min_value=0, max_value=2**63 - 1)
 
-addresses = st.builds(Address, address=texts, prefixlen=ints,
-                      family=st.sampled_from(["inet", "inet6"]) | texts, peer=opt_texts)
+addresses = st.builds(Address, address=texts, prefixlen=st.integers(0, 128),
+                      family=st.sampled_from(["inet", "inet6"]) | st.text(max_size=16),
+                      peer=opt_texts)
 interfaces = st.builds(Interface, name=texts, flags=st.lists(texts, max_size=5),
                        addresses=st.lists(addresses, max_size=4))
 
@@ -94,7 +113,8 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     Ping: st.just(Ping()),
     Pong: st.just(Pong()),
     Command: st.builds(Command, invocation_id=texts, command_id=texts, script=texts,
-                       timeout=positive_floats, output_cap=non_negative, workdir=opt_texts),
+                       timeout=positive_floats, output_cap=st.integers(0, int(OUTPUT_CAP.hi)),
+                       workdir=opt_texts),
     Accepted: st.builds(Accepted, invocation_id=texts),
     Output: st.builds(Output, invocation_id=texts, stream=st.sampled_from(STREAMS),
                       offset=non_negative, data=texts, encoding=st.just("utf-8"))
@@ -116,7 +136,8 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
                     path=opt_texts, offset=st.none() | non_negative, sha256=opt_texts,
                     force=st.booleans()),
     Opened: st.builds(Opened, channel=channels, window=windows,
-                      size=st.none() | non_negative, mode=st.none() | non_negative),
+                      size=st.none() | non_negative,
+                      mode=st.none() | st.integers(0, int(MODE.hi))),
     Window: st.builds(Window, channel=channels, credit=st.integers(1, MAX_WINDOW)),
     Eof: st.builds(Eof, channel=channels, sha256=opt_texts),
     Close: st.builds(Close, channel=channels, exit_code=st.none() | ints, error=opt_texts),
@@ -602,3 +623,135 @@ def test_check_version_names_both_sides(version: int, supported: range) -> None:
 def test_current_version_is_supported() -> None:
     assert check_version(PROTOCOL_VERSION) == PROTOCOL_VERSION
     assert PROTOCOL_VERSION in SUPPORTED_VERSIONS
+
+
+# --- field limits (tether.protocol.limits) -------------------------------------
+
+def _message_classes() -> dict[str, type]:
+    """Every message class and every object class nested in one, by name."""
+    found: dict[str, type] = {}
+
+    def walk(cls: type) -> None:
+        found[cls.__name__] = cls
+        for tp in typing.get_type_hints(cls).values():
+            for inner in (tp, *typing.get_args(tp), *(a for t in typing.get_args(tp)
+                                                      for a in typing.get_args(t))):
+                if isinstance(inner, type) and dataclasses.is_dataclass(inner) \
+                        and inner.__name__ not in found:
+                    walk(inner)
+
+    for cls in ALL_MESSAGES.values():
+        walk(cls)
+    return found
+
+
+def _kind_of(tp: Any) -> type:
+    """The limit class a field of annotation ``tp`` must have."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union:
+        return _kind_of(args[0])
+    if typing.get_origin(tp) is list:
+        return Items
+    if dataclasses.is_dataclass(tp):
+        return Nested
+    return {str: Text, int: Span, float: Span, bool: Flag}[tp]
+
+
+def test_every_field_of_every_message_has_a_limit_of_its_kind() -> None:
+    """The guard for the class: a new field (or message) without a bound fails here."""
+    classes = _message_classes()
+    assert set(FIELD_LIMITS) == set(classes)
+    for name, cls in classes.items():
+        hints = typing.get_type_hints(cls)
+        limits = FIELD_LIMITS[name]
+        assert set(limits) == {f.name for f in dataclasses.fields(cls)}, name
+        for field, limit in limits.items():
+            assert isinstance(limit, _kind_of(hints[field])), (name, field, limit)
+            if isinstance(limit, Items):
+                item = typing.get_args(hints[field])[0]
+                assert isinstance(limit.each, _kind_of(item)), (name, field)
+
+
+# A valid item for each list field, to make a list one item too long.
+ITEM: dict[tuple[str, str], Any] = {("Interface", "flags"): "up",
+        ("Interface", "addresses"): {"address": "::1", "prefixlen": 128, "family": "inet6"},
+        ("Inventory", "interfaces"): {"name": "lo", "flags": ["up"], "addresses": []}}
+BOUNDED = [(owner, field) for owner, fields in FIELD_LIMITS.items()
+           for field, limit in fields.items() if not isinstance(limit, (Flag, Nested))]
+
+
+def _over(owner: str, field: str, limit: Limit) -> list[Any]:
+    """Values just past ``limit``."""
+    if isinstance(limit, Text):
+        return ["x" * (limit.max_chars + 1), "é" * (limit.max_chars + 7)]
+    if isinstance(limit, Items):
+        return [[ITEM[owner, field]] * (limit.max_items + 1)]
+    assert isinstance(limit, Span)
+    return [int(limit.hi) + 1, int(limit.lo) - 1, 2**70]
+
+
+def _frame_with(owner: str, field: str, value: Any,
+                draw: Callable[..., Any]) -> tuple[str, Callable[[Message], Any]]:
+    """A valid frame (drawn) with ``owner.field`` set to ``value``; and how to read it back."""
+    if owner in ("Address", "Interface"):
+        address: dict[str, Any] = dict(ITEM["Interface", "addresses"])
+        iface: dict[str, Any] = dict(ITEM["Inventory", "interfaces"], addresses=[address])
+        body: dict[str, Any] = dict(INVENTORY, interfaces=[iface])
+        target = iface if owner == "Interface" else address
+        target[field] = value
+
+        def read(m: Message) -> Any:
+            assert isinstance(m, Inventory)
+            return getattr(m.interfaces[0] if owner == "Interface"
+                           else m.interfaces[0].addresses[0], field)
+        return json.dumps(body), read
+    cls = _message_classes()[owner]
+    drawn = {**_body(draw(STRATEGIES[cls])), field: value}
+    return json.dumps(drawn), lambda m: getattr(m, field)
+
+
+@pytest.mark.parametrize(("owner", "field"), BOUNDED, ids=[f"{o}.{f}" for o, f in BOUNDED])
+@settings(max_examples=10, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_bound_is_applied_on_decode(owner: str, field: str, data: st.DataObject) -> None:
+    """Past its bound a field is refused (4000) or cut to the bound, as the table says."""
+    limit = FIELD_LIMITS[owner][field]
+    for value in _over(owner, field, limit):
+        frame, read = _frame_with(owner, field, value, data.draw)
+        refused = isinstance(limit, Span) or (
+            isinstance(limit, (Text, Items)) and limit.over is Over.REFUSE)
+        if refused:
+            _malformed(frame)
+            continue
+        kept = read(decode(frame, ALL_MESSAGES))
+        if isinstance(limit, Text):
+            assert len(kept) == limit.max_chars and kept.endswith(TRUNCATED_MARK)
+            assert kept.startswith(value[:limit.max_chars - len(TRUNCATED_MARK)])
+        else:
+            assert isinstance(limit, Items)
+            assert len(kept) == limit.max_items
+
+
+def test_regression_unbounded_agent_strings_and_numbers_accepted() -> None:
+    """Issue 12 #11: a 1 MiB computer name, a 1.5 MB reason, an exit code of 2**70."""
+    inv = decode(json.dumps(dict(INVENTORY, computer_name="n" * 2**20)), ALL_MESSAGES)
+    assert isinstance(inv, Inventory) and len(inv.computer_name) == 255
+    res = decode(json.dumps(dict(RESULT, reason="r" * 1_500_000)), ALL_MESSAGES)
+    assert isinstance(res, Result) and res.reason is not None and len(res.reason) == 500
+    assert "exit_code" in _malformed(json.dumps(dict(RESULT, exit_code=2**70))).reason
+    assert "primary_address" in _malformed(
+        json.dumps(dict(INVENTORY, primary_address="1" * 65))).reason
+
+
+def test_an_inventory_past_its_caps_keeps_its_first_interfaces_and_addresses() -> None:
+    """20,000 addresses (the review's 1.3 MB inventory) come down to the caps."""
+    many = [{"name": f"veth{i}", "flags": ["up"], "addresses": [
+        {"address": f"10.{i // 256}.{i % 256}.{j}", "prefixlen": 24, "family": "inet"}
+        for j in range(200)]} for i in range(100)]
+    inv = decode(json.dumps(dict(INVENTORY, interfaces=many)), ALL_MESSAGES)
+    assert isinstance(inv, Inventory)
+    iface_cap = FIELD_LIMITS["Inventory"]["interfaces"]
+    addr_cap = FIELD_LIMITS["Interface"]["addresses"]
+    assert isinstance(iface_cap, Items) and isinstance(addr_cap, Items)
+    assert [i.name for i in inv.interfaces] == [f"veth{i}" for i in range(iface_cap.max_items)]
+    assert all(len(i.addresses) == addr_cap.max_items for i in inv.interfaces)

@@ -1,10 +1,11 @@
 """Every message of the agent-server protocol, its validation and its encoding.
 
 A message is one WebSocket text frame holding one JSON object whose ``t``
-field names its type. Fields are checked against the dataclass annotations on
-decode, so a message object that exists is a valid one; a frame that is not
-becomes a ``ProtocolError`` with the close code to send. Unknown fields are
-ignored (that is how a version grows optional fields); unknown types are not.
+field names its type. Fields are checked against the dataclass annotations and
+against their bound in ``tether.protocol.limits`` on decode, so a message
+object that exists is a valid one, and one small enough to store; a frame that
+is not becomes a ``ProtocolError`` with the close code to send. Unknown fields
+are ignored (that is how a version grows optional fields); unknown types are not.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ from typing import Any, ClassVar, Optional, Union
 
 from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.ids import is_node_id
+from tether.protocol.limits import (
+    CHANNEL,
+    FIELD_LIMITS,
+    WINDOW,
+    Items,
+    Limit,
+    Over,
+    Span,
+    Text,
+    truncate_text,
+)
 
 STREAMS = ("stdout", "stderr")
 ENCODINGS = ("utf-8", "base64")
@@ -348,8 +360,8 @@ class Resize(Message):
             raise ValueError("rows and cols must be 1..65535")
 
 
-MAX_CHANNEL = 2**32 - 1
-MAX_WINDOW = 16 * 1024 * 1024
+MAX_CHANNEL = int(CHANNEL.hi)
+MAX_WINDOW = int(WINDOW.hi)
 
 
 def _check_channel(channel: int) -> None:
@@ -425,28 +437,34 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _build(cls: type, body: Mapping[str, Any]) -> Any:
     hints = _hints(cls)
+    limits = FIELD_LIMITS[cls.__name__]  # KeyError: a class without limits is a bug
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in body:
-            kwargs[f.name] = _check(body[f.name], hints[f.name], f.name)
+            kwargs[f.name] = _check(body[f.name], hints[f.name], f.name, limits[f.name])
         elif f.default is dataclasses.MISSING:
             raise ValueError(f"missing field {f.name!r}")
     return cls(**kwargs)
 
 
-def _check(value: Any, tp: Any, where: str) -> Any:
+def _check(value: Any, tp: Any, where: str, limit: Limit) -> Any:
     origin = typing.get_origin(tp)
     if origin is Union:
         args: tuple[Any, ...] = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _check(value, inner, where)
+        return _check(value, inner, where, limit)
     if origin is list:
         if not isinstance(value, list):
             raise ValueError(f"{where} must be a list")
+        assert isinstance(limit, Items), where
+        if len(value) > limit.max_items:
+            if limit.over is Over.REFUSE:
+                raise ValueError(f"{where} has more than {limit.max_items} items")
+            value = value[:limit.max_items]  # before building them: the rest costs nothing
         (item,) = typing.get_args(tp)
-        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_check(v, item, f"{where}[{i}]", limit.each) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be an object")
@@ -455,6 +473,8 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         ok = isinstance(value, bool)
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok:
+            _in_span(value, limit, where)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
@@ -464,9 +484,15 @@ def _check(value: Any, tp: Any, where: str) -> Any:
                 raise ValueError(f"{where} is out of range") from None
             if not math.isfinite(value):
                 raise ValueError(f"{where} must be a finite number")
+            _in_span(value, limit, where)
     elif tp is str:
         ok = isinstance(value, str)
         if ok:
+            assert isinstance(limit, Text), where
+            if len(value) > limit.max_chars:
+                if limit.over is Over.REFUSE:
+                    raise ValueError(f"{where} is longer than {limit.max_chars} characters")
+                value = truncate_text(value, limit)
             try:  # a lone surrogate (from a \ud800 escape) could never be sent on again
                 value.encode("utf-8")
             except UnicodeEncodeError:
@@ -476,3 +502,9 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     if not ok:
         raise ValueError(f"{where} must be of type {tp.__name__}")
     return value
+
+
+def _in_span(value: float, limit: Limit, where: str) -> None:
+    assert isinstance(limit, Span), where
+    if not limit.lo <= value <= limit.hi:
+        raise ValueError(f"{where} must be {limit.lo}..{limit.hi}")
