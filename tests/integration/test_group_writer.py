@@ -16,7 +16,7 @@ import pytest
 from harness import postgres_database
 from tether.protocol.statuses import InvocationStatus
 from tether.server.store import Store, open_store
-from tether.server.store.writer import GroupWriter
+from tether.server.store.writer import GroupWriter, Written
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -87,3 +87,59 @@ async def test_many_rows_of_every_kind_in_one_turn(store: Store) -> None:
     online = await store.list_nodes()
     assert {n["ping_status"] for n in online} == {"Online"}
     assert {n["primary_address"] for n in online} == {"10.64.0.2"}
+
+
+async def test_a_row_the_database_refuses_fails_only_its_invocation(store: Store) -> None:
+    """Issue 12 #11: rows no column can hold, in one batch with good ones.
+
+    An exit code of 2**70 (no INTEGER holds it; SQLite raises OverflowError), a
+    1.5 MB reason and a 100-character address (PostgreSQL refuses both for their
+    VARCHAR; SQLite stores them). Each write returns; the good rows land; a refused
+    result ends its invocation Failed saying why; nothing stays InProgress.
+    """
+    act, code = await store.create_activation(limit=10, expires_at=time.time() + 60, tags={},
+                                              name_prefix=None)
+    node_ids = [(await store.register_node(activation_id=act["activation_id"], code=code,
+                                           computer_name=f"n{i}", replaces=None))[0]["node_id"]
+                for i in range(4)]
+    now = time.time()
+    command = dict(command_id="c-bad", script="true", comment=None, targets=["all"],
+                   timeout=60.0, delivery_timeout=60.0, workdir=None, output_cap=100,
+                   created_at=now, created_by="admin", cancel_requested=False)
+    invs = await store.create_command(command, node_ids)
+    exit_codes = [0, 2**70, 0, 3]
+    reasons = [None, None, "r" * 1_500_000, None]
+    writer = GroupWriter(store)
+    writer.start()
+    try:
+        for i in invs:
+            await writer.write("accepted", dict(b_inv=i["invocation_id"], b_at=now))
+        outcomes = await asyncio.gather(*[writer.write("results", dict(
+            b_inv=i["invocation_id"], b_status="Success", b_ended_at=now, b_exit_code=ec,
+            b_stdout_size=2, b_stderr_size=0, b_stdout_truncated=False,
+            b_stderr_truncated=False, b_reason=reason, b_stdout_inline=b"ok",
+            b_stderr_inline=None)) for i, ec, reason in zip(invs, exit_codes, reasons)],
+            writer.write("inventories", dict(
+                b_node=node_ids[0], b_inventory={"interfaces": []}, b_primary="1" * 100,
+                b_agent_version="t", b_name="x")),
+            writer.write("presence", dict(b_node=node_ids[3], b_status="Online",
+                                          b_seen=now, b_peer=None)))
+    finally:
+        await writer.stop()
+    postgres = store.engine.dialect.name == "postgresql"
+    assert outcomes[0] == outcomes[3] == outcomes[5] == Written.STORED
+    assert outcomes[1] == Written.REPLACED
+    assert outcomes[2] == (Written.REPLACED if postgres else Written.STORED)
+    assert outcomes[4] == (Written.DROPPED if postgres else Written.STORED)
+    rows = {r["node_id"]: r for r in await store.list_invocations("c-bad")}
+    assert all(r["status"] != InvocationStatus.IN_PROGRESS.value for r in rows.values())
+    good = [rows[node_ids[0]], rows[node_ids[3]]] + ([] if postgres else [rows[node_ids[2]]])
+    assert [(r["status"], r["exit_code"]) for r in good[:2]] == [("Success", 0), ("Success", 3)]
+    refused = [rows[node_ids[1]]] + ([rows[node_ids[2]]] if postgres else [])
+    for r in refused:
+        assert r["status"] == "Failed" and r["exit_code"] is None, r
+        assert r["reason"].startswith("the server could not store the node's result ("), r
+        assert r["reason"].endswith("the node reported Success") and len(r["reason"]) <= 500
+        kept = await store.find_invocation("c-bad", r["node_id"])
+        assert kept is not None and kept["stdout_inline"] == b"ok"  # its output stayed
+    assert (await store.get_node(node_ids[3]) or {})["ping_status"] == "Online"

@@ -35,6 +35,7 @@ __all__ = [
     "FIELD_LIMITS",
     "FLAG",
     "INT32",
+    "REASON",
     "TRUNCATED_MARK",
     "Flag",
     "Items",

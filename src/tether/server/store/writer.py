@@ -9,21 +9,71 @@ each caller: a caller still returns only once its write is committed (results
 are acknowledged to agents after that, never before), and while one batch is
 being written the next one gathers. There is no timer: a lone write goes out at
 once, and batches grow exactly as fast as load does.
+
+One row the database refuses (a value it cannot hold) must not fail its
+neighbours, nor leave an invocation open: the batch is then written row by
+row, and a row that still fails is replaced by what ``_INSTEAD`` says for its
+kind. A result becomes ``Failed`` with a reason naming the database's
+complaint (first keeping its output, then without it), so its invocation ends
+and the agent's result is acknowledged; a row of another kind is dropped and
+logged (a presence, an inventory, an ``accepted``: the next one corrects it).
+Only when the replacement fails too (the database itself is down) does the
+caller see the exception.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+from tether.protocol.limits import REASON, truncate_text
 from tether.server.store.store import Store
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 2000
 SLOW_BATCH = 0.5
+_WHY_CHARS = 200  # of the database's complaint, in a replacement result's reason
+
+
+class Written(enum.Enum):
+    STORED = "stored"
+    REPLACED = "replaced"  # the row was refused; its replacement (see _INSTEAD) was stored
+    DROPPED = "dropped"    # the row was refused and its kind has no replacement
+
+
+def refusal(exc: BaseException) -> str:
+    """The database's complaint, short and without the statement or its values.
+
+    SQLAlchemy's message carries the SQL and every parameter (a 1.5 MB reason, say);
+    the driver's own first line says what was wrong (``value too long for type
+    character varying(500)``, ``Python int too large to convert to SQLite INTEGER``).
+    """
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return first[:_WHY_CHARS]
+
+
+def _failed_result(row: dict[str, Any], why: str, *, keep_output: bool) -> dict[str, Any]:
+    reason = (f"the server could not store the node's result ({why}); "
+              f"the node reported {str(row.get('b_status'))[:16]}")
+    out = dict(row, b_status="Failed", b_exit_code=None,
+               b_reason=truncate_text(reason, REASON))
+    if not keep_output:
+        out.update(b_stdout_size=None, b_stderr_size=None, b_stdout_inline=None,
+                   b_stderr_inline=None, b_stdout_truncated=True, b_stderr_truncated=True)
+    return out
+
+
+# What to store instead of a refused row, per kind, tried in order.
+_INSTEAD: dict[str, tuple[Callable[[dict[str, Any], str], dict[str, Any]], ...]] = {
+    "results": (lambda row, why: _failed_result(row, why, keep_output=True),
+                lambda row, why: _failed_result(row, why, keep_output=False)),
+}
 
 
 @dataclasses.dataclass
@@ -43,7 +93,7 @@ class WriteBatch:
 class GroupWriter:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: list[tuple[str, dict[str, Any], asyncio.Future[None]]] = []
+        self._queue: list[tuple[str, dict[str, Any], asyncio.Future[Written]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -57,12 +107,15 @@ class GroupWriter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def write(self, kind: str, row: dict[str, Any]) -> None:
-        """Queue one row of ``kind`` (a WriteBatch field); return once it is committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def write(self, kind: str, row: dict[str, Any]) -> Written:
+        """Queue one row of ``kind`` (a WriteBatch field); return once it is committed.
+
+        Raises only when the database takes neither the row nor its replacement.
+        """
+        done: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         self._queue.append((kind, row, done))
         self._wake.set()
-        await done
+        return await done
 
     async def _run(self) -> None:
         while True:
@@ -89,20 +142,44 @@ class GroupWriter:
                 self.rows += len(batch)
                 for _, _, done in taken:
                     if not done.done():
-                        done.set_result(None)
+                        done.set_result(Written.STORED)
 
     async def _write_singly(self,
-                            taken: list[tuple[str, dict[str, Any], asyncio.Future[None]]]
+                            taken: list[tuple[str, dict[str, Any], asyncio.Future[Written]]]
                             ) -> None:
         for kind, row, done in taken:
-            single = WriteBatch()
-            getattr(single, kind).append(row)
             try:
-                await self.store.apply(single)
+                outcome = await self._write_one(kind, row)
             except Exception as exc:
                 if not done.done():
                     done.set_exception(exc)
             else:
-                self.rows += 1
                 if not done.done():
-                    done.set_result(None)
+                    done.set_result(outcome)
+
+    async def _write_one(self, kind: str, row: dict[str, Any]) -> Written:
+        """``row``, else its replacements in turn; raise what the last one raised."""
+        try:
+            await self._apply_one(kind, row)
+            return Written.STORED
+        except Exception as exc:
+            why = refusal(exc)
+        instead = _INSTEAD.get(kind, ())
+        log.error("the database refused a %s row (%s); %s", kind, why,
+                  "storing a replacement" if instead else "dropped")
+        if not instead:
+            return Written.DROPPED
+        for replace in instead[:-1]:
+            try:
+                await self._apply_one(kind, replace(row, why))
+                return Written.REPLACED
+            except Exception as exc:
+                log.error("the database refused the replacement too (%s)", refusal(exc))
+        await self._apply_one(kind, instead[-1](row, why))
+        return Written.REPLACED
+
+    async def _apply_one(self, kind: str, row: dict[str, Any]) -> None:
+        single = WriteBatch()
+        getattr(single, kind).append(row)
+        await self.store.apply(single)
+        self.rows += 1
