@@ -55,7 +55,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     cp = sub.add_parser("cp", help="copy a file to or from a node (checked, resumable)",
                         description="tether cp LOCAL mi-...:/PATH uploads; tether cp "
                                     "mi-...:/PATH LOCAL downloads. SHA-256 is checked and the "
-                                    "mode kept; a dropped link resumes where it stopped.")
+                                    "permission bits kept, minus the receiver's umask (never "
+                                    "setuid, setgid or sticky); a dropped link resumes where "
+                                    "it stopped.")
     cp.add_argument("source")
     cp.add_argument("destination")
     cp.add_argument("--force", action="store_true", help="replace an existing file")
