@@ -18,6 +18,8 @@ from pathlib import Path
 import tether
 
 AGENT_PACKAGES = ("protocol", "agent")
+# Modules beside them that the agent imports too (a copy's partial file, shared with the CLI).
+AGENT_MODULES = ("partfile.py",)
 ENTRY_POINTS = "[console_scripts]\ntether-agent = tether.agent.cli:main\n"
 
 
@@ -38,7 +40,8 @@ def _record_line(name: str, data: bytes) -> str:
 def _agent_files() -> list[tuple[str, bytes]]:
     root = Path(tether.__file__).parent
     files = [("tether/__init__.py", (root / "__init__.py").read_bytes()),
-             ("tether/py.typed", b"")]
+             ("tether/py.typed", b""),
+             *((f"tether/{name}", (root / name).read_bytes()) for name in AGENT_MODULES)]
     for package in AGENT_PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             files.append((f"tether/{path.relative_to(root).as_posix()}", path.read_bytes()))
