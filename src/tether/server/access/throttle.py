@@ -1,4 +1,4 @@
-"""Failure limits per key (a source address, an activation id), as a pure counter.
+"""Limits per key (a source address, an activation id), as pure counters.
 
 Registration is the one operator-free door into the server: an activation code
 can be guessed only as fast as this lets anyone fail. Only failures count, so a
@@ -8,6 +8,8 @@ grows, so a flood of source addresses cannot grow it without bound.
 """
 
 from __future__ import annotations
+
+from tether.server.access.client_address import limit_key
 
 PRUNE_ABOVE = 10_000
 
@@ -38,6 +40,74 @@ class Throttle:
         return len(self._counts)
 
 
+class RegistrationThrottle:
+    """Failed activation-code guesses, per client address and per activation.
+
+    An address that failed ``per_address`` times this minute is refused before its
+    code is checked. An activation that ``per_activation`` guesses missed this
+    minute (many addresses at once) is under attack: from then on, until the
+    minute ends, every address that has already missed *it* is refused, but an
+    address that has not may still try. So a guesser with K addresses gets at most
+    ``per_activation + K`` more tries a minute, and the device holding the right
+    code, from its own address, still registers: knowing an activation id is not
+    enough to lock it. (Codes are 120 random bits, so no rate here makes guessing
+    them feasible; the limits keep floods cheap and visible.) Only a wrong code is a
+    guess: a right code refused as expired, revoked or used up counts for nothing.
+    """
+
+    def __init__(self, per_address: int, per_activation: int, window: float = 60.0) -> None:
+        self.by_address = Throttle(per_address, window)
+        self.by_activation = Throttle(per_activation, window)
+        self._missed_it = Throttle(1, window)  # per (activation, address)
+
+    def wait(self, address: str, activation_id: str, now: float) -> float | None:
+        """None if this address may try this activation now, else the seconds until."""
+        key = limit_key(address)
+        wait = self.by_address.wait(key, now)
+        if wait is None and self.by_activation.wait(activation_id, now) is not None:
+            wait = self._missed_it.wait(f"{activation_id} {key}", now)
+        return wait
+
+    def guessed_wrong(self, address: str, activation_id: str, now: float) -> None:
+        key = limit_key(address)
+        self.by_address.failed(key, now)
+        self.by_activation.failed(activation_id, now)
+        self._missed_it.failed(f"{activation_id} {key}", now)
+
+
+class AddressCount:
+    """Things in progress per client address (or IPv6 /64), each kind under its own cap.
+
+    Used for connections still sending their HTTP request head (http_guard.py) and
+    for agent WebSocket handshakes before ``hello`` (gateway/registry.py): the
+    connections that cost a descriptor before anyone is authenticated.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def take(self, address: str, limit: int) -> bool:
+        """Count one; False (not counted) when ``address`` already has ``limit`` going."""
+        key = limit_key(address)
+        count = self._counts.get(key, 0)
+        if count >= limit:
+            return False
+        self._counts[key] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        key = limit_key(address)
+        count = self._counts.pop(key, 1) - 1
+        if count > 0:
+            self._counts[key] = count
+
+    def __getitem__(self, address: str) -> int:
+        return self._counts.get(limit_key(address), 0)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
 class TokenBucket:
     """Messages one agent may send: ``burst`` at once, ``rate`` a second after that.
 
@@ -58,3 +128,30 @@ class TokenBucket:
             return False
         self.tokens -= 1
         return True
+
+
+class BytePacer:
+    """Bytes one agent may send: ``burst`` at once, ``rate`` a second after that.
+
+    The message rate (``TokenBucket``) counts frames, and a frame may be 2 MiB:
+    heavy but valid messages (the review's 1.3 MB inventories) passed it and took
+    a core. This counts their bytes. Past the budget the sender is not closed but
+    *slowed*: ``charge`` says how long to stop reading, and TCP's window then holds
+    the agent back, so an honest agent re-sending a large spool only takes longer.
+    ``rate`` 0 turns pacing off.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = now
+
+    def charge(self, cost: float, now: float) -> float:
+        """Take ``cost`` bytes; the seconds to wait before reading more (0: none)."""
+        if self.rate <= 0:
+            return 0.0
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= cost
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate

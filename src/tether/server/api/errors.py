@@ -1,12 +1,35 @@
 """One error shape for every API failure: ``{"error": code, "message": text}``.
 
-``error`` is a stable name scripts can switch on; ``message`` is for people.
+``error`` is a stable name scripts can switch on; ``message`` is for people. Every
+refusal the server makes goes through ``error_body``: routes' ``ApiError``, request
+validation, Starlette's own 400/404/405, the body limit (limits.py), the HTTP head
+and body timeouts (http_guard.py) and, last, any exception nothing else caught
+(500, details in the server's log only). So no answer is ever text/plain or
+FastAPI's ``{"detail": ...}``, and none repeats more of the request than a short
+excerpt: a 422 once echoed a whole 1 MiB body back.
 """
 
 from __future__ import annotations
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# What an error message may quote of the request, and how long a message may be at
+# all (a refusal naming 20 nodes fits).
+MAX_EXCERPT = 200
+MAX_MESSAGE = 2000
+# Problems a 422 names; the first few are what a person fixes first.
+MAX_PROBLEMS = 5
+STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 408: "request_timeout", 413: "body_too_large",
+                415: "unsupported_media_type", 422: "invalid_request",
+                429: "too_many_requests", 500: "internal_error", 503: "unavailable"}
 
 
 class ApiError(Exception):
@@ -19,7 +42,116 @@ class ApiError(Exception):
         super().__init__(message)
 
 
-async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+def excerpt(text: str, limit: int = MAX_EXCERPT) -> str:
+    """At most ``limit`` characters of ``text``, saying when there was more."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The JSON of an ErrorBody; ASCII-escaped, so even a lone surrogate is encodable."""
+    return json.dumps({"error": code, "message": excerpt(message, MAX_MESSAGE)}).encode()
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: Mapping[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def code_for(status: int) -> str:
+    return STATUS_CODES.get(status, "http_error")
+
+
+def validation_message(problems: Sequence[Any]) -> str:
+    """``field.path: what is wrong; ...`` for the first few problems, never their input."""
+    parts = []
+    for problem in problems[:MAX_PROBLEMS]:
+        if not isinstance(problem, Mapping):
+            continue
+        if problem.get("type") == "json_invalid":
+            parts.append("the body is not valid JSON")
+            continue
+        loc = [str(x) for x in problem.get("loc", ())]
+        where = ".".join(loc[1:] if len(loc) > 1 else loc)
+        parts.append(f"{excerpt(where, 100)}: {excerpt(str(problem.get('msg', '')), 300)}")
+    more = len(problems) - MAX_PROBLEMS
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "") or "invalid request"
+
+
+async def api_error_handler(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status,
-                        headers=exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def validation_error_handler(_request: Request, exc: Exception) -> Response:
+    """422 for a body, query or path that does not fit the document (bad JSON included)."""
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, code_for(422), validation_message(exc.errors()))
+
+
+async def http_error_handler(_request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals: no such route (404), wrong method (405), bad body (400)."""
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    return error_response(exc.status_code, code_for(exc.status_code), excerpt(detail),
+                          exc.headers)
+
+
+async def internal_error_handler(_request: Request, _exc: Exception) -> Response:
+    """The last resort: a 500 that says nothing of the cause.
+
+    Starlette re-raises the exception after this answer, so uvicorn logs its
+    traceback on the server; the client learns nothing of the code.
+    """
+    return error_response(500, code_for(500), "the server failed on this request; its "
+                          "log says why")
+
+
+def install(app: FastAPI) -> None:
+    """Every handler above on ``app``: the one place an API answer's error shape is set."""
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
+    document(app)
+
+
+# Every operation may meet these, whatever its own code does: a malformed request
+# (400), a path or method that is not there (404, 405), a body or query that does not
+# fit (422), a limit (429), and a fault (500). Bodies may also be too large (413).
+DOCUMENTED = (400, 404, 405, 422, 429, 500)
+
+
+def document(app: FastAPI) -> None:
+    """Make ``app``'s OpenAPI document say so: ErrorBody for each of ``DOCUMENTED``.
+
+    FastAPI would list its own ``HTTPValidationError`` for 422, a shape this API
+    never sends; it is dropped from the document.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        schemas.setdefault("ErrorBody", {
+            "title": "ErrorBody", "type": "object", "required": ["error", "message"],
+            "properties": {"error": {"title": "Error", "type": "string"},
+                           "message": {"title": "Message", "type": "string"}}})
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        for item in doc.get("paths", {}).values():
+            for operation in item.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                statuses = DOCUMENTED + ((413,) if "requestBody" in operation else ())
+                for status in statuses:
+                    answer = operation["responses"].setdefault(
+                        str(status), {"description": code_for(status).replace("_", " ")})
+                    answer["content"] = body
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

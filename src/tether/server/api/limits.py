@@ -8,10 +8,9 @@ length over the bound is answered 413 at once; a body sent without a length
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether.server.api.errors import error_body
 
 
 class BodyLimit:
@@ -46,10 +45,8 @@ class BodyLimit:
         await self.app(scope, bounded, send)
 
     async def _refuse(self, send: Send) -> None:
-        body: dict[str, Any] = {"error": "body_too_large",
-                                "message": f"request bodies are limited to {self.max_bytes} "
-                                           "bytes"}
-        payload = json.dumps(body).encode()
+        payload = error_body("body_too_large",
+                             f"request bodies are limited to {self.max_bytes} bytes")
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from tether.server.access.policy import ACTIONS
+from tether.server.api.errors import excerpt
 from tether.server.config import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_EXECUTION_TIMEOUT,
@@ -30,17 +31,63 @@ Resource = Annotated[str, StringConstraints(
 MAX_SCRIPT = 256 * 1024
 
 
+def lone_surrogate_at(value: object, path: str = "") -> str | None:
+    """Where in decoded JSON a string holds a lone surrogate (``"\\ud800"``), or None.
+
+    JSON may escape one; Python decodes it into a string that no UTF-8 encoder takes,
+    so it would fail later, in the database or in the answer, as a 500.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = lone_surrogate_at(key, where) or lone_surrogate_at(item, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = lone_surrogate_at(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+class RequestBody(BaseModel):
+    """The base of every request body (and every model inside one).
+
+    Numbers must be finite (JSON from Python's decoder may carry NaN, Infinity, or
+    1e999, which is infinity) and text valid Unicode. One base, not a check per
+    field: a structural test (tests/integration/test_error_bodies.py) fails for a
+    route whose body model does not derive from it.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = lone_surrogate_at(data)
+        if where is not None:
+            raise ValueError(f"{excerpt(where, 100)} is not valid Unicode (a lone surrogate)")
+        return data
+
+
 class ErrorBody(BaseModel):
     error: str
     message: str
 
 
-class ReplacedIdentity(BaseModel):
+class ReplacedIdentity(RequestBody):
     node_id: str
     credential: str
 
 
-class RegistrationRequest(BaseModel):
+class RegistrationRequest(RequestBody):
     activation_id: str = Field(max_length=64)
     activation_code: str = Field(max_length=128)
     computer_name: str | None = Field(default=None, max_length=255)
@@ -53,7 +100,7 @@ class RegistrationResponse(BaseModel):
     name: str | None
 
 
-class ActivationRequest(BaseModel):
+class ActivationRequest(RequestBody):
     registration_limit: int = Field(default=1, ge=1, le=1_000_000)
     expires_in: float = Field(default=86400.0, gt=0, le=10 * 365 * 86400,
                               description="seconds from now")
@@ -96,12 +143,12 @@ class Node(NodeFields):
     inventory: dict[str, object] | None
 
 
-class TagsUpdate(BaseModel):
+class TagsUpdate(RequestBody):
     set: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=100)
     remove: list[TagKey] = Field(default_factory=list, max_length=100)
 
 
-class CommandRequest(BaseModel):
+class CommandRequest(RequestBody):
     targets: list[Target] = Field(min_length=1, max_length=10_000)
     script: str = Field(min_length=1, max_length=MAX_SCRIPT)
     timeout: float = Field(default=DEFAULT_EXECUTION_TIMEOUT, gt=0, le=7 * 86400)
@@ -146,7 +193,7 @@ class CommandDetail(CommandSummary):
     invocations: list[Invocation]
 
 
-class PolicyStatement(BaseModel):
+class PolicyStatement(RequestBody):
     effect: Literal["allow", "deny"]
     actions: list[Action] = Field(min_length=1, max_length=100,
                                   description="e.g. commands:send, commands:*, *")
@@ -165,13 +212,13 @@ class WhoAmI(BaseModel):
 OPERATOR_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 
 
-class OperatorRequest(BaseModel):
+class OperatorRequest(RequestBody):
     name: str = Field(pattern=OPERATOR_NAME)
     roles: list[Role] = Field(default_factory=list, max_length=3)
     statements: list[PolicyStatement] = Field(default_factory=list, max_length=200)
 
 
-class OperatorUpdate(BaseModel):
+class OperatorUpdate(RequestBody):
     roles: list[Role] | None = Field(default=None, max_length=3)
     statements: list[PolicyStatement] | None = Field(default=None, max_length=200)
 
@@ -185,7 +232,7 @@ class Operator(BaseModel):
     disabled_at: float | None
 
 
-class TokenRequest(BaseModel):
+class TokenRequest(RequestBody):
     operator: str = Field(pattern=OPERATOR_NAME)
     label: str | None = Field(default=None, max_length=200)
     expires_in: float | None = Field(default=None, gt=0, le=10 * 365 * 86400,
@@ -218,11 +265,26 @@ class AuditRecord(BaseModel):
     hash: str
 
 
+class AuditCheckpoint(BaseModel):
+    """Signed by the server: record ``seq`` had hash ``hash`` (at ``at``)."""
+
+    seq: int
+    hash: str
+    at: float
+    mac: str
+
+
 class AuditVerdict(BaseModel):
     ok: bool
     records: int
     problem: str | None
-    seq: int | None = Field(description="the first record that does not fit the chain")
+    seq: int | None = Field(description="the first record that does not fit the chain, or "
+                            "the first one missing")
+    state: str = Field("intact", description="intact, tampered or truncated")
+    anchored: int = Field(0, description="the last record an anchor or checkpoint vouched "
+                          "for (this server's DATA/audit-anchor, the checkpoint given)")
+    checkpoint: AuditCheckpoint | None = Field(
+        None, description="when intact: the head, signed (what `tether audit export` keeps)")
 
 
 NodeId = Annotated[str, StringConstraints(pattern=r"^mi-[0-9a-f]{17}$")]
@@ -230,7 +292,7 @@ UserName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.-]{0,31}\$
 DevicePath = Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=4096)]
 
 
-class SessionRequest(BaseModel):
+class SessionRequest(RequestBody):
     """What to open on the node. Which fields count depends on ``kind``."""
 
     node_id: NodeId
@@ -268,7 +330,7 @@ class Session(BaseModel):
     bytes_from_node: int
 
 
-class TerminateRequest(BaseModel):
+class TerminateRequest(RequestBody):
     """Why the session ends, when its own operator knows better than "ended"."""
 
     reason: str | None = Field(None, max_length=500)

@@ -1,0 +1,198 @@
+"""Deadlines for the unauthenticated part of an HTTP connection, and a cap per address.
+
+A client that sends one header line every few seconds ("slowloris") or a body a
+byte at a time holds a file descriptor without ever showing a token; enough of them
+and the server can accept nobody (at 20,000, ``whoami`` failed). uvicorn bounds
+only the idle time between requests (``timeout_keep_alive``) and, with
+``limit_concurrency``, answers everyone 503 once the whole server is busy, which
+the attacker would trigger for all. So each connection is followed through
+``Phase``:
+
+- ``HEAD``: from the connection (or the first byte of a kept-alive connection's
+  next request) until its request line and headers are whole. Deadline
+  ``header_timeout``; counts against ``heads_per_address`` (one address, or one
+  IPv6 /64: access/throttle.py ``AddressCount``, the count the agents' handshakes
+  use too). Over the cap, the connection is closed at once.
+- ``BODY``: from the head to the body's end; deadline ``body_timeout``.
+- ``HANDLING``: the request is whole (or became a WebSocket, whose own limits, the
+  hello timeout, take over): the application's time, no deadline here.
+- ``IDLE``: between requests; uvicorn's keep-alive timeout closes it.
+- ``CLOSED``.
+
+A deadline passed is answered 408 with an ErrorBody (when no response has started)
+and the connection closed. ``Watch`` is the pure bookkeeping; ``guarded_h11`` is
+the thin adapter on uvicorn's h11 protocol (server/runner.py). Trusted proxies are
+not capped: every client comes through them, and they buffer heads themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tether.server.access.client_address import UNKNOWN
+from tether.server.access.throttle import AddressCount
+from tether.server.api.errors import error_body
+
+__all__ = ["HttpGuard", "HttpLimits", "Phase", "Watch", "guarded_h11"]
+
+
+class Phase(enum.Enum):
+    NEW = "new"
+    HEAD = "head"
+    BODY = "body"
+    HANDLING = "handling"
+    IDLE = "idle"
+    CLOSED = "closed"
+
+
+# Where a connection may go from each phase; anything else is a bug, said loudly.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.NEW: frozenset({Phase.HEAD, Phase.CLOSED}),
+    Phase.HEAD: frozenset({Phase.BODY, Phase.HANDLING, Phase.CLOSED}),
+    Phase.BODY: frozenset({Phase.HANDLING, Phase.CLOSED}),
+    Phase.HANDLING: frozenset({Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.CLOSED}),
+    Phase.IDLE: frozenset({Phase.HEAD, Phase.BODY, Phase.HANDLING, Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    header_timeout: float
+    body_timeout: float
+    heads_per_address: int
+
+    def timeout(self, phase: Phase) -> float | None:
+        return {Phase.HEAD: self.header_timeout, Phase.BODY: self.body_timeout}.get(phase)
+
+
+class HttpGuard:
+    """The server-wide part: the limits, and who is sending a head right now."""
+
+    def __init__(self, limits: HttpLimits, exempt: Callable[[str], bool]) -> None:
+        self.limits = limits
+        self.exempt = exempt
+        self.heads = AddressCount()
+
+    def watch(self, address: str) -> Watch:
+        return Watch(self, address)
+
+
+class Watch:
+    """One connection's phase and deadline (``loop.time()`` seconds, or None)."""
+
+    def __init__(self, guard: HttpGuard, address: str) -> None:
+        self.guard = guard
+        self.address = address
+        self.capped = not guard.exempt(address)
+        self.phase = Phase.NEW
+        self.deadline: float | None = None
+
+    def move(self, phase: Phase, now: float) -> bool:
+        """Go to ``phase``; False when that would pass the address's cap (close it then).
+
+        Staying in a phase keeps its deadline: the whole head must arrive in time,
+        not each piece of it.
+        """
+        if phase is self.phase:
+            return True
+        if phase not in TRANSITIONS[self.phase]:
+            raise RuntimeError(f"HTTP connection cannot go from {self.phase.value} to "
+                               f"{phase.value}")
+        limit = self.guard.limits.heads_per_address
+        if phase is Phase.HEAD and self.capped and not self.guard.heads.take(self.address,
+                                                                             limit):
+            return False
+        if self.phase is Phase.HEAD and self.capped:
+            self.guard.heads.release(self.address)
+        self.phase = phase
+        timeout = self.guard.limits.timeout(phase)
+        self.deadline = None if timeout is None else now + timeout
+        return True
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+
+def _timeout_response(phase: Phase, timeout: float) -> bytes:
+    what = "request head" if phase is Phase.HEAD else "request body"
+    body = error_body("request_timeout", f"the {what} did not arrive within {timeout:g} s")
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body)) + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, following each connection's ``Phase`` after every event."""
+
+    guard: ClassVar[HttpGuard]
+    _watch: Watch
+    _timer: asyncio.TimerHandle | None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._timer = None
+        self._watch = self.guard.watch(self.client[0] if self.client else UNKNOWN)
+        self._follow(Phase.HEAD)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow(self._observed())
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._follow(self._observed())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._follow(Phase.CLOSED)
+        super().connection_lost(exc)
+
+    def _observed(self) -> Phase:
+        """Where h11 says the request is (after uvicorn handled the latest bytes)."""
+        if self.transport.get_protocol() is not self:  # upgraded to a WebSocket
+            return Phase.HANDLING
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            started = self._watch.phase is Phase.HEAD or bool(self.conn.trailing_data[0])
+            return Phase.HEAD if started else Phase.IDLE
+        return Phase.BODY if state is h11.SEND_BODY else Phase.HANDLING
+
+    def _follow(self, phase: Phase) -> None:
+        if self._watch.phase is Phase.CLOSED:
+            return
+        before = self._watch.deadline
+        if not self._watch.move(phase, self.loop.time()):
+            self.transport.close()  # over the cap: not a byte read, nothing answered
+            return
+        if self._watch.deadline != before:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = (None if self._watch.deadline is None else
+                           self.loop.call_at(self._watch.deadline, self._expire))
+
+    def _expire(self) -> None:
+        self._timer = None
+        phase = self._watch.phase
+        timeout = self.guard.limits.timeout(phase)
+        if timeout is None or self.transport.is_closing():
+            return
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(_timeout_response(phase, timeout))
+        self.transport.close()
+
+
+def guarded_h11(guard: HttpGuard) -> type[H11Protocol]:
+    """The protocol class to give uvicorn (``http=``), bound to ``guard``."""
+
+    class Guarded(GuardedH11Protocol):
+        pass
+
+    Guarded.guard = guard
+    return Guarded
