@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tether.cli.client import Client
-from tether.cli.output import print_json, table, when
+from tether.cli.output import json_line, out, print_json, table, when
 from tether.cli.parsing import parse_duration
 
 
@@ -28,14 +27,14 @@ def _statements(path: str | None) -> list[dict[str, Any]] | None:
 
 def _print_statements(statements: list[dict[str, Any]]) -> None:
     for st in statements:
-        print(f"  {st['effect']:<5} {','.join(st['actions'])} on {','.join(st['resources'])}")
+        out(f"  {st['effect']:<5} {','.join(st['actions'])} on {','.join(st['resources'])}")
 
 
 def _show_operator(op: dict[str, Any]) -> None:
     disabled = f"  (disabled {when(op['disabled_at'])})" if op["disabled_at"] else ""
-    print(f"operator:   {op['name']}{disabled}")
-    print(f"roles:      {', '.join(op['roles']) or '-'}")
-    print(f"created:    {when(op['created_at'])} by {op['created_by']}")
+    out(f"operator:   {op['name']}{disabled}")
+    out(f"roles:      {', '.join(op['roles']) or '-'}")
+    out(f"created:    {when(op['created_at'])} by {op['created_by']}")
     _print_statements(op["statements"])
 
 
@@ -79,7 +78,7 @@ def operators_update(c: Client, args: argparse.Namespace) -> int:
 
 def operators_disable(c: Client, args: argparse.Namespace) -> int:
     op = c.request("DELETE", f"/operators/{args.name}")
-    print_json(op) if args.json else print(f"operator {op['name']} disabled; its tokens revoked")
+    print_json(op) if args.json else out(f"operator {op['name']} disabled; its tokens revoked")
     return 0
 
 
@@ -90,10 +89,10 @@ def tokens_create(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(tok)
         return 0
-    print(f"token id: {tok['token_id']}  (operator {tok['operator']}, expires "
-          f"{when(tok['expires_at']) if tok['expires_at'] else 'never'})")
-    print(f"token:    {tok['token']}")
-    print("The token is shown once; the server keeps only its hash.")
+    out(f"token id: {tok['token_id']}  (operator {tok['operator']}, expires "
+        f"{when(tok['expires_at']) if tok['expires_at'] else 'never'})")
+    out(f"token:    {tok['token']}")
+    out("The token is shown once; the server keeps only its hash.")
     return 0
 
 
@@ -110,7 +109,7 @@ def tokens_list(c: Client, args: argparse.Namespace) -> int:
 
 def tokens_revoke(c: Client, args: argparse.Namespace) -> int:
     tok = c.request("DELETE", f"/tokens/{args.token_id}")
-    print_json(tok) if args.json else print(f"token {tok['token_id']} revoked")
+    print_json(tok) if args.json else out(f"token {tok['token_id']} revoked")
     return 0
 
 
@@ -119,8 +118,8 @@ def whoami(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(who)
         return 0
-    print(f"operator {who['operator']} (roles: {', '.join(who['roles']) or '-'}), server "
-          f"{who['server_version']}")
+    out(f"operator {who['operator']} (roles: {', '.join(who['roles']) or '-'}), server "
+        f"{who['server_version']}")
     _print_statements(who["statements"])
     return 0
 
@@ -187,7 +186,7 @@ def audit_list(c: Client, args: argparse.Namespace) -> int:
 def audit_export(c: Client, args: argparse.Namespace) -> int:
     """Every record as JSON lines, oldest first, with its hashes (for off-site keeping)."""
     for r in c.get("/audit", limit=args.limit):
-        sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
+        json_line(r)
     return 0
 
 
@@ -196,9 +195,9 @@ def audit_verify(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(verdict)
     elif verdict["ok"]:
-        print(f"audit log intact: {verdict['records']} records, hash chain verified")
+        out(f"audit log intact: {verdict['records']} records, hash chain verified")
     else:
-        print(f"audit log TAMPERED: record {verdict['seq']} {verdict['problem']}")
+        out(f"audit log TAMPERED: record {verdict['seq']} {verdict['problem']}")
     return 0 if verdict["ok"] else 1
 
 

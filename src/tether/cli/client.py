@@ -11,8 +11,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-CONFIG_FILE = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "tether" \
-    / "cli.json"
+
+def config_file() -> Path:
+    """Where ``tether login`` keeps the server and token: ``$XDG_CONFIG_HOME/tether/cli.json``.
+
+    Read at each call, not at import. Per the XDG Base Directory spec an unset,
+    empty or relative ``XDG_CONFIG_HOME`` is ignored (``~/.config``): an empty
+    one once made ``tether login`` write the token to ``./tether/cli.json`` in
+    whatever directory it ran in.
+    """
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
+    return root / "tether" / "cli.json"
 
 
 class ApiFailure(Exception):
@@ -27,20 +37,21 @@ def load_login() -> tuple[str | None, str | None]:
     if server and token:
         return server, token
     try:
-        saved = json.loads(CONFIG_FILE.read_text())
+        saved = json.loads(config_file().read_text())
     except (FileNotFoundError, ValueError):
         saved = {}
     return server or saved.get("server"), token or saved.get("token")
 
 
 def save_login(server: str, token: str) -> Path:
-    CONFIG_FILE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CONFIG_FILE.with_suffix(".tmp")
+    path = config_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"server": server, "token": token}, f)
-    os.replace(tmp, CONFIG_FILE)
-    return CONFIG_FILE
+    os.replace(tmp, path)
+    return path
 
 
 class Client:
@@ -55,7 +66,9 @@ class Client:
 
     def request(self, method: str, path: str, body: Any = None,
                 query: dict[str, Any] | None = None, raw: bool = False) -> Any:
-        url = self.base + path
+        # Ids in the path may be anything an operator typed: percent-encoded, a
+        # control character or a space reaches the server as itself, not as a crash.
+        url = self.base + urllib.parse.quote(path, safe="/", errors="surrogateescape")
         if query:
             pairs = [(k, x) for k, v in query.items() if v is not None
                      for x in (v if isinstance(v, list) else [v])]

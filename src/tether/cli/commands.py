@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from tether.cli.client import Client
-from tether.cli.output import emit, print_json, table, when
+from tether.cli.output import device_output, emit, out, print_json, table, when
 from tether.cli.parsing import parse_duration
 
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
@@ -46,21 +46,22 @@ def run(c: Client, args: argparse.Namespace) -> int:
         if args.json:
             print_json(command)
         else:
-            print(command["command_id"])
+            out(command["command_id"])
         return 0
     # Counts only: the per-node list of a big fan-out is fetched once, when it is done.
     command = c.request("POST", "/commands", body=body, query={"invocations": "false"})
     cid = command["command_id"]
     nodes = sum(command["counts"].values())
     if not args.json:
-        print(f"command {cid} on {nodes} node(s)", file=sys.stderr)
+        out(f"command {cid} on {nodes} node(s)", err=True)
     if nodes <= PER_NODE_PROGRESS:
         command = c.get(f"/commands/{cid}")
     try:
         command = _wait(c, command, quiet=args.json)
     except KeyboardInterrupt:
-        print(f"\nstopped waiting; the command goes on. Follow it with 'tether commands show "
-              f"{cid}' or stop it with 'tether commands cancel {cid}'", file=sys.stderr)
+        out(err=True)
+        out(f"stopped waiting; the command goes on. Follow it with 'tether commands show "
+            f"{cid}' or stop it with 'tether commands cancel {cid}'", err=True)
         return 130
     outputs = {inv["node_id"]: _outputs(c, cid, inv) for inv in command["invocations"]}
     if args.json:
@@ -70,8 +71,8 @@ def run(c: Client, args: argparse.Namespace) -> int:
             for inv in command["invocations"]]})
     else:
         for inv in command["invocations"]:
-            _print_invocation(inv, outputs[inv["node_id"]])
-        print(f"command {cid}: {command['status']} ({_counts(command)})", file=sys.stderr)
+            _print_invocation(inv, outputs[inv["node_id"]], args.raw)
+        out(f"command {cid}: {command['status']} ({_counts(command)})", err=True)
     return 0 if command["status"] == "Success" else 1
 
 
@@ -85,11 +86,11 @@ def _wait(c: Client, command: dict[str, Any], quiet: bool) -> dict[str, Any]:
         if per_node:
             for inv in command["invocations"]:
                 if not quiet and seen.get(inv["node_id"]) != inv["status"]:
-                    print(f"  {inv['node_id']}  {inv['status']}", file=sys.stderr)
+                    out(f"  {inv['node_id']}  {inv['status']}", err=True)
                 seen[inv["node_id"]] = inv["status"]
         elif not quiet and _counts(command) != last_counts:
             last_counts = _counts(command)
-            print(f"  {last_counts}", file=sys.stderr)
+            out(f"  {last_counts}", err=True)
         if command["status"] in TERMINAL:
             return command if per_node else c.get(path)
         command = c.get(path, after=command["version"], wait=POLL_WAIT,
@@ -109,18 +110,15 @@ def _counts(command: dict[str, Any]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(command["counts"].items()))
 
 
-def _print_invocation(inv: dict[str, Any], outputs: dict[str, bytes]) -> None:
+def _print_invocation(inv: dict[str, Any], outputs: dict[str, bytes], raw: bool) -> None:
     exit_code = inv["exit_code"] if inv["exit_code"] is not None else "-"
     extra = f": {inv['reason']}" if inv["reason"] else ""
-    print(f"=== {inv['node_id']}  {inv['status']}  exit {exit_code}{extra}")
-    sys.stdout.flush()
-    sys.stdout.buffer.write(outputs["stdout"])
-    sys.stdout.flush()
-    sys.stderr.buffer.write(outputs["stderr"])
-    sys.stderr.flush()
+    out(f"=== {inv['node_id']}  {inv['status']}  exit {exit_code}{extra}")
+    device_output(outputs["stdout"], raw=raw)
+    device_output(outputs["stderr"], err=True, raw=raw)
     for stream in ("stdout", "stderr"):
         if inv[f"{stream}_truncated"]:
-            print(f"--- {stream} was cut at the output cap ({inv[f'{stream}_size']} bytes)")
+            out(f"--- {stream} was cut at the output cap ({inv[f'{stream}_size']} bytes)")
 
 
 def commands_list(c: Client, args: argparse.Namespace) -> int:
@@ -139,11 +137,11 @@ def commands_show(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(cmd)
         return 0
-    print(f"command:  {cmd['command_id']}  {cmd['status']}")
-    print(f"created:  {when(cmd['created_at'])} by {cmd['created_by']}")
+    out(f"command:  {cmd['command_id']}  {cmd['status']}")
+    out(f"created:  {when(cmd['created_at'])} by {cmd['created_by']}")
     if cmd["comment"]:
-        print(f"comment:  {cmd['comment']}")
-    print(f"targets:  {' '.join(cmd['targets'])}")
+        out(f"comment:  {cmd['comment']}")
+    out(f"targets:  {' '.join(cmd['targets'])}")
     table(["NODE", "STATUS", "EXIT", "STARTED", "ENDED", "REASON"],
           [[i["node_id"], i["status"], i["exit_code"], when(i["started_at"]),
             when(i["ended_at"]), i["reason"]] for i in cmd["invocations"]])
@@ -155,10 +153,7 @@ def commands_output(c: Client, args: argparse.Namespace) -> int:
     for stream in streams:
         data = c.request("GET", f"/commands/{args.command_id}/invocations/{args.node_id}/"
                          f"{stream}", raw=True)
-        target = sys.stdout if stream == "stdout" else sys.stderr
-        target.flush()
-        target.buffer.write(data)
-        target.flush()
+        device_output(data, err=stream == "stderr", raw=args.raw)
     return 0
 
 

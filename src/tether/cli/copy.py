@@ -16,11 +16,9 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import re
 import stat
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +26,7 @@ from typing import Any, Optional
 from websockets.exceptions import ConnectionClosed
 
 from tether.cli.client import ApiFailure, Client
+from tether.cli.output import json_line, out
 from tether.cli.stream import CHUNK, StreamClosed, control_of, open_stream, start_session
 from tether.partfile import PartFile, PartRefused
 
@@ -156,17 +155,17 @@ def _download_into(client: Client, args: argparse.Namespace, node: str, remote: 
     got = part.digest()
     if got != done.get("sha256"):
         part.discard()
-        print(f"tether: checksum mismatch (got {got[:16]}..., the device had "
-              f"{str(done.get('sha256'))[:16]}...): the file changed during the copy; "
-              "copy again", file=sys.stderr)
+        out(f"tether: checksum mismatch (got {got[:16]}..., the device had "
+            f"{str(done.get('sha256'))[:16]}...): the file changed during the copy; "
+            "copy again", err=True)
         return 1
     try:
         part.install(local.name, done.get("mode"))
     except PartRefused as exc:
-        print(f"tether: {exc}", file=sys.stderr)
+        out(f"tether: {exc}", err=True)
         return 1
     if args.json:
-        print(json.dumps({"path": str(local), "size": done.get("size"), "sha256": got}))
+        json_line({"path": str(local), "size": done.get("size"), "sha256": got})
     return 0
 
 
@@ -175,25 +174,25 @@ def _with_retries(client: Client, args: argparse.Namespace, session: dict[str, A
     """Run attempts until one completes, resuming after link drops for ``--resume-for``."""
     session_id = session["session_id"]
     started = time.monotonic()
-    print(f"tether: copying {what} (session {session_id})", file=sys.stderr, flush=True)
+    out(f"tether: copying {what} (session {session_id})", err=True, flush=True)
     delay = 0.5
     error: Optional[str] = None
     while True:
         try:
             asyncio.run(attempt())
-            print(f"tether: copied, checksum verified ({time.monotonic() - started:.1f} s)",
-                  file=sys.stderr)
+            out(f"tether: copied, checksum verified ({time.monotonic() - started:.1f} s)",
+                err=True)
             return 0
         except (StreamClosed, ConnectionClosed, OSError) as exc:
             error = str(exc) or type(exc).__name__
         if not any(r in error for r in RETRYABLE) or \
                 time.monotonic() - started > args.resume_for:
             break
-        print(f"tether: {error}; resuming in {delay:.1f} s", file=sys.stderr, flush=True)
+        out(f"tether: {error}; resuming in {delay:.1f} s", err=True, flush=True)
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
     with contextlib.suppress(ApiFailure):
         client.post(f"/sessions/{session_id}/terminate",
                     {"reason": f"copy failed: {error}"[:500], "failed": True})
-    print(f"tether: copy failed: {error}", file=sys.stderr)
+    out(f"tether: copy failed: {error}", err=True)
     return 1

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from tether.cli.client import Client
-from tether.cli.output import print_json, table, when
+from tether.cli.output import out, print_json, table, when
 from tether.cli.parsing import parse_duration, parse_tags
 
 
@@ -17,13 +17,13 @@ def activation_create(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(act)
         return 0
-    print(f"activation id:   {act['activation_id']}")
-    print(f"activation code: {act['activation_code']}")
-    print(f"registrations:   up to {act['registration_limit']}, until "
-          f"{when(act['expires_at'])}")
-    print("The code is shown once; the server keeps only its hash. On a device:")
-    print(f"  tether-agent register --server {c.base.removesuffix('/api/v1')} "
-          f"--activation-id {act['activation_id']} --activation-code {act['activation_code']}")
+    out(f"activation id:   {act['activation_id']}")
+    out(f"activation code: {act['activation_code']}")
+    out(f"registrations:   up to {act['registration_limit']}, until "
+        f"{when(act['expires_at'])}")
+    out("The code is shown once; the server keeps only its hash. On a device:")
+    out(f"  tether-agent register --server {c.base.removesuffix('/api/v1')} "
+        f"--activation-id {act['activation_id']} --activation-code {act['activation_code']}")
     return 0
 
 
@@ -43,8 +43,8 @@ def activation_revoke(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(act)
     else:
-        print(f"activation {act['activation_id']} revoked; the {act['registrations']} node(s) "
-              "it registered stay registered")
+        out(f"activation {act['activation_id']} revoked; the {act['registrations']} node(s) "
+            "it registered stay registered")
     return 0
 
 
@@ -53,8 +53,8 @@ def nodes_rotate_credential(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(node)
     else:
-        print(f"{node['node_id']}: new credential sent; the old one stops working once the "
-              "agent has stored it")
+        out(f"{node['node_id']}: new credential sent; the old one stops working once the "
+            "agent has stored it")
     return 0
 
 
@@ -76,24 +76,24 @@ def nodes_list(c: Client, args: argparse.Namespace) -> int:
 
 def _show(node: dict[str, Any]) -> None:
     inv = node.get("inventory") or {}
-    print(f"node:            {node['node_id']}  ({node['name'] or '-'})")
-    print(f"ping status:     {node['ping_status']}  (last seen {when(node['last_seen_at'])})")
-    print(f"primary address: {node['primary_address'] or '-'}")
-    print(f"peer address:    {node['peer_address'] or '-'}  (as the server sees it)")
+    out(f"node:            {node['node_id']}  ({node['name'] or '-'})")
+    out(f"ping status:     {node['ping_status']}  (last seen {when(node['last_seen_at'])})")
+    out(f"primary address: {node['primary_address'] or '-'}")
+    out(f"peer address:    {node['peer_address'] or '-'}  (as the server sees it)")
     if inv:
-        print(f"os:              {inv.get('os_name')} {inv.get('os_version')}, kernel "
-              f"{inv.get('kernel')}, {inv.get('arch')}")
-        print(f"agent:           {inv.get('agent_version')} on Python "
-              f"{inv.get('python_version')}")
-    print(f"tags:            {_tags(node['tags'])}")
-    print(f"registered:      {when(node['registered_at'])} by activation "
-          f"{node['activation_id']}")
+        out(f"os:              {inv.get('os_name')} {inv.get('os_version')}, kernel "
+            f"{inv.get('kernel')}, {inv.get('arch')}")
+        out(f"agent:           {inv.get('agent_version')} on Python "
+            f"{inv.get('python_version')}")
+    out(f"tags:            {_tags(node['tags'])}")
+    out(f"registered:      {when(node['registered_at'])} by activation "
+        f"{node['activation_id']}")
     if node["deregistered_at"]:
-        print(f"deregistered:    {when(node['deregistered_at'])}")
+        out(f"deregistered:    {when(node['deregistered_at'])}")
     for iface in inv.get("interfaces", []):
         addrs = ", ".join(a["address"] + (f" peer {a['peer']}" if a.get("peer") else "")
                           for a in iface["addresses"]) or "no address"
-        print(f"  {iface['name']:<12} [{','.join(iface['flags'])}] {addrs}")
+        out(f"  {iface['name']:<12} [{','.join(iface['flags'])}] {addrs}")
 
 
 def nodes_show(c: Client, args: argparse.Namespace) -> int:
@@ -111,7 +111,7 @@ def nodes_tag(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(node)
     else:
-        print(f"{node['node_id']}: {_tags(node['tags'])}")
+        out(f"{node['node_id']}: {_tags(node['tags'])}")
     return 0
 
 
@@ -120,5 +120,5 @@ def nodes_deregister(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(node)
     else:
-        print(f"deregistered {node['node_id']}; its credential is revoked")
+        out(f"deregistered {node['node_id']}; its credential is revoked")
     return 0

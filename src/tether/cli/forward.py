@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import re
 import signal
-import sys
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tether.cli.client import ApiFailure, Client
+from tether.cli.output import out
 from tether.cli.stream import CHUNK, StreamClosed, control_of, open_stream, start_session
 
 SPEC = re.compile(r"^(\d{1,5}):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
@@ -57,8 +57,7 @@ async def _serve(client: Client, session_id: str, args: argparse.Namespace, loca
         try:
             ws, _ = await open_stream(client, session_id)
         except StreamClosed as exc:
-            print(f"tether: connection to {host}:{port} refused: {exc}", file=sys.stderr,
-                  flush=True)
+            out(f"tether: connection to {host}:{port} refused: {exc}", err=True, flush=True)
             writer.close()
             if "no open session" in str(exc):
                 ended.append(str(exc))
@@ -68,15 +67,15 @@ async def _serve(client: Client, session_id: str, args: argparse.Namespace, loca
 
     server = await asyncio.start_server(accepted, args.bind, local)
     bound = server.sockets[0].getsockname()[1]
-    print(f"tether: forwarding {args.bind}:{bound} -> {host}:{port} on {args.node_id} "
-          f"(session {session_id}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    out(f"tether: forwarding {args.bind}:{bound} -> {host}:{port} on {args.node_id} "
+        f"(session {session_id}); Ctrl-C to stop", err=True, flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with server:
         await stop.wait()
     if ended:
-        print(f"tether: the forward ended: {ended[0]}", file=sys.stderr)
+        out(f"tether: the forward ended: {ended[0]}", err=True)
         return 1
     return 0
 
@@ -102,8 +101,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 writer.write_eof()
             elif control.get("t") == "closed":
                 if control.get("error"):
-                    print(f"tether: forwarded connection ended: {control['error']}",
-                          file=sys.stderr, flush=True)
+                    out(f"tether: forwarded connection ended: {control['error']}",
+                        err=True, flush=True)
                 return
 
     sending = asyncio.ensure_future(up())

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tether.server.tls import TlsFiles
 from tether.cli import access, commands, fleet, sessions
 from tether.cli.client import ApiFailure, Client, load_login, save_login
-from tether.cli.output import fail
+from tether.cli.output import fail, out
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
 from tether.server.config import (
     DEFAULT_AGENT_MESSAGE_BURST,
@@ -142,9 +142,9 @@ def _bundle(args: argparse.Namespace) -> int:
         return 1
     AgentBundle(folder).prepare()
     for wheel in sorted(folder.glob("*.whl")):
-        print(wheel)
-    print(f"{len(wheels)} dependency wheel(s) in {folder}; devices can now run: curl -fsS "
-          "http://SERVER/agent/install.sh | sh -s -- --activation-id ID --activation-code CODE")
+        out(str(wheel))
+    out(f"{len(wheels)} dependency wheel(s) in {folder}; devices can now run: curl -fsS "
+        "http://SERVER/agent/install.sh | sh -s -- --activation-id ID --activation-code CODE")
     return 0
 
 
@@ -231,6 +231,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="bytes kept per stream (default: the server's, 16 MiB)")
     r.add_argument("--file", metavar="PATH", help="read the script from a file")
     r.add_argument("--no-wait", action="store_true", help="print the command id and return")
+    r.add_argument("--raw", action="store_true", help="write the output's bytes to a "
+                   "terminal as they are, escape sequences included (default: shown, not "
+                   "obeyed; a pipe or a file always gets the exact bytes)")
     _json(r)
     r.add_argument("script", nargs=argparse.REMAINDER, help="the script, after --")
     r.set_defaults(handler=commands.run)
@@ -249,6 +252,9 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("command_id")
     co.add_argument("node_id")
     co.add_argument("--stream", choices=["stdout", "stderr"])
+    co.add_argument("--raw", action="store_true", help="write the output's bytes to a "
+                    "terminal as they are, escape sequences included (default: shown, not "
+                    "obeyed; a pipe or a file always gets the exact bytes)")
     co.set_defaults(handler=commands.commands_output)
     cc = cmds.add_parser("cancel", help="cancel a command on every node")
     cc.add_argument("command_id")
@@ -297,7 +303,7 @@ def _serve(args: argparse.Namespace) -> int:
                  "--tls-cert/--tls-key, or a TLS reverse proxy in front of a server on "
                  "127.0.0.1; --insecure to do it anyway")
             return 2
-        print(f"tether: WARNING: --insecure: plain HTTP on {args.host}", file=sys.stderr)
+        out(f"tether: WARNING: --insecure: plain HTTP on {args.host}", err=True)
 
     settings = Settings.for_data_dir(
         args.data_dir, args.database_url, host=args.host, port=args.port,
@@ -329,7 +335,7 @@ def _login(args: argparse.Namespace) -> int:
                  else sys.stdin.readline()).strip()
     who = Client(args.server, token).get("/whoami")
     path = save_login(args.server, token)
-    print(f"logged in to {args.server} as {who['operator']}; saved in {path} (owner-only)")
+    out(f"logged in to {args.server} as {who['operator']}; saved in {path} (owner-only)")
     return 0
 
 

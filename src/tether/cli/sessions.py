@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import time
 from typing import Any, Callable
 
 from tether.cli.client import Client
-from tether.cli.output import emit, print_json, table, when
+from tether.cli.output import emit, out, print_json, recording, table, when
 
 
 def _run_of(module: str) -> Callable[[Client, argparse.Namespace], int]:
@@ -124,16 +123,17 @@ def sessions_show(client: Client, args: argparse.Namespace) -> int:
         print_json(row)
         return 0
     _print([row], False)
-    print(f"\nended: {row['end_reason'] or '-'}; exit code {row['exit_code']}; "
-          f"{row['bytes_to_node']} bytes to the node, {row['bytes_from_node']} from it; "
-          f"recording {row['recording'] or '-'}")
+    out()
+    out(f"ended: {row['end_reason'] or '-'}; exit code {row['exit_code']}; "
+        f"{row['bytes_to_node']} bytes to the node, {row['bytes_from_node']} from it; "
+        f"recording {row['recording'] or '-'}")
     return 0
 
 
 def sessions_replay(client: Client, args: argparse.Namespace) -> int:
     cast = client.request("GET", f"/sessions/{args.session_id}/recording", raw=True).decode()
     if args.cast:
-        sys.stdout.write(cast)
+        recording(cast)
         return 0
     last = 0.0
     for line in cast.splitlines()[1:]:
@@ -143,8 +143,7 @@ def sessions_replay(client: Client, args: argparse.Namespace) -> int:
         if not args.no_wait and at > last:
             time.sleep(min((at - last) / max(args.speed, 0.01), 5.0))
         last = at
-        sys.stdout.write(data)
-        sys.stdout.flush()
+        recording(data)
     return 0
 
 

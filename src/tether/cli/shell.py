@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tether.cli.client import Client
+from tether.cli.output import out
 from tether.cli.stream import StreamClosed, closing_error, control_of, open_stream, start_session
 
 EXIT_SESSION_ERROR = 255
@@ -43,11 +44,11 @@ def run(client: Client, args: argparse.Namespace) -> int:
     if args.user:
         body["user"] = args.user
     session = start_session(client, body)
-    print(f"tether: session {session['session_id']} on {args.node_id}", file=sys.stderr,
-          flush=True)
+    out(f"tether: session {session['session_id']} on {args.node_id}", err=True, flush=True)
     code, reason = asyncio.run(_attach(client, session["session_id"]))
     if reason:
-        print(f"\r\ntether: session {session['session_id']} ended: {reason}", file=sys.stderr)
+        out(err=True)  # the remote screen may have left the cursor mid-line
+        out(f"tether: session {session['session_id']} ended: {reason}", err=True)
     return code
 
 
