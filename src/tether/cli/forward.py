@@ -14,13 +14,21 @@ import asyncio
 import contextlib
 import re
 import signal
+from typing import Optional
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tether.cli.client import ApiFailure, Client
 from tether.cli.output import out
-from tether.cli.stream import CHUNK, StreamClosed, control_of, open_stream, start_session
+from tether.cli.stream import (
+    CHUNK,
+    FINAL_CODES,
+    StreamClosed,
+    control_of,
+    open_stream,
+    start_session,
+)
 
 SPEC = re.compile(r"^(\d{1,5}):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
@@ -59,11 +67,14 @@ async def _serve(client: Client, session_id: str, args: argparse.Namespace, loca
         except StreamClosed as exc:
             out(f"tether: connection to {host}:{port} refused: {exc}", err=True, flush=True)
             writer.close()
-            if "no open session" in str(exc):
+            if exc.final:
                 ended.append(str(exc))
                 stop.set()
             return
-        await _pipe(reader, writer, ws)
+        reason = await _pipe(reader, writer, ws)
+        if reason is not None:  # the server ended the session: no new stream would open
+            ended.append(reason)
+            stop.set()
 
     server = await asyncio.start_server(accepted, args.bind, local)
     bound = server.sockets[0].getsockname()[1]
@@ -81,7 +92,10 @@ async def _serve(client: Client, session_id: str, args: argparse.Namespace, loca
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                ws: ClientConnection) -> None:
+                ws: ClientConnection) -> Optional[str]:
+    """Relay one connection; returns the reason when it ended because the session did."""
+    session_ended: list[str] = []
+
     async def up() -> None:
         while True:
             data = await reader.read(CHUNK)
@@ -103,6 +117,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 if control.get("error"):
                     out(f"tether: forwarded connection ended: {control['error']}",
                         err=True, flush=True)
+                if control.get("code") in FINAL_CODES:
+                    session_ended.append(str(control.get("error") or "the session ended"))
                 return
 
     sending = asyncio.ensure_future(up())
@@ -116,3 +132,4 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             await sending
         writer.close()
         await ws.close()
+    return session_ended[0] if session_ended else None

@@ -19,8 +19,22 @@ MAX_FRAME = 2 * 1024 * 1024
 CHUNK = 32 * 1024
 
 
+# The codes of a ``closed`` message after which no stream of the session will open again.
+FINAL_CODES = frozenset({"session_ended", "no_such_session", "unauthorized"})
+
+
 class StreamClosed(Exception):
-    """The stream could not open, or it ended with an error; the text says why."""
+    """The stream could not open, or it ended with an error; the text says why, ``code``
+    names it (docs/protocol.md, "Operator streams")."""
+
+    def __init__(self, message: str, code: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def final(self) -> bool:
+        """The session is over (or out of this token's reach): stop, do not retry."""
+        return self.code in FINAL_CODES
 
 
 def start_session(client: Client, body: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +58,9 @@ async def open_stream(client: Client, session_id: str,
     control = json.loads(first) if isinstance(first, str) else {}
     if control.get("t") != "opened":
         await ws.close()
-        raise StreamClosed(control.get("error") or "the server closed the stream")
+        code = control.get("code")
+        raise StreamClosed(control.get("error") or "the server closed the stream",
+                           code if isinstance(code, str) else None)
     return ws, control
 
 

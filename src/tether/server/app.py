@@ -75,17 +75,18 @@ async def start(settings: Settings) -> ServerState:
     blobs = FolderBlobStore(settings.blob_dir)
     writer = GroupWriter(store)
     writer.start()
-    dispatcher = Dispatcher(store, blobs, InProcessBus(registry), watch, writer)
+    live_sessions = SessionManager(
+        store, registry, blobs, idle_timeout=settings.session_idle_timeout,
+        max_duration=settings.session_max_duration, record_input=settings.record_input)
+    bus = InProcessBus(registry, live_sessions)  # sessions hear of revocations through it
+    dispatcher = Dispatcher(store, blobs, bus, watch, writer)
     bundle = AgentBundle(settings.agent_bundle_dir)
     await asyncio.to_thread(bundle.prepare)
     throttles = (Throttle(settings.registrations_per_address, 60.0),
                  Throttle(settings.registrations_per_activation, 60.0))
-    live_sessions = SessionManager(
-        store, registry, blobs, idle_timeout=settings.session_idle_timeout,
-        max_duration=settings.session_max_duration, record_input=settings.record_input)
     await live_sessions.open()
     return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle, throttles,
-                       live_sessions)
+                       live_sessions, bus)
 
 
 async def sweep(s: ServerState) -> None:

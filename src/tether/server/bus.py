@@ -11,16 +11,35 @@ from typing import Protocol
 
 from tether.protocol.messages import Message
 from tether.server.gateway.registry import Registry
+from tether.server.sessions.authority import SessionFilter
+
+
+class SessionReviewer(Protocol):
+    """A replica's live sessions (``sessions.manager.SessionManager``)."""
+
+    async def review(self, which: SessionFilter, actor: str) -> dict[str, str]: ...
 
 
 class Bus(Protocol):
     async def send_to_node(self, node_id: str, message: Message) -> bool: ...
     async def disconnect_node(self, node_id: str, code: int, reason: str) -> None: ...
 
+    async def review_sessions(self, which: SessionFilter, actor: str) -> None:
+        """After a change that can take a right away (an operator disabled or its policy
+        changed, a token revoked, a node retagged): every replica re-checks its live
+        sessions that ``which`` selects and ends those that may no longer go on, each
+        with its reason and a ``session end`` audit record naming ``actor``. Over NATS
+        this is one message to every replica; each reviews only what it holds."""
+        ...
+
 
 class InProcessBus:
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, registry: Registry, sessions: SessionReviewer | None = None) -> None:
+        self.registry, self.sessions = registry, sessions
+
+    async def review_sessions(self, which: SessionFilter, actor: str) -> None:
+        if self.sessions is not None:
+            await self.sessions.review(which, actor)
 
     async def send_to_node(self, node_id: str, message: Message) -> bool:
         conn = self.registry.get(node_id)

@@ -7,6 +7,7 @@ import dataclasses
 from tether.server.access.throttle import Throttle
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.blobs import FolderBlobStore
+from tether.server.bus import Bus
 from tether.server.config import Settings
 from tether.server.dispatch.dispatcher import Dispatcher
 from tether.server.dispatch.watch import CommandWatch
@@ -26,3 +27,4 @@ class ServerState:
     agent_bundle: AgentBundle
     registration_throttles: tuple[Throttle, Throttle]  # per source address, per activation
     sessions: SessionManager
+    bus: Bus  # the cluster seam: what a change must reach on every replica

@@ -17,6 +17,7 @@ from tether.server.api.audit_note import note
 from tether.server.api.auth import Who
 from tether.server.api.errors import ApiError
 from tether.server.api.routes import ERRORS, State
+from tether.server.sessions.authority import SessionFilter
 from tether.server.store.operators import OperatorError
 
 router = APIRouter(prefix="/api/v1", tags=["operators"])
@@ -81,6 +82,7 @@ async def update_operator(name: str, body: models.OperatorUpdate, s: State,
                                           for st in current["statements"]]))
     row = await s.store.operators.update(name, new_roles, statements)
     assert row is not None
+    await s.bus.review_sessions(SessionFilter(operator=name), actor=who.operator)
     return row
 
 
@@ -94,6 +96,7 @@ async def disable_operator(name: str, s: State, who: Who) -> dict[str, Any]:
                        "an operator cannot disable itself (ask another admin)")
     row = await s.store.operators.disable(name)
     assert row is not None
+    await s.bus.review_sessions(SessionFilter(operator=name), actor=who.operator)
     return row
 
 
@@ -125,4 +128,5 @@ async def revoke_token(token_id: str, s: State, who: Who) -> dict[str, Any]:
     row = await s.store.operators.revoke_token(token_id)
     if row is None:
         raise ApiError(404, "token_not_found", f"no token {token_id}")
+    await s.bus.review_sessions(SessionFilter(token_id=token_id), actor=who.operator)
     return row

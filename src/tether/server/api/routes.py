@@ -22,6 +22,7 @@ from tether.server.api.errors import ApiError
 from tether.server.blobs import output_key
 from tether.server.dispatch.dispatcher import CommandSpec, NoTargetsError
 from tether.server.dispatch.targets import TargetError, parse_tag, parse_targets
+from tether.server.sessions.authority import SessionFilter
 from tether.server.state import ServerState
 from tether.server.store import NodeFilter, RegistrationError
 
@@ -149,6 +150,8 @@ async def tag_node(node_id: str, body: models.TagsUpdate, s: State,
     who.require_node("nodes:tag", {**node, "tags": after})
     note(request, set=body.set, remove=body.remove)
     await s.store.set_tags(node_id, body.set, body.remove)
+    # Tags grant access: sessions on the node that no longer may go on end now.
+    await s.bus.review_sessions(SessionFilter(node_id=node_id), actor=who.operator)
     return await _node(s, node_id)
 
 

@@ -5,7 +5,9 @@ and carried by one or more WebSocket streams on
 ``/api/v1/sessions/{id}/stream``, each one channel on the node's link: a
 shell has one, a forward one per tunnelled connection, a copy one per
 attempt (a resumed copy opens another). Only the operator who started a
-session may stream on it.
+session may stream on it, and only while the session may go on: every new
+stream is checked against the store as it is now (``sessions/authority.py``),
+and a session that may no longer go on is ended with its reason.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tether.server.api import models
 from tether.server.api.audit_note import note
 from tether.server.api.auth import Principal, Who, authenticate
 from tether.server.api.errors import ApiError
+from tether.server.sessions.authority import ACTION_OF_KIND, SESSION_ENDED
 from tether.server.sessions.manager import LiveSession, SessionError
 from tether.server.sessions.relay import relay
 from tether.server.state import ServerState
@@ -30,8 +33,6 @@ from tether.server.store.sessions import FAILED, TERMINATED
 router = APIRouter(prefix="/api/v1", tags=["sessions"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": models.ErrorBody} for s in (400, 401, 403, 404, 409)}
-ACTION_OF_KIND = {"shell": "sessions:start", "forward": "sessions:forward",
-                  "copy": "sessions:copy"}
 
 
 def state(request: Request) -> ServerState:
@@ -82,7 +83,7 @@ async def start_session(body: models.SessionRequest, s: State, who: Who,
     target = _target(body)
     try:
         live = await s.sessions.start(node_id=body.node_id, operator=who.operator,
-                                      kind=body.kind, target=target)
+                                      token_id=who.token_id, kind=body.kind, target=target)
     except SessionError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
     # This call's audit record is the session's start record.
@@ -175,25 +176,25 @@ async def session_stream(websocket: WebSocket, session_id: str,
     try:
         who = await authenticate(websocket)
     except ApiError as exc:
-        await _refuse(websocket, exc.message)
+        await _refuse(websocket, exc.code, exc.message)
         return
     live = s.sessions.live.get(session_id)
-    if live is None or live.row["operator"] != who.operator:
-        await _refuse(websocket, f"no open session {session_id[:100]} of {who.operator}")
+    if live is None or live.operator != who.operator:
+        await _refuse(websocket, *await _not_open(s, who, session_id))
         return
     if live.kind == "shell" and live.channels:
-        await _refuse(websocket, "this shell is already attached")
+        await _refuse(websocket, "already_attached", "this shell is already attached")
         return
     try:
         kind, params = _channel_of(live, offset)
-        channel = s.sessions.channel(live, kind, **params)
+        channel = await s.sessions.channel(live, kind, who.token_id, **params)
     except SessionError as exc:
-        await _refuse(websocket, str(exc))
+        await _refuse(websocket, exc.code, str(exc))
         return
     try:
         outcome = await relay(websocket, channel, live)
     finally:
-        live.channels.discard(channel)
+        live.channels.pop(channel, None)
     if live.kind == "shell" or (live.kind == "copy" and outcome.clean):
         await s.sessions.end(live, TERMINATED, outcome.reason if live.kind == "shell"
                              else "copy complete", actor=who.operator,
@@ -216,6 +217,17 @@ def _channel_of(live: LiveSession, offset: int) -> tuple[str, dict[str, Any]]:
                           "mode": t.get("mode"), "force": bool(t.get("force"))}
 
 
-async def _refuse(websocket: WebSocket, message: str) -> None:
-    await websocket.send_text(json.dumps({"t": "closed", "error": message}))
+async def _not_open(s: ServerState, who: Principal, session_id: str) -> tuple[str, str]:
+    """Why there is no live session ``session_id`` of ``who`` to stream on: its own
+    operator learns how it ended; anyone else learns nothing about it."""
+    row = await s.store.sessions.get(session_id)
+    if row is not None and row["operator"] == who.operator and row["ended_at"] is not None:
+        return SESSION_ENDED, f"session {session_id} ended: {row['end_reason']}"
+    return "no_such_session", f"no open session {session_id[:100]} of {who.operator}"
+
+
+async def _refuse(websocket: WebSocket, code: str, message: str) -> None:
+    """The stream does not open: ``code`` is the stable name a client switches on
+    (``session_ended``: the session is over, so a forward stops listening)."""
+    await websocket.send_text(json.dumps({"t": "closed", "error": message, "code": code}))
     await websocket.close(1008)

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tether.protocol.messages import Close, Eof, Opened
 from tether.server.gateway.channels import ServerChannel
+from tether.server.sessions.authority import SESSION_ENDED
 from tether.server.sessions.manager import LiveSession
 
 OPEN_TIMEOUT = 30.0
@@ -47,7 +48,8 @@ async def relay(ws: WebSocket, channel: ServerChannel, live: LiveSession) -> Out
         first = Close(channel.number, error="the node did not open the channel in time")
     try:
         if isinstance(first, Close):
-            await _send_json(ws, {"t": "closed", "error": first.error})
+            await _send_json(ws, {"t": "closed", "error": first.error,
+                                  "code": SESSION_ENDED if live.ended else None})
             return Outcome(False, None, first.error or "closed")
         assert isinstance(first, Opened)
         await _send_json(ws, {"t": "opened", "size": first.size, "mode": first.mode})
@@ -92,7 +94,8 @@ async def _to_operator(ws: WebSocket, channel: ServerChannel, live: LiveSession)
             assert isinstance(item, Close)
             with contextlib.suppress(Exception):
                 await _send_json(ws, {"t": "closed", "exit_code": item.exit_code,
-                                      "error": item.error})
+                                      "error": item.error,
+                                      "code": SESSION_ENDED if live.ended else None})
             reason = item.error or (f"exited with {item.exit_code}"
                                     if item.exit_code is not None else "closed by the node")
             return Outcome(item.error is None, item.exit_code, reason)

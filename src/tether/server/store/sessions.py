@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.access.policy import Scope
-from tether.server.store.schema import sessions
+from tether.server.store.schema import operator_tokens, operators, sessions
 from tether.server.store.scope import readable
 
 Row = dict[str, Any]
@@ -59,6 +59,23 @@ class Sessions:
             await conn.execute(sessions.update().where(sessions.c.ended_at.is_(None)).values(
                 status=TERMINATED, end_reason=reason, ended_at=time.time()))
         return left
+
+    async def grants(self, token_ids: Sequence[str]) -> dict[str, Row]:
+        """Each token with its operator's name, roles, statements and disabled_at, by id:
+        what a live session's right to go on rests on (``sessions/authority.py``). Read
+        whatever the token's state, so a revoked token is told apart from an unknown one."""
+        q = (sa.select(operator_tokens.c.token_id, operator_tokens.c.revoked_at,
+                       operator_tokens.c.expires_at, operators.c.name, operators.c.roles,
+                       operators.c.statements, operators.c.disabled_at)
+             .join(operators, operators.c.name == operator_tokens.c.name))
+        out: dict[str, Row] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(token_ids), 1000):
+                chunk = list(token_ids[start:start + 1000])
+                for r in (await conn.execute(q.where(
+                        operator_tokens.c.token_id.in_(chunk)))).mappings():
+                    out[r["token_id"]] = dict(r)
+        return out
 
     async def get(self, session_id: str) -> Row | None:
         async with self.engine.connect() as conn:
