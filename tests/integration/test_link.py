@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from harness import Agent, Server
+from harness import PYTHON, Agent, Server, clean_env
 from tether.agent.backoff import Backoff
 from tether.agent.link import Agent as LinkAgent
 from tether.agent.runner import mark_of
@@ -544,3 +545,27 @@ def test_protocol_1_agents_get_pongs_and_protocol_2_agents_do_not(
             first = "closed"
     assert (first == encode(Pong())) is answered, first
     assert answered or first == "closed"
+
+
+def test_a_deregistered_credential_is_told_so_and_the_doctor_says_register_again(
+        server: Server, make_agent: Callable[..., Agent]) -> None:
+    """Issue 12: a deregistered node's own credential is refused with 4004, as documented
+    (it was 4003, 'wrong credential'), while a wrong credential for it still gets 4003;
+    and ``tether-agent doctor`` names the deregistration and the way back."""
+    gone = make_agent().register()
+    ident = identity(gone)
+    server.cli("nodes", "deregister", gone.node_id)
+    code, reason = refusal(server, hello_frame(ident["node_id"], ident["credential"]))
+    assert (code, reason) == (CloseCode.DEREGISTERED, f"{gone.node_id} is deregistered")
+    code, reason = refusal(server, hello_frame(ident["node_id"], "tnc_not-its-credential"))
+    assert (code, reason) == (CloseCode.AUTH_FAILED,
+                              f"unknown node or wrong credential for {gone.node_id}")
+
+    result = subprocess.run([PYTHON, "-m", "tether.agent", "doctor", "--state-dir",
+                             str(gone.state_dir), "--json"], capture_output=True, text=True,
+                            env=clean_env(), timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    auth = {c["check"]: c for c in json.loads(result.stdout)}["auth"]
+    assert result.returncode != 0 and auth["status"] == "fail", auth
+    assert "DEREGISTERED (4004)" in auth["detail"], auth
+    assert "register the device again" in auth["hint"], auth

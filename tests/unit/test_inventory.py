@@ -399,3 +399,30 @@ def test_interface_without_ipv4_is_kept(make_tun: Callable[..., str]) -> None:
         tun = by_name(interfaces)["tttinv1"]
         assert "pointopoint" in tun.flags, discover.__name__
         assert ipv4(tun) == [], discover.__name__
+
+
+def test_a_container_host_stays_within_the_limits_and_keeps_its_uplinks() -> None:
+    """Issue 12 #12: an honest device with hundreds of interfaces is cut by the agent,
+    not the server, and keeps the interfaces that matter (the point-to-point link last
+    in the kernel's order included); what it sends the server stores whole."""
+    from tether.agent.inventory import within_limits
+    from tether.protocol import AGENT_MESSAGES, decode, encode
+    from tether.protocol.limits import FIELD_LIMITS, Items
+
+    veths = [Interface(f"veth{i}", ["up", "running"],
+                       [Address(f"fe80::{i:x}", 64, "inet6")]) for i in range(300)]
+    eth0 = Interface("eth0", ["up"], [Address(f"10.0.{i // 250}.{i % 250}", 16, "inet")
+                                      for i in range(100)] + [Address("fe80::1", 64, "inet6")])
+    wwan0 = Interface("wwan0", ["up", "pointopoint"], [Address("10.64.0.2", 32, "inet",
+                                                               "10.64.0.1")])
+    big = Inventory("h" * 300, "os", "1", "k", "x86_64", "1.0", "3.11", [*veths, eth0, wwan0])
+    small = within_limits(big)
+    caps = FIELD_LIMITS["Inventory"]["interfaces"], FIELD_LIMITS["Interface"]["addresses"]
+    assert isinstance(caps[0], Items) and isinstance(caps[1], Items)
+    assert len(small.interfaces) == caps[0].max_items
+    assert [i.name for i in small.interfaces[:2]] == ["wwan0", "eth0"]
+    assert len(small.interfaces[1].addresses) == caps[1].max_items
+    assert len(small.computer_name) == 255
+    assert decode(encode(small), AGENT_MESSAGES) == small  # nothing left for the server to cut
+    ordinary = Inventory("h", "os", "1", "k", "x86_64", "1.0", "3.11", [wwan0, *veths[:3]])
+    assert within_limits(ordinary) is ordinary

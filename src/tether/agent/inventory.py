@@ -34,10 +34,11 @@ import shlex
 import socket
 import struct
 import subprocess
-from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional, TypeVar
 
 import tether
+from tether.protocol.limits import FIELD_LIMITS, Items, Limit, Over, Text, truncate_text
 from tether.protocol.messages import Address, Interface, Inventory
 
 __all__ = [
@@ -53,9 +54,11 @@ __all__ = [
     "parse_ip_json",
     "parse_os_release",
     "read_os_release",
+    "within_limits",
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IP_COMMAND = ("ip", "-j", "address", "show")
 # `ip -j address show` takes about 2 ms here; a hung or wedged `ip` must not
@@ -116,7 +119,7 @@ def collect_inventory(
         os_release_paths: where to look for os-release, first found wins.
     """
     release = read_os_release(os_release_paths)
-    return Inventory(
+    return within_limits(Inventory(
         computer_name=socket.gethostname(),
         os_name=release.get("NAME") or release.get("PRETTY_NAME") or "unknown",
         os_version=release.get("VERSION_ID") or "unknown",
@@ -126,7 +129,68 @@ def collect_inventory(
         python_version=platform.python_version(),
         interfaces=list_interfaces(),
         primary_address=primary_address,
-    )
+    ))
+
+
+def within_limits(inv: Inventory) -> Inventory:
+    """``inv`` cut to the protocol's bounds (tether.protocol.limits), keeping what matters.
+
+    The server would keep the *first* interfaces and addresses past its caps; a
+    container host with hundreds of ``veth`` interfaces must not push its ``wwan0``
+    out. So the most useful come first: point-to-point links, then interfaces with
+    an address beyond link-local, then those that are up, then the rest (each group
+    in the kernel's order); and global addresses before link-local ones. Strings
+    are cut as the server would cut them, so the fingerprint is of what is stored.
+    """
+    limits = FIELD_LIMITS["Inventory"]
+    iface_limits = FIELD_LIMITS["Interface"]
+    text: dict[str, Any] = {}
+    for f in dataclasses.fields(inv):
+        value, limit = getattr(inv, f.name), limits[f.name]
+        if isinstance(value, str) and isinstance(limit, Text):
+            text[f.name] = truncate_text(value, limit) if limit.over is Over.TRUNCATE \
+                or len(value) <= limit.max_chars else None
+    kept = [Interface(name=i.name, flags=i.flags[:_cap(iface_limits["flags"])],
+                      addresses=_first(i.addresses, _cap(iface_limits["addresses"]),
+                                       _is_link_local))
+            for i in _first(inv.interfaces, _cap(limits["interfaces"]), _usefulness)
+            if len(i.name) <= _chars(iface_limits["name"])]
+    if kept == inv.interfaces and all(text[k] == getattr(inv, k) for k in text):
+        return inv  # the common case: nothing to cut
+    return dataclasses.replace(inv, interfaces=kept, **text)
+
+
+def _first(items: list[T], cap: int, rank: Callable[[T], Any]) -> list[T]:
+    """``items`` as they are when within ``cap``; else the ``cap`` best by ``rank``."""
+    if len(items) <= cap:
+        return items
+    return sorted(items, key=rank)[:cap]  # a stable sort: the kernel's order within a rank
+
+
+def _cap(limit: Limit) -> int:
+    assert isinstance(limit, Items)
+    return limit.max_items
+
+
+def _chars(limit: Limit) -> int:
+    assert isinstance(limit, Text)
+    return limit.max_chars
+
+
+def _is_link_local(address: Address) -> bool:
+    try:
+        return ipaddress.ip_address(address.address.split("%")[0]).is_link_local
+    except ValueError:
+        return False
+
+
+def _usefulness(iface: Interface) -> int:
+    """0 is most useful: see ``within_limits``."""
+    if "pointopoint" in iface.flags:
+        return 0
+    if any(not _is_link_local(a) for a in iface.addresses) and "loopback" not in iface.flags:
+        return 1
+    return 2 if "up" in iface.flags else 3
 
 
 def inventory_fingerprint(inv: Inventory) -> str:

@@ -20,6 +20,8 @@ from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail, out
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
 from tether.server.config import (
+    DEFAULT_AGENT_BYTE_BURST,
+    DEFAULT_AGENT_BYTE_RATE,
     DEFAULT_AGENT_MESSAGE_BURST,
     DEFAULT_AGENT_MESSAGE_RATE,
     DEFAULT_CREDENTIAL_MAX_AGE,
@@ -74,6 +76,13 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    f"(default {DEFAULT_AGENT_MESSAGE_RATE:g}; beyond: closed with 4008)")
     s.add_argument("--agent-message-burst", type=int, default=DEFAULT_AGENT_MESSAGE_BURST,
                    metavar="N", help=f"that burst (default {DEFAULT_AGENT_MESSAGE_BURST})")
+    s.add_argument("--agent-byte-rate", type=float, default=DEFAULT_AGENT_BYTE_RATE,
+                   metavar="BYTES", help="bytes a second one agent may send after a burst; "
+                   "beyond, the server reads from it more slowly (default "
+                   f"{DEFAULT_AGENT_BYTE_RATE:g}, 1 MiB; 0: no limit)")
+    s.add_argument("--agent-byte-burst", type=int, default=DEFAULT_AGENT_BYTE_BURST,
+                   metavar="BYTES", help=f"that burst (default {DEFAULT_AGENT_BYTE_BURST}, "
+                   "16 MiB)")
     s.add_argument("--handshakes-per-address", type=int, metavar="N",
                    default=DEFAULT_HANDSHAKES_PER_ADDRESS,
                    help="agent WebSocket handshakes in progress at once from one address "
@@ -313,6 +322,7 @@ def _serve(args: argparse.Namespace) -> int:
         registrations_per_activation=args.registrations_per_activation, tls=tls_files,
         agent_message_rate=args.agent_message_rate,
         agent_message_burst=args.agent_message_burst,
+        agent_byte_rate=args.agent_byte_rate, agent_byte_burst=args.agent_byte_burst,
         handshakes_per_address=args.handshakes_per_address,
         hello_timeout=args.hello_timeout,
         credential_max_age=args.credential_max_age,

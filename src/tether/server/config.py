@@ -17,6 +17,12 @@ DEFAULT_EXECUTION_TIMEOUT = 3600.0
 DEFAULT_CREDENTIAL_MAX_AGE = 30 * 86400.0
 DEFAULT_AGENT_MESSAGE_BURST = 2000
 DEFAULT_AGENT_MESSAGE_RATE = 500.0
+# Bytes of text frames one agent may send (burst, then per second) before the server
+# stops reading from it for a while (docs/protocol.md "Limits"; measured in
+# docs/benchmarks.md, "Heavy agent messages"). 16 MiB: a whole default output cap
+# goes out at once.
+DEFAULT_AGENT_BYTE_RATE = 1024 * 1024.0
+DEFAULT_AGENT_BYTE_BURST = 16 * 1024 * 1024
 DEFAULT_HANDSHAKES_PER_ADDRESS = 256
 # Long enough for a hello over a lossy, high-latency cellular link (a few RTTs and
 # retransmits), short enough that silent sockets cannot pile up.
@@ -50,6 +56,9 @@ class Settings:
     # second), WebSocket handshakes in progress per source address, API body size.
     agent_message_burst: int = DEFAULT_AGENT_MESSAGE_BURST
     agent_message_rate: float = DEFAULT_AGENT_MESSAGE_RATE
+    # Bytes one agent may send (burst, then per second); beyond, reading it pauses.
+    agent_byte_rate: float = DEFAULT_AGENT_BYTE_RATE
+    agent_byte_burst: int = DEFAULT_AGENT_BYTE_BURST
     handshakes_per_address: int = DEFAULT_HANDSHAKES_PER_ADDRESS
     hello_timeout: float = DEFAULT_HELLO_TIMEOUT
     max_request_body: int = 1024 * 1024

@@ -167,10 +167,14 @@ class Dispatcher:
             if conn.protocol < 2:  # protocol 2 agents take the TCP ACK as the answer
                 conn.send(Pong())
         elif isinstance(message, Inventory):
+            digest = conn.inventory_changed(message)
+            if digest is None:  # the same as the last one stored: nothing to write
+                return
             body: dict[str, Any] = dataclasses.asdict(message)
             await self.writer.write("inventories", dict(
                 b_node=conn.node_id, b_inventory=body, b_primary=message.primary_address,
                 b_agent_version=message.agent_version, b_name=message.computer_name))
+            conn.inventory_stored(digest)
         elif isinstance(message, Accepted):
             command_id = (await self._owned(conn, message.invocation_id)).command_id
             await self.writer.write("accepted", dict(b_inv=message.invocation_id,

@@ -29,7 +29,7 @@ from tether.protocol.messages import (
     encode,
 )
 from tether.protocol.versions import check_version
-from tether.server.access.throttle import TokenBucket
+from tether.server.access.throttle import BytePacer, TokenBucket
 from tether.server.config import Settings
 from tether.server.dispatch.dispatcher import Dispatcher
 from tether.server.gateway.registry import AgentConnection, Registry
@@ -84,6 +84,21 @@ def _count(bucket: TokenBucket, conn: AgentConnection, settings: Settings) -> No
                             f"{settings.agent_message_rate:g} a second")
 
 
+async def _pace(pacer: BytePacer, frame: str | bytes, conn: AgentConnection) -> None:
+    """Charge a frame's bytes to the agent's budget; past it, stop reading for a while.
+
+    The frame is in memory already (at most the 2 MiB frame limit); what waits is
+    its decoding, storing and the next frame, so an agent's CPU and database cost
+    per second is bounded by the byte rate, and TCP holds the agent back meanwhile.
+    """
+    size = len(frame) if isinstance(frame, bytes) or frame.isascii() \
+        else len(frame.encode("utf-8"))
+    delay = pacer.charge(size, conn.last_received)
+    if delay > 0:
+        await asyncio.sleep(delay)
+        conn.received()  # the silence was ours, not the agent's
+
+
 def _welcome(hello: Hello, settings: Settings) -> Welcome:
     return Welcome(protocol=hello.protocol, server_version=__version__,
                    keepalive_interval=settings.keepalive_interval,
@@ -125,6 +140,7 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
     conn.send(_welcome(hello, settings))
     bucket = TokenBucket(settings.agent_message_rate, settings.agent_message_burst,
                          time.monotonic())
+    pacer = BytePacer(settings.agent_byte_rate, settings.agent_byte_burst, time.monotonic())
     try:
         await dispatcher.node_connected(conn)
         while not conn.closing:
@@ -140,6 +156,7 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
                         _count(bucket, conn, settings)
                     continue
                 _count(bucket, conn, settings)
+                await _pace(pacer, frame, conn)
                 message = decode(frame, AGENT_MESSAGES)
                 if isinstance(message, (Opened, Window, Eof, Close)):
                     conn.channels.handle(message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 
 from starlette.websockets import WebSocket
 
-from tether.protocol.messages import Message, encode
+from tether.protocol.messages import Inventory, Message, encode
 from tether.server.gateway.channels import ChannelTable
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class AgentConnection:
         self._writer: asyncio.Task[None] | None = None
         self._close_args: tuple[int, str] = (1000, "")
         self._channels: ChannelTable | None = None
+        # The digest of the last inventory stored from this link (see inventory_changed).
+        self._inventory: bytes | None = None
 
     @property
     def channels(self) -> ChannelTable:
@@ -59,6 +62,16 @@ class AgentConnection:
     def close_channels(self, reason: str) -> None:
         if self._channels is not None:
             self._channels.close_all(reason)
+
+    def inventory_changed(self, inventory: Inventory) -> bytes | None:
+        """Its digest if ``inventory`` differs from the last one stored from this link,
+        else None: an unchanged one (an agent re-sending it, or flooding it) is not
+        written again. Give the digest to ``inventory_stored`` once it is stored."""
+        digest = hashlib.sha256(encode(inventory).encode("utf-8")).digest()
+        return None if digest == self._inventory else digest
+
+    def inventory_stored(self, digest: bytes) -> None:
+        self._inventory = digest
 
     def received(self) -> None:
         self.last_received = time.monotonic()

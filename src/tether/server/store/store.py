@@ -82,6 +82,8 @@ if TYPE_CHECKING:
 
 ONLINE = "Online"
 CONNECTION_LOST = "ConnectionLost"
+# A deregistered node's credential_hash is hash(_TOMBSTONE + its last hash): see _deregister.
+_TOMBSTONE = "deregistered:"
 Row = dict[str, Any]
 
 
@@ -246,6 +248,11 @@ class Store:
                 nodes.c.node_id == node_id))).mappings().first()
         if row is None:
             return None
+        if row["deregistered_at"] is not None:
+            # The credential proves itself against the tombstone, so the agent hears
+            # 4004 (deregistered), not 4003, and only with its own credential.
+            proven = matches(_TOMBSTONE + hash_secret(credential), row["credential_hash"])
+            return dict(row) if proven else None
         if matches(credential, row["credential_hash"]):
             return dict(row)
         pending = row["pending_credential_hash"]
@@ -476,11 +483,23 @@ class Store:
             return await self._deregister(conn, node_id, time.time())
 
     async def _deregister(self, conn: AsyncConnection, node_id: str, now: float) -> bool:
-        """Revoke the credential (its hash is overwritten) and end open invocations."""
+        """Revoke the credential and end open invocations.
+
+        The hash becomes a tombstone, the hash of a prefix and the old hash: no
+        credential matches it (nothing that checks ``credential_hash`` can let the
+        node in), yet the old credential can still prove it is the one that was
+        deregistered (``authenticate_node``). Nodes deregistered before tombstones
+        hold ``revoked`` and are refused as unknown (4003).
+        """
+        current = await conn.scalar(sa.select(nodes.c.credential_hash).where(
+            nodes.c.node_id == node_id, nodes.c.deregistered_at.is_(None)))
+        if current is None:
+            return False
         done = await conn.execute(nodes.update().where(
             nodes.c.node_id == node_id, nodes.c.deregistered_at.is_(None),
-        ).values(deregistered_at=now, credential_hash="revoked", pending_credential_hash=None,
-                 ping_status=CONNECTION_LOST))
+            nodes.c.credential_hash == current,  # a rotation in between: the UPDATE loses
+        ).values(deregistered_at=now, credential_hash=hash_secret(_TOMBSTONE + current),
+                 pending_credential_hash=None, ping_status=CONNECTION_LOST))
         if done.rowcount != 1:
             return False
         await conn.execute(_transition(_S.UNDELIVERABLE).where(
