@@ -15,7 +15,7 @@ from tether import __version__
 
 if TYPE_CHECKING:
     from tether.server.tls import TlsFiles
-from tether.cli import access, commands, fleet, sessions
+from tether.cli import access, admin, commands, fleet, sessions
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import fail, out
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
@@ -222,6 +222,7 @@ def _parser() -> argparse.ArgumentParser:
 
     access.add_parsers(sub)
     access.add_audit_parsers(sub)
+    admin.add_parsers(sub)
     sessions.add_parsers(sub)
 
     r = sub.add_parser("run", help="run a script on nodes",
@@ -355,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.area == "agent-bundle":
         return _bundle(args)
+    if args.area == "admin":  # on the server machine, with no token
+        return admin.main(args)
     try:
         if args.area == "login":
             return _login(args)

@@ -20,6 +20,7 @@ from tether.protocol.errors import CloseCode
 from tether.protocol.versions import AGENT_WS_PATH
 from tether.server import console
 from tether.server.access.throttle import Throttle
+from tether.server.admin_access import prepare_admin_access, write_secret_file
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.api import agent_install, audit, fleet, operators, sessions
 from tether.server.api.errors import ApiError, api_error_handler
@@ -40,13 +41,6 @@ from tether.server.store.writer import GroupWriter
 log = logging.getLogger(__name__)
 
 
-def write_secret_file(path: os.PathLike[str] | str, secret: str) -> None:
-    """Create a file only its owner can read, and never follow an existing one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-
-
 def audit_key(path: Path) -> bytes:
     """The audit chain's HMAC key: made once, kept beside the database, never in it."""
     try:
@@ -61,13 +55,9 @@ async def start(settings: Settings) -> ServerState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
     store = await open_store(settings.database_url)
-    token = await store.create_admin_token_if_none()
-    if token is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(settings.admin_token_file)  # a stale file from a wiped database
-        write_secret_file(settings.admin_token_file, token)
-        print(f"tether: created the admin token; it is in {settings.admin_token_file} "
-              "(readable by you only)", flush=True)
+    admin_access = await prepare_admin_access(settings, store)
+    for line in admin_access.messages():
+        print(line, flush=True)
     await store.mark_all_connection_lost()
     store.audit.key = audit_key(settings.audit_key_file)
     registry = Registry()
@@ -86,7 +76,7 @@ async def start(settings: Settings) -> ServerState:
                  Throttle(settings.registrations_per_activation, 60.0))
     await live_sessions.open()
     return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle, throttles,
-                       live_sessions, bus)
+                       live_sessions, bus, admin_access=admin_access)
 
 
 async def sweep(s: ServerState) -> None:

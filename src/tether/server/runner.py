@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
+from tether.server.admin_access import AdminAccess
 from tether.server.app import build_app
 from tether.server.config import Settings
 
@@ -40,19 +41,23 @@ def url_of(sock: socket.socket, tls: bool = False) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _first_steps(settings: Settings, url: str) -> str:
+def _first_steps(settings: Settings, url: str, access: AdminAccess | None = None) -> str:
     """How to register a first device, in the words that work for this server's address.
 
     A copied command that fails is worse than none: the agent refuses plain HTTP to
-    another machine without ``--insecure``, and pins a private CA with ``--ca``.
+    another machine without ``--insecure``, and pins a private CA with ``--ca``; and
+    the token line names ``DATA/admin-token`` only when ``access`` found a working
+    token there (None: assume it, as on a first start).
     """
+    token = access.token_shell() if access else f"$(cat {settings.admin_token_file})"
+    sign_in = access.sign_in() if access else f"the token in {settings.admin_token_file}"
     wildcard = is_wildcard_host(settings.host)
     if wildcard:  # the address it prints is no device's to dial
         scheme, _, rest = url.partition("://")
         url = f"{scheme}://SERVER:{rest.rsplit(':', 1)[1]}"
     register = ("tether-agent register --server {url}{extra} "
                 "--activation-id ID --activation-code CODE")
-    operator = f"export TETHER_SERVER={url} TETHER_TOKEN=$(cat {settings.admin_token_file})"
+    operator = f"export TETHER_SERVER={url} TETHER_TOKEN={token}"
     device: list[str]
     if settings.tls is not None and settings.tls.ca is not None:
         operator += f" TETHER_CA={settings.tls.ca}"
@@ -64,8 +69,7 @@ def _first_steps(settings: Settings, url: str) -> str:
     else:
         device = ["# on this machine (for devices elsewhere, serve TLS: --host 0.0.0.0 "
                   "--tls auto --tls-name NAME):", register.format(url=url, extra="")]
-    lines = [f"Web console: {url}/ (sign in with the token in "
-             f"{settings.admin_token_file})",
+    lines = [f"Web console: {url}/ (sign in with {sign_in})",
              "To register a first device:", operator,
              "tether activation create            # prints an activation id and code",
              *device, "tether-agent run"]
@@ -81,7 +85,8 @@ def serve(settings: Settings, log_level: str = "info") -> None:
     sock = bind(settings.host, settings.port)
     # h11 rather than httptools: httptools accepts headers of any size (a 1 MB header was
     # taken whole); h11 stops at MAX_HEADER_BYTES. The cost is in docs/benchmarks.md.
-    config = uvicorn.Config(build_app(settings), http="h11",
+    front = build_app(settings)
+    config = uvicorn.Config(front, http="h11",
                             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                             ws="websockets-sansio", ws_max_size=WS_MAX_FRAME,
                             ws_ping_interval=None, ws_per_message_deflate=False,
@@ -102,7 +107,7 @@ def serve(settings: Settings, log_level: str = "info") -> None:
                 print(f"TLS with tether's private CA {settings.tls.ca}\n"
                       f"  SHA-256 fingerprint {fingerprint}\n"
                       f"  devices pin it: tether-agent register --ca ca.pem ...", flush=True)
-            print(_first_steps(settings, url), flush=True)
+            print(_first_steps(settings, url, front.app.state.tether.admin_access), flush=True)
         await task
 
     run_on_loop(main(), settings.event_loop)

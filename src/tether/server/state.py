@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from tether.server.access.throttle import Throttle
+from tether.server.admin_access import AdminAccess
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.blobs import FolderBlobStore
 from tether.server.bus import Bus
@@ -28,3 +29,5 @@ class ServerState:
     registration_throttles: tuple[Throttle, Throttle]  # per source address, per activation
     sessions: SessionManager
     bus: Bus  # the cluster seam: what a change must reach on every replica
+    # What start-up found about the way in: the banner says it (server/admin_access.py).
+    admin_access: AdminAccess | None = None

@@ -67,7 +67,7 @@ async def show_operator(name: str, s: State, who: Who) -> dict[str, Any]:
     return await _operator(s, name)
 
 
-@router.patch("/operators/{name}", response_model=models.Operator, responses=ERRORS)
+@router.patch("/operators/{name}", response_model=models.Operator, responses=CONFLICT)
 async def update_operator(name: str, body: models.OperatorUpdate, s: State,
                           who: Who, request: Request) -> dict[str, Any]:
     """Replace the roles and/or the statements; the next request uses them."""
@@ -80,7 +80,10 @@ async def update_operator(name: str, body: models.OperatorUpdate, s: State,
     statements = (_validated(roles, body.statements) if body.statements is not None
                   else _validated(roles, [models.PolicyStatement(**st)
                                           for st in current["statements"]]))
-    row = await s.store.operators.update(name, new_roles, statements)
+    try:
+        row = await s.store.operators.update(name, new_roles, statements)
+    except OperatorError as exc:  # last_admin: it would demote the last admin
+        raise ApiError(409, exc.code, str(exc)) from None
     assert row is not None
     await s.bus.review_sessions(SessionFilter(operator=name), actor=who.operator)
     return row
@@ -94,7 +97,10 @@ async def disable_operator(name: str, s: State, who: Who) -> dict[str, Any]:
     if name == who.operator:
         raise ApiError(409, "cannot_disable_self",
                        "an operator cannot disable itself (ask another admin)")
-    row = await s.store.operators.disable(name)
+    try:
+        row = await s.store.operators.disable(name)
+    except OperatorError as exc:  # last_admin
+        raise ApiError(409, exc.code, str(exc)) from None
     assert row is not None
     await s.bus.review_sessions(SessionFilter(operator=name), actor=who.operator)
     return row
@@ -121,11 +127,15 @@ async def list_tokens(s: State, who: Who, operator: str | None = None) -> list[d
     return await s.store.operators.tokens(operator)
 
 
-@router.delete("/tokens/{token_id}", response_model=models.Token, responses=ERRORS)
+@router.delete("/tokens/{token_id}", response_model=models.Token, responses=CONFLICT)
 async def revoke_token(token_id: str, s: State, who: Who) -> dict[str, Any]:
-    """Revoke at once: the next request with this token is refused."""
+    """Revoke at once: the next request with this token is refused. The last admin's
+    last valid token is not revoked (409 ``last_admin``)."""
     who.require("operators:manage")
-    row = await s.store.operators.revoke_token(token_id)
+    try:
+        row = await s.store.operators.revoke_token(token_id)
+    except OperatorError as exc:
+        raise ApiError(409, exc.code, str(exc)) from None
     if row is None:
         raise ApiError(404, "token_not_found", f"no token {token_id}")
     await s.bus.review_sessions(SessionFilter(token_id=token_id), actor=who.operator)

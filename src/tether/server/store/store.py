@@ -8,9 +8,13 @@ table: the database, not a Python check, decides who wins a race.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import stat
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -118,10 +122,33 @@ def _url_for_async(url: str) -> str:
     return url
 
 
+def owner_only_sqlite(database: str | None) -> None:
+    """Make an SQLite database file, and its WAL and shared-memory files, owner-only.
+
+    SQLite creates the database 0666 minus the umask (0644 as a rule: anyone on the
+    machine could read node names, addresses and the audit trail), and gives -wal and
+    -shm the database's own mode; so the file is made 0600 before SQLite first opens
+    it, and an existing one (from an older version) is tightened along with its
+    companions.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            mode = f.lstat().st_mode
+            if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
+                os.chmod(f, 0o600)
+
+
 async def open_store(url: str) -> Store:
     """Connect, migrate to the newest schema and return a ready store."""
     engine = create_async_engine(_url_for_async(url))
     if engine.dialect.name == "sqlite":
+        owner_only_sqlite(engine.url.database)
+
         @sa.event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
