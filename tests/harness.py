@@ -142,9 +142,11 @@ class Server:
                 "--host", self.host, "--port", str(self.port),
                 "--keepalive-interval", str(self.keepalive[0]),
                 "--keepalive-timeout", str(self.keepalive[1]),
-                # Suites fail registrations on purpose, all from 127.0.0.1; the limit's own
-                # test (test_registration.py) runs a server with the defaults.
-                *(["--registrations-per-address", "10000"] if self.relaxed else []),
+                # Suites fail registrations and tokens on purpose, all from 127.0.0.1; the
+                # limits' own tests (test_registration.py, test_audit_volume.py) run a
+                # server with the defaults.
+                *(["--registrations-per-address", "10000",
+                   "--failed-tokens-per-address", "10000"] if self.relaxed else []),
                 *self.extra]
         if self.database_url:
             argv += ["--database-url", self.database_url]

@@ -79,16 +79,32 @@ def identity(agent: Agent) -> dict[str, str]:
     return body
 
 
-def verify_cli(server: Server) -> tuple[int, dict[str, Any]]:
-    result = server.cli_raw("audit", "verify", "--json")
+def verify_cli(server: Server, *args: str) -> tuple[int, dict[str, Any]]:
+    result = server.cli_raw("audit", "verify", "--json", *args)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def verdict_of(server: Server, *args: str) -> tuple[int, dict[str, Any]]:
+    """``verify_cli`` without the parts that change with every call (a new checkpoint)."""
+    code, verdict = verify_cli(server, *args)
+    return code, {k: verdict[k] for k in ("ok", "records", "problem", "seq", "state")}
+
+
+def intact(records: int) -> tuple[int, dict[str, Any]]:
+    return 0, {"ok": True, "records": records, "problem": None, "seq": None, "state": "intact"}
 
 
 def export_cli(server: Server) -> str:
     result = server.cli_raw("audit", "export")
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def export_records(server: Server) -> tuple[list[Record], dict[str, Any]]:
+    """An export's records, and the signed checkpoint it ends with."""
+    *records, last = (json.loads(line) for line in export_cli(server).splitlines())
+    return records, last["checkpoint"]
 
 
 def state_changing_routes(data_dir: Path) -> set[str]:
@@ -549,10 +565,13 @@ def test_cli_filters_and_export_match_the_api(sqlite_server: Server, tmp_path: P
                                                  if r["at"] >= middle["at"]]
     assert audit(server, since=time.time() + 60) == []
 
-    # Export: one JSON object per line, oldest first, with hashes; what the API holds.
-    lines = export_cli(server).splitlines()
-    exported = [json.loads(line) for line in lines]
+    # Export: one JSON object per line, oldest first, with hashes; what the API holds;
+    # then the checkpoint: the newest record's seq and hash, signed by the server.
+    exported, checkpoint = export_records(server)
     assert exported == audit(server)
+    assert (checkpoint["seq"], checkpoint["hash"]) == (exported[-1]["seq"],
+                                                       exported[-1]["hash"])
+    assert re.fullmatch(r"[0-9a-f]{64}", checkpoint["mac"])
     assert exported[: len(everything)] == everything
     seqs = [r["seq"] for r in exported]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
@@ -562,6 +581,7 @@ def test_cli_filters_and_export_match_the_api(sqlite_server: Server, tmp_path: P
     assert all(re.fullmatch(r"[0-9a-f]{64}", r["hash"]) for r in exported)
     code, verdict = verify_cli(server)
     assert (code, verdict["ok"], verdict["records"]) == (0, True, len(exported))
+    assert verdict["anchored"] == len(exported)  # the anchor: the newest record
 
 
 # -- 4. tampering with the database -------------------------------------------------
@@ -676,11 +696,10 @@ def chained(request: pytest.FixtureRequest,
 
 
 def test_verify_says_intact_after_activity(chained: Server) -> None:
-    code, verdict = verify_cli(chained)
+    code, verdict = verdict_of(chained)
     records = audit(chained)
     assert len(records) >= 10
-    assert (code, verdict) == (0, {"ok": True, "records": len(records), "problem": None,
-                                   "seq": None})
+    assert (code, verdict) == intact(len(records))
     human = chained.cli_raw("audit", "verify")
     assert human.returncode == 0
     assert f"{len(records)} records" in human.stdout
@@ -755,8 +774,7 @@ def test_tampering_with_the_database_is_caught(chained: Server, how: str) -> Non
     table = AuditTable(chained)
     rows = table.rows()
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
-    assert verify_cli(chained) == (0, {"ok": True, "records": len(rows), "problem": None,
-                                       "seq": None})
+    assert verdict_of(chained) == intact(len(rows))
     k = len(rows) // 2  # a record in the middle
     try:
         bad_seq, word = TAMPERING[how](table, rows, k)
@@ -770,5 +788,124 @@ def test_tampering_with_the_database_is_caught(chained: Server, how: str) -> Non
         assert f"TAMPERED: record {bad_seq}" in human.stdout
     finally:
         table.replace_all(rows)
-    assert verify_cli(chained) == (0, {"ok": True, "records": len(rows), "problem": None,
-                                       "seq": None})
+    assert verdict_of(chained) == intact(len(rows))
+
+
+# -- 5. records cut off the end: the anchor and the export's checkpoint -------------
+
+
+@pytest.mark.parametrize("keep", ["half", "none"])
+def test_records_cut_off_the_end_are_caught(chained: Server, keep: str) -> None:
+    """``DELETE FROM audit_log WHERE seq > k`` (or every row): what is left is a valid
+    chain, but the server's anchor (DATA/audit-anchor) says how far the log went."""
+    table = AuditTable(chained)
+    rows = table.rows()
+    assert verdict_of(chained) == intact(len(rows))
+    k = len(rows) // 2 if keep == "half" else 0
+    try:
+        with table.transaction() as run:
+            run("DELETE FROM audit_log WHERE seq > ?", k)
+        code, verdict = verify_cli(chained)
+        assert (code, verdict["ok"], verdict["state"], verdict["seq"]) == (
+            1, False, "truncated", k + 1), verdict
+        assert f"record {len(rows)} was written" in verdict["problem"]
+        human = chained.cli_raw("audit", "verify")
+        assert human.returncode == 1
+        if k:
+            assert f"TRUNCATED: the log ends at record {k}" in human.stdout
+            assert f"{len(rows) - k} records were cut off the end" in human.stdout
+        else:
+            assert "TRUNCATED: the log holds no records" in human.stdout
+            assert "every record was removed" in human.stdout
+    finally:
+        table.replace_all(rows)
+    assert verdict_of(chained) == intact(len(rows))
+
+
+def test_a_record_appended_after_a_cut_keeps_the_gap_visible(sqlite_server: Server) -> None:
+    """The server chains a new record on from its anchor, not from what the cut left,
+    so the next call does not paper over the truncation."""
+    server = sqlite_server
+    api(server).post("/operators", {"name": f"gap-{time.monotonic_ns()}", "roles": []})
+    table = AuditTable(server)
+    rows = table.rows()
+    k = len(rows) - 3
+    with table.transaction() as run:
+        run("DELETE FROM audit_log WHERE seq > ?", k)
+    api(server).post("/activations", {})  # any state-changing call: one append
+    after = table.rows()
+    assert [r["seq"] for r in after[-2:]] == [k, len(rows) + 1]
+    assert after[-1]["prev_hash"] == rows[-1]["hash"]  # chained on from the anchor
+    code, verdict = verify_cli(server)
+    assert (code, verdict["state"], verdict["seq"]) == (1, "tampered", len(rows) + 1)
+    assert "removed" in verdict["problem"]
+    # Put the cut records back: the chain is whole again, with the new one on the end.
+    with table.transaction() as run:
+        for r in rows[k:]:
+            table.insert(run, r)
+    assert verdict_of(server) == intact(len(rows) + 1)
+
+
+def test_an_export_checkpoint_catches_a_cut_the_anchor_no_longer_can(tmp_path: Path) -> None:
+    """The anchor is lost too (the data folder restored, a new replica): the server
+    anchors afresh at what is left, and only the off-site checkpoint shows the cut."""
+    server = Server(tmp_path / "data").start()
+    try:
+        make_activity(server)
+        records, checkpoint = export_records(server)
+        saved = tmp_path / "export.jsonl"
+        saved.write_text(export_cli(server))
+        assert verdict_of(server, "--checkpoint", str(saved)) == intact(len(records))
+        code, verdict = verify_cli(server, "--checkpoint", str(saved))
+        assert verdict["anchored"] == checkpoint["seq"] == len(records)
+
+        server.stop()
+        k = len(records) // 2
+        with AuditTable(server).transaction() as run:
+            run("DELETE FROM audit_log WHERE seq > ?", k)
+        (server.data_dir / "audit-anchor").unlink()
+        server.start()
+        created = audit(server)[-1]
+        assert (created["seq"], created["actor"], created["action"]) == (
+            k + 1, "server", "audit anchor created")
+        assert created["detail"]["head"] == k
+        assert verdict_of(server) == intact(k + 1)  # the chain and the new anchor agree
+
+        code, verdict = verify_cli(server, "--checkpoint", str(saved))
+        assert (code, verdict["state"]) == (1, "truncated"), verdict
+        assert f"the checkpoint says record {len(records)} was written" in verdict["problem"]
+        human = server.cli_raw("audit", "verify", "--checkpoint", str(saved))
+        assert human.returncode == 1 and "TRUNCATED" in human.stdout
+
+        # A checkpoint edited to vouch for less (or made with another key) is refused.
+        forged = dict(checkpoint, seq=k)
+        (tmp_path / "forged.json").write_text(json.dumps({"checkpoint": forged}))
+        code, verdict = verify_cli(server, "--checkpoint", str(tmp_path / "forged.json"))
+        assert (code, verdict["state"], verdict["seq"]) == (1, "tampered", None)
+        assert "not signed" in verdict["problem"]
+        junk = server.cli_raw("audit", "verify", "--checkpoint", str(tmp_path / "export.jsonl~"))
+        assert junk.returncode == 2 and "No such file" in junk.stderr
+    finally:
+        server.stop()
+
+
+def test_an_anchor_from_another_key_is_moved_aside_and_recorded(tmp_path: Path) -> None:
+    server = Server(tmp_path / "data").start()
+    try:
+        api(server).post("/activations", {})
+        server.stop()
+        anchor = server.data_dir / "audit-anchor"
+        body = json.loads(anchor.read_text())
+        anchor.write_text(json.dumps({**body, "seq": body["seq"] + 5}))
+        server.start()
+        rejected = audit(server)[-1]
+        assert (rejected["actor"], rejected["action"], rejected["outcome"]) == (
+            "server", "audit anchor rejected", "failed")
+        kept = server.data_dir / rejected["detail"]["kept_as"]
+        assert json.loads(kept.read_text())["seq"] == body["seq"] + 5
+        assert oct(kept.stat().st_mode & 0o777) == oct(0o600)
+        code, verdict = verify_cli(server)
+        assert (code, verdict["ok"], verdict["anchored"]) == (0, True, rejected["seq"])
+        assert oct(anchor.stat().st_mode & 0o777) == oct(0o600)
+    finally:
+        server.stop()

@@ -1,15 +1,25 @@
-"""The audit hash chain: any change, removal, insertion or re-keyed rewrite is caught."""
+"""The audit hash chain: any change, removal, insertion or re-keyed rewrite is caught;
+with a checkpoint, records cut off the end (all of them included) are caught too."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.server.access.audit_chain import FIELDS, GENESIS, record_hash, verify
+from tether.server.access.audit_chain import (
+    FIELDS,
+    GENESIS,
+    Checkpoint,
+    record_hash,
+    sign_checkpoint,
+    verify,
+)
 
 KEY = b"k" * 32
 
@@ -74,3 +84,87 @@ def test_a_chain_rewritten_without_the_key_does_not_verify() -> None:
         r["hash"] = prev = hashlib.sha256(prev.encode() + b"\n" + body.encode()).hexdigest()
     assert not verify(KEY, records).ok
     assert not verify(b"another key", chain(3)).ok
+
+
+# -- checkpoints: what the chain alone cannot see ------------------------------
+
+
+def head_of(records: list[dict[str, Any]], seq: int) -> Checkpoint:
+    """A checkpoint of record ``seq`` (0: the empty log), as the server signs one."""
+    hash_ = GENESIS if seq == 0 else records[seq - 1]["hash"]
+    return sign_checkpoint(KEY, seq, hash_, 1700000000.5)
+
+
+@given(st.integers(1, 10), st.integers(0, 10))
+def test_a_log_cut_short_of_its_checkpoint_is_truncated(anchored: int, kept: int) -> None:
+    """Records cut off the end, all of them included: the chain still verifies alone,
+    the checkpoint says how many are gone."""
+    records = chain(10)
+    checkpoint = head_of(records, anchored)
+    assert verify(KEY, records[:kept]).ok  # what the chain alone said before
+    verdict = verify(KEY, records[:kept], checkpoints=[("anchor", checkpoint)])
+    if kept >= anchored:
+        assert verdict.ok and verdict.state == "intact" and verdict.anchored == anchored
+        return
+    assert not verdict.ok and verdict.state == "truncated"
+    assert verdict.seq == kept + 1  # the first record missing
+    assert verdict.problem is not None and f"record {anchored} was written" in verdict.problem
+    if kept == 0:
+        assert "holds no records" in verdict.problem and "every record" in verdict.problem
+    else:
+        assert f"ends at record {kept}" in verdict.problem
+        assert f"{anchored - kept} record" in verdict.problem
+
+
+def test_records_after_the_checkpoint_are_fine() -> None:
+    """The anchor lags (a crash before it was moved, another replica appending)."""
+    records = chain(10)
+    verdict = verify(KEY, records, checkpoints=[("anchor", head_of(records, 4))])
+    assert verdict.ok and verdict.anchored == 4 and verdict.head == (10, records[9]["hash"])
+
+
+def test_a_log_rewritten_under_its_checkpoint_is_tampered() -> None:
+    """Whoever holds the key re-chains from record 3 on: the checkpoint of 6 disagrees."""
+    records = chain(10)
+    checkpoint = head_of(records, 6)
+    rewritten = chain(10)
+    prev = rewritten[1]["hash"]
+    for r in rewritten[2:]:
+        r["detail"] = {"script": "something else"}
+        r["prev_hash"], r["hash"] = prev, record_hash(KEY, prev, r)
+        prev = r["hash"]
+    assert verify(KEY, rewritten).ok
+    verdict = verify(KEY, rewritten, checkpoints=[("checkpoint", checkpoint)])
+    assert (verdict.ok, verdict.state, verdict.seq) == (False, "tampered", 6)
+    assert verdict.problem is not None and "checkpoint vouched for" in verdict.problem
+
+
+def test_an_edited_or_foreign_checkpoint_is_refused() -> None:
+    records = chain(5)
+    good = head_of(records, 5)
+    for bad in (dataclasses.replace(good, seq=3), dataclasses.replace(good, at=good.at + 1),
+                dataclasses.replace(good, hash=records[2]["hash"]),
+                sign_checkpoint(b"another key", 5, records[4]["hash"], 0.0)):
+        verdict = verify(KEY, records, checkpoints=[("anchor", bad)])
+        assert (verdict.ok, verdict.state, verdict.seq) == (False, "tampered", None)
+        assert verdict.problem is not None and "not signed" in verdict.problem
+    # A record's own hash is never a checkpoint's mac (its own context string).
+    forged = Checkpoint(5, records[4]["hash"], 0.0, records[4]["hash"])
+    assert not forged.signed_by(KEY)
+    assert not Checkpoint(5, records[4]["hash"], float("nan"), good.mac).signed_by(KEY)
+
+
+def test_a_checkpoint_round_trips_through_json_and_refuses_junk() -> None:
+    cp = head_of(chain(3), 3)
+    assert Checkpoint.from_dict(json.loads(json.dumps(cp.as_dict()))) == cp
+    for junk in (None, [], {}, {**cp.as_dict(), "seq": "3"}, {**cp.as_dict(), "seq": True},
+                 {**cp.as_dict(), "seq": -1}, {**cp.as_dict(), "hash": "x" * 64},
+                 {**cp.as_dict(), "mac": cp.mac.upper()}, {**cp.as_dict(), "at": "now"}):
+        with pytest.raises(ValueError):
+            Checkpoint.from_dict(junk)
+
+
+def test_the_empty_log_has_a_checkpoint_too() -> None:
+    empty = head_of([], 0)
+    assert verify(KEY, [], checkpoints=[("anchor", empty)]).ok
+    assert verify(KEY, chain(2), checkpoints=[("anchor", empty)]).ok

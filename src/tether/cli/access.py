@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.cli.client import Client
-from tether.cli.output import json_line, out, print_json, table, when
+from tether.cli.output import fail, json_line, out, print_json, table, when
 from tether.cli.parsing import parse_duration
 
 
@@ -184,20 +184,59 @@ def audit_list(c: Client, args: argparse.Namespace) -> int:
 
 
 def audit_export(c: Client, args: argparse.Namespace) -> int:
-    """Every record as JSON lines, oldest first, with its hashes (for off-site keeping)."""
+    """Every record as JSON lines, oldest first, with its hashes (for off-site keeping),
+    then ``{"checkpoint": ...}``: the head the server verified, signed, for a later
+    ``tether audit verify --checkpoint FILE`` to hold the log to."""
+    verdict = c.get("/audit/verify")
     for r in c.get("/audit", limit=args.limit):
         json_line(r)
+    if verdict["checkpoint"] is None:
+        fail(f"no checkpoint written: {_verdict_line(verdict)}")
+        return 1
+    json_line({"checkpoint": verdict["checkpoint"]})
     return 0
 
 
+def _checkpoint_of(path: Path) -> dict[str, Any]:
+    """The checkpoint an export ends with (or a file holding just one)."""
+    for line in reversed(path.read_text().splitlines()):
+        if line.strip():
+            value = json.loads(line)
+            if isinstance(value, dict) and isinstance(value.get("checkpoint"), dict):
+                found: dict[str, Any] = value["checkpoint"]
+                return found
+            if isinstance(value, dict) and {"seq", "hash", "at", "mac"} <= value.keys():
+                return value
+            break
+    raise ValueError(f"{path} ends with no checkpoint (the last line of `tether audit "
+                     "export`)")
+
+
+def _verdict_line(v: dict[str, Any]) -> str:
+    if v["ok"]:
+        anchored = (f"; nothing cut off before record {v['anchored']} (anchored)"
+                    if v.get("anchored") else "; not anchored yet")
+        return f"audit log intact: {v['records']} records, hash chain verified{anchored}"
+    if v.get("state") == "truncated":
+        return f"audit log TRUNCATED: {v['problem']}"
+    where = f"record {v['seq']} " if v["seq"] is not None else ""
+    return f"audit log TAMPERED: {where}{v['problem']}"
+
+
 def audit_verify(c: Client, args: argparse.Namespace) -> int:
-    verdict = c.get("/audit/verify")
+    query: dict[str, Any] = {}
+    if args.checkpoint:
+        try:
+            cp = _checkpoint_of(args.checkpoint)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+            return 2
+        query = {f"checkpoint_{k}": cp.get(k) for k in ("seq", "hash", "at", "mac")}
+    verdict = c.get("/audit/verify", **query)
     if args.json:
         print_json(verdict)
-    elif verdict["ok"]:
-        out(f"audit log intact: {verdict['records']} records, hash chain verified")
     else:
-        out(f"audit log TAMPERED: record {verdict['seq']} {verdict['problem']}")
+        out(_verdict_line(verdict))
     return 0 if verdict["ok"] else 1
 
 
@@ -215,6 +254,10 @@ def add_audit_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ae = au.add_parser("export", help="every record as JSON lines, with its hashes")
     ae.add_argument("--limit", type=int, default=100_000)
     ae.set_defaults(handler=audit_export)
-    av = au.add_parser("verify", help="recompute the hash chain (exit 1 if it was tampered)")
+    av = au.add_parser("verify", help="recompute the hash chain (exit 1 if it was tampered "
+                       "or truncated)")
+    av.add_argument("--checkpoint", type=Path, metavar="FILE",
+                    help="also hold the log to the checkpoint a `tether audit export` ended "
+                         "with: records cut or rewritten since then are caught")
     av.add_argument("--json", action="store_true", help="print JSON for scripts")
     av.set_defaults(handler=audit_verify)

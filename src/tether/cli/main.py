@@ -24,7 +24,9 @@ from tether.server.config import (
     DEFAULT_AGENT_BYTE_RATE,
     DEFAULT_AGENT_MESSAGE_BURST,
     DEFAULT_AGENT_MESSAGE_RATE,
+    DEFAULT_AUDIT_REPEAT_WINDOW,
     DEFAULT_CREDENTIAL_MAX_AGE,
+    DEFAULT_FAILED_TOKENS_PER_ADDRESS,
     DEFAULT_HANDSHAKES_PER_ADDRESS,
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
@@ -116,6 +118,14 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    default=DEFAULT_REGISTRATIONS_PER_ACTIVATION,
                    help="failed registrations allowed per minute for one activation "
                         f"(default {DEFAULT_REGISTRATIONS_PER_ACTIVATION})")
+    s.add_argument("--failed-tokens-per-address", type=int, metavar="N",
+                   default=DEFAULT_FAILED_TOKENS_PER_ADDRESS,
+                   help="wrong operator tokens allowed per minute from one address; past "
+                        f"it, 429 (default {DEFAULT_FAILED_TOKENS_PER_ADDRESS})")
+    s.add_argument("--audit-repeat-window", type=float, metavar="SECONDS",
+                   default=DEFAULT_AUDIT_REPEAT_WINDOW,
+                   help="identical refused calls within this long are one audit record and "
+                        f"a count (default {DEFAULT_AUDIT_REPEAT_WINDOW:g})")
     s.add_argument("--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
                    help="auto (default): uvloop when installed, else asyncio's own loop")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -321,6 +331,8 @@ def _serve(args: argparse.Namespace) -> int:
         output_cap=args.output_cap, event_loop=args.event_loop,
         registrations_per_address=args.registrations_per_address,
         registrations_per_activation=args.registrations_per_activation, tls=tls_files,
+        failed_tokens_per_address=args.failed_tokens_per_address,
+        audit_repeat_window=args.audit_repeat_window,
         agent_message_rate=args.agent_message_rate,
         agent_message_burst=args.agent_message_burst,
         agent_byte_rate=args.agent_byte_rate, agent_byte_burst=args.agent_byte_burst,

@@ -59,7 +59,8 @@ async def start(settings: Settings) -> ServerState:
     for line in admin_access.messages():
         print(line, flush=True)
     await store.mark_all_connection_lost()
-    store.audit.key = audit_key(settings.audit_key_file)
+    await store.audit.open(audit_key(settings.audit_key_file), settings.audit_anchor_file,
+                           settings.audit_repeat_window)
     registry = Registry()
     watch = CommandWatch()
     blobs = FolderBlobStore(settings.blob_dir)

@@ -29,6 +29,11 @@ DEFAULT_HANDSHAKES_PER_ADDRESS = 256
 DEFAULT_HELLO_TIMEOUT = 15.0
 DEFAULT_REGISTRATIONS_PER_ADDRESS = 10
 DEFAULT_REGISTRATIONS_PER_ACTIVATION = 30
+# Wrong operator tokens from one address in a minute before it is answered 429: far
+# above a person mistyping or a script with a stale token, and each one is recorded.
+DEFAULT_FAILED_TOKENS_PER_ADDRESS = 30
+# Identical refused or failed calls within this long are one audit record and a count.
+DEFAULT_AUDIT_REPEAT_WINDOW = 60.0
 DEFAULT_SESSION_IDLE_TIMEOUT = 20 * 60.0   # Session Manager's default too
 DEFAULT_SESSION_MAX_DURATION = 12 * 3600.0
 
@@ -52,6 +57,8 @@ class Settings:
     # activation id, before both are refused until the minute ends.
     registrations_per_address: int = DEFAULT_REGISTRATIONS_PER_ADDRESS
     registrations_per_activation: int = DEFAULT_REGISTRATIONS_PER_ACTIVATION
+    failed_tokens_per_address: int = DEFAULT_FAILED_TOKENS_PER_ADDRESS
+    audit_repeat_window: float = DEFAULT_AUDIT_REPEAT_WINDOW
     # Hostile input (docs/security.md): messages one agent may send (burst, then per
     # second), WebSocket handshakes in progress per source address, API body size.
     agent_message_burst: int = DEFAULT_AGENT_MESSAGE_BURST
@@ -91,6 +98,10 @@ class Settings:
     @property
     def audit_key_file(self) -> Path:
         return self.data_dir / "audit-key"
+
+    @property
+    def audit_anchor_file(self) -> Path:
+        return self.data_dir / "audit-anchor"
 
     @property
     def admin_token_file(self) -> Path:

@@ -29,5 +29,10 @@ class ServerState:
     registration_throttles: tuple[Throttle, Throttle]  # per source address, per activation
     sessions: SessionManager
     bus: Bus  # the cluster seam: what a change must reach on every replica
+    # Wrong operator tokens per client address, this minute (api/auth.py).
+    failed_tokens: Throttle = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.failed_tokens = Throttle(self.settings.failed_tokens_per_address, 60.0)
     # What start-up found about the way in: the banner says it (server/admin_access.py).
     admin_access: AdminAccess | None = None

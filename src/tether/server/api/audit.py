@@ -1,11 +1,16 @@
-"""The audit trail: every state-changing API call and every refused token, recorded.
+"""The audit trail: every state-changing API call and every refusal, recorded.
 
 A middleware writes one record per call after the route ran, so the outcome is
 known: who (the operator, ``activation:ID`` for a registration, ``anonymous``),
 what (method and route), on what (the path's node, command, operator or token),
 from which address, and how it ended. Routes add what the path does not say
-(a command's script and targets) through ``note``. Reads are not recorded,
-except a refused token on any route.
+(a command's script and targets) through ``note``. Reads are not recorded, except
+refused ones: every 401, 403 and 429 on any route, and any answer a route gave
+through ``Principal.refuse`` (a 404 hiding what the operator may not see).
+WebSocket refusals are recorded by ``refuse_stream``, agent links' by the gateway,
+both through ``AuditLog.refused``. Refused and failed calls go through
+``AuditLog.append_or_count``: identical repeats within a window are one record and
+a count.
 """
 
 from __future__ import annotations
@@ -15,22 +20,28 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.requests import HTTPConnection
 
+from tether.server.access.audit_chain import Checkpoint
 from tether.server.api import models
-from tether.server.api.auth import Who
+from tether.server.api.audit_note import REFUSED, noted
+from tether.server.api.auth import Principal, Who, authenticate
+from tether.server.api.errors import ApiError
 from tether.server.api.routes import ERRORS, State
 from tether.server.state import ServerState
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REFUSAL_STATUSES = frozenset({401, 403, 429})
 TARGET_PARAMS = ("node_id", "command_id", "name", "token_id", "activation_id")
+HEX64 = r"^[0-9a-f]{64}$"
 
 
-def outcome_of(status: int) -> str:
-    if status < 400:
-        return "ok"
-    return "denied" if status in (401, 403, 429) else "failed"
+def outcome_of(status: int, refused: bool = False) -> str:
+    if refused or status in REFUSAL_STATUSES:
+        return "denied"
+    return "ok" if status < 400 else "failed"
 
 
 async def record_call(request: Request,
@@ -46,26 +57,59 @@ async def record_call(request: Request,
     return response
 
 
+async def _principal(request: Request, status: int) -> Principal | None:
+    """Who made the call; resolved here when no route did (a 405, an unknown path)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None and status not in (401, 429) and request.headers.get(
+            "authorization"):
+        try:
+            principal = await authenticate(request)
+        except ApiError:
+            return None
+    return principal
+
+
 async def _record(request: Request, status: int) -> None:
+    detail = noted(request)
+    refused = REFUSED in detail
     if not request.url.path.startswith("/api/v1/") or (
-            request.method in SAFE_METHODS and status != 401):
+            request.method in SAFE_METHODS and status not in REFUSAL_STATUSES
+            and not refused):
         return
     route = request.scope.get("route")
     action = f"{request.method} {getattr(route, 'path', request.url.path)}"
-    principal = getattr(request.state, "principal", None)
-    actor = (principal.operator if principal is not None
-             else getattr(request.state, "audit_actor", "anonymous"))
-    params = request.path_params
-    target = next((str(params[p]) for p in TARGET_PARAMS if p in params), None)
-    detail = {"status": status, **getattr(request.state, "audit", {})}
     s: ServerState = request.app.state.tether
     try:
-        await s.store.audit.append(actor=actor, action=action, outcome=outcome_of(status),
-                                   target=target or detail.get("target"),
-                                   source=request.client.host if request.client else None,
-                                   detail=detail)
+        principal = await _principal(request, status)
+        actor = (principal.operator if principal is not None
+                 else getattr(request.state, "audit_actor", "anonymous"))
+        params = request.path_params
+        target = next((str(params[p]) for p in TARGET_PARAMS if p in params), None)
+        detail = {"status": status, **detail}
+        await s.store.audit.append_or_count(
+            actor=actor, action=action, outcome=outcome_of(status, refused),
+            target=target or detail.get("target"),
+            source=request.client.host if request.client else None, detail=detail,
+            authenticated=principal is not None)
     except Exception:  # the call already happened; say loudly that its record did not
-        log.exception("audit record for %s by %s could not be written", action, actor)
+        log.exception("audit record for %s could not be written", action)
+
+
+async def refuse_stream(conn: HTTPConnection, code: str, reason: str) -> None:
+    """Record a refused WebSocket (a session stream): the middleware never sees one.
+
+    The actor is the operator whose token the stream carried (``anonymous`` if none
+    was valid); repeats are counted like any refusal's.
+    """
+    s: ServerState = conn.app.state.tether
+    principal: Principal | None = getattr(conn.state, "principal", None)
+    route = getattr(conn.scope.get("route"), "path", conn.url.path)
+    await s.store.audit.refused(
+        actor=principal.operator if principal is not None else "anonymous",
+        action=f"WS {route}", reason=noted(conn).get(REFUSED, reason),
+        source=conn.client.host if conn.client else None,
+        detail={"error": code, **{k: str(v)[:100] for k, v in conn.path_params.items()}},
+        authenticated=principal is not None)
 
 
 @router.get("/audit", response_model=list[models.AuditRecord], responses=ERRORS)
@@ -81,9 +125,30 @@ async def list_audit(s: State, who: Who, since: float | None = None,
 
 
 @router.get("/audit/verify", response_model=models.AuditVerdict, responses=ERRORS)
-async def verify_audit(s: State, who: Who) -> dict[str, Any]:
-    """Recompute the whole hash chain; name the first record that does not fit."""
+async def verify_audit(
+        s: State, who: Who,
+        checkpoint_seq: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+        checkpoint_hash: Annotated[str | None, Query(pattern=HEX64)] = None,
+        checkpoint_at: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        checkpoint_mac: Annotated[str | None, Query(pattern=HEX64)] = None,
+) -> dict[str, Any]:
+    """Recompute the whole hash chain; name the first record that does not fit.
+
+    Also compared: this server's anchor (DATA/audit-anchor: the newest record it
+    wrote) and, if given, a checkpoint from ``tether audit export``: a log that ends
+    before either is *truncated*. When intact, the answer carries a new checkpoint.
+    """
     who.require("audit:read")
-    verdict = await s.store.audit.verify()
+    checkpoint = None
+    if (checkpoint_seq is not None and checkpoint_hash is not None
+            and checkpoint_at is not None and checkpoint_mac is not None):
+        checkpoint = Checkpoint(checkpoint_seq, checkpoint_hash, checkpoint_at, checkpoint_mac)
+    elif any(p is not None for p in (checkpoint_seq, checkpoint_hash, checkpoint_at,
+                                     checkpoint_mac)):
+        raise ApiError(400, "bad_checkpoint", "a checkpoint needs checkpoint_seq, "
+                       "checkpoint_hash, checkpoint_at and checkpoint_mac")
+    verdict = await s.store.audit.verify(checkpoint)
+    signed = s.store.audit.checkpoint(verdict)
     return {"ok": verdict.ok, "records": verdict.records, "problem": verdict.problem,
-            "seq": verdict.seq}
+            "seq": verdict.seq, "state": verdict.state, "anchored": verdict.anchored,
+            "checkpoint": signed.as_dict() if signed else None}

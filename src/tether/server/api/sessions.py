@@ -21,6 +21,7 @@ from fastapi.responses import PlainTextResponse
 
 from tether.server.access.policy import Node
 from tether.server.api import models
+from tether.server.api.audit import refuse_stream
 from tether.server.api.audit_note import note
 from tether.server.api.auth import Principal, Who, authenticate
 from tether.server.api.errors import ApiError
@@ -229,5 +230,6 @@ async def _not_open(s: ServerState, who: Principal, session_id: str) -> tuple[st
 async def _refuse(websocket: WebSocket, code: str, message: str) -> None:
     """The stream does not open: ``code`` is the stable name a client switches on
     (``session_ended``: the session is over, so a forward stops listening)."""
+    await refuse_stream(websocket, code, message)  # audited, as every refusal is
     await websocket.send_text(json.dumps({"t": "closed", "error": message, "code": code}))
     await websocket.close(1008)

@@ -119,10 +119,8 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
     except ProtocolError as exc:
         log.info("agent from %s refused: %s", peer, exc)
         if isinstance(exc, Refused):
-            with contextlib.suppress(Exception):
-                await store.audit.append(actor="agent", action="agent connect",
-                                         outcome="denied", source=peer, target=exc.node_id,
-                                         detail={"reason": exc.reason})
+            await store.audit.refused(actor="agent", action="agent connect", reason=exc.reason,
+                                      source=peer, target=exc.node_id)
         with contextlib.suppress(Exception):
             await ws.close(exc.code, exc.reason)
         return
@@ -165,6 +163,12 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
             except ProtocolError as exc:
                 log.warning("closing %s: %s", conn.node_id, exc)
                 conn.close(exc.code, exc.reason)
+                # A node breaking the protocol (another node's invocation, a flood) is
+                # a refusal of that node: audited, repeats counted (store/audit.py).
+                await store.audit.refused(actor="agent", action="agent closed",
+                                          reason=exc.reason, source=peer, target=conn.node_id,
+                                          detail={"close": int(exc.code)},
+                                          authenticated=True)
     except Exception:
         log.exception("agent connection %s failed", conn.node_id)
         conn.close(1011, "internal server error")

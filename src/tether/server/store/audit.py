@@ -1,49 +1,258 @@
-"""The audit log in the database: appended in order, read back, verified.
+"""The audit log in the database: appended in order, anchored, read back, verified.
 
 Appends are serialised (an asyncio lock in this process; on PostgreSQL also a
 table lock, so several replicas cannot fork the chain), because each record's
 hash needs the one before it.
+
+After each append commits, the new head (its seq and hash, signed with the audit
+key) replaces ``DATA/audit-anchor``: a file the database cannot rewrite, so a log
+cut short in the database no longer verifies (``access/audit_chain.py``). The
+anchor is written after the commit, never before: a crash in between leaves it
+one record behind (the chain still covers that record), never ahead of the
+database. If the database ends before the anchor when the server appends (records
+were cut while it ran or while it was down), the new record is chained on from the
+anchor, not from what is left, so the gap stays visible to every later verify.
+
+Refused and failed calls go through ``append_or_count``: identical repeats within
+a window become one record with a count (``access/audit_digest.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.server.access.audit_chain import GENESIS, Verdict, record_hash, verify
+from tether.server.access.audit_chain import (
+    GENESIS,
+    Checkpoint,
+    Verdict,
+    record_hash,
+    sign_checkpoint,
+    verify,
+)
+from tether.server.access.audit_digest import Digest, Summary, kind_of
 from tether.server.store.schema import audit_log
 
+log = logging.getLogger(__name__)
 Row = dict[str, Any]
+# Identical refusals within this long are one record and a count (--audit-repeat-window).
+DEFAULT_REPEAT_WINDOW = 60.0
+ANCHOR_NAME = "anchor (DATA/audit-anchor)"
+
+
+def read_anchor(path: Path) -> Checkpoint | None:
+    """The anchor file's checkpoint; None if there is none; ValueError if it is not one."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return Checkpoint.from_dict(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+
+
+def write_anchor(path: Path, checkpoint: Checkpoint) -> None:
+    """Replace the anchor whole (a new file renamed over it): old or new, never torn.
+
+    No fsync: a power cut may leave an older anchor (it then vouches for fewer
+    records, which is safe); the process dying leaves the newest (the page cache
+    outlives it). Measured in docs/security.md.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(checkpoint.as_dict(), sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 class AuditLog:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._lock = asyncio.Lock()
-        self.key = b""  # set at start-up from DATA/audit-key (see app.py)
+        self.key = b""  # set at start-up from DATA/audit-key (``open``)
+        self.anchor: Checkpoint | None = None  # the newest head this server wrote
+        self.anchor_path: Path | None = None
+        self.digest = Digest(DEFAULT_REPEAT_WINDOW)
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def open(self, key: bytes, anchor_path: Path | None,
+                   repeat_window: float = DEFAULT_REPEAT_WINDOW) -> None:
+        """Take the key and the anchor file; anchor an unanchored log at its head.
+
+        An anchor that is not signed with this key (the key was replaced, the file
+        copied from another server) is moved aside as ``audit-anchor.rejected-TIME``
+        and the log re-anchored; both are written in the log itself.
+        """
+        self.key = key
+        self.digest = Digest(repeat_window)
+        self.anchor_path = anchor_path
+        if anchor_path is None:
+            return
+        try:
+            anchor = read_anchor(anchor_path)
+            problem = None if anchor is None or anchor.signed_by(key) else (
+                "it is not signed with DATA/audit-key")
+        except ValueError as exc:
+            anchor, problem = None, f"it is not an anchor ({exc})"
+        if problem is not None:
+            kept = anchor_path.with_name(f"{anchor_path.name}.rejected-{int(time.time())}")
+            os.replace(anchor_path, kept)
+            log.error("%s: %s; moved aside to %s, and the audit log anchored afresh at its "
+                      "current head", anchor_path, problem, kept.name)
+            await self.append(actor="server", action="audit anchor rejected",
+                              outcome="failed", detail={"reason": problem, "kept_as": kept.name})
+            return
+        self.anchor = anchor
+        if anchor is None:
+            async with self.engine.connect() as conn:
+                head = await self._head(conn)
+            if head[0]:
+                log.warning("no %s: the audit log is anchored from its current head, record %d",
+                            anchor_path, head[0])
+                await self.append(actor="server", action="audit anchor created", outcome="ok",
+                                  detail={"reason": "there was no anchor file: the records "
+                                          "before this one are vouched for from here on",
+                                          "head": head[0]})
+
+    @staticmethod
+    async def _head(conn: AsyncConnection) -> tuple[int, str]:
+        last = (await conn.execute(
+            sa.select(audit_log.c.seq, audit_log.c.hash)
+            .order_by(audit_log.c.seq.desc()).limit(1))).first()
+        return (int(last[0]), str(last[1])) if last else (0, GENESIS)
+
+    def _chain_from(self, head: tuple[int, str]) -> tuple[int, str]:
+        """The (seq, hash) a new record follows: the database's head, unless it was cut."""
+        anchor = self.anchor
+        if anchor is None or head[0] > anchor.seq or head == (anchor.seq, anchor.hash):
+            return head
+        log.error("the audit log in the database ends at record %d, but this server wrote "
+                  "record %d: records were removed behind its back; chaining on from record "
+                  "%d, so `tether audit verify` keeps showing the gap", head[0], anchor.seq,
+                  anchor.seq)
+        return anchor.seq, anchor.hash
 
     async def append(self, *, actor: str, action: str, outcome: str, target: str | None = None,
                      source: str | None = None, detail: dict[str, Any] | None = None) -> Row:
-        async with self._lock, self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                await conn.execute(sa.text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
-            last = (await conn.execute(
-                sa.select(audit_log.c.seq, audit_log.c.hash)
-                .order_by(audit_log.c.seq.desc()).limit(1))).first()
-            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            record: Row = dict(seq=seq, at=time.time(), actor=actor[:200], action=action[:200],
-                               target=target[:200] if target else None,
-                               source=source[:64] if source else None, outcome=outcome,
-                               detail=detail or {})
-            record["prev_hash"] = prev
-            record["hash"] = record_hash(self.key, prev, record)
-            await conn.execute(audit_log.insert().values(**record))
+        async with self._lock:
+            async with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(sa.text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
+                last, prev = self._chain_from(await self._head(conn))
+                record: Row = dict(seq=last + 1, at=time.time(), actor=actor[:200],
+                                   action=action[:200], target=target[:200] if target else None,
+                                   source=source[:64] if source else None, outcome=outcome,
+                                   detail=detail or {})
+                record["prev_hash"] = prev
+                record["hash"] = record_hash(self.key, prev, record)
+                await conn.execute(audit_log.insert().values(**record))
+            self._move_anchor(record["seq"], record["hash"])
             return record
+
+    def _move_anchor(self, seq: int, hash_: str) -> None:
+        self.anchor = sign_checkpoint(self.key, seq, hash_, time.time())
+        if self.anchor_path is not None:
+            try:
+                write_anchor(self.anchor_path, self.anchor)
+            except OSError:
+                log.exception("could not write %s (the anchor stays in memory)",
+                              self.anchor_path)
+
+    # -- refused and failed calls: one record, then a count -------------------------
+
+    async def append_or_count(self, *, actor: str, action: str, outcome: str,
+                              target: str | None = None, source: str | None = None,
+                              detail: dict[str, Any] | None = None,
+                              authenticated: bool = False) -> Row | None:
+        """Append; a refused or failed call only if no identical one was written within
+        the repeat window.
+
+        A repeat is counted, and the count written as one record when its window
+        ends (or at shutdown). ``authenticated``: the actor is an operator whose
+        token was valid (see Digest for what that changes past the memory bound).
+        An ``ok`` outcome is always written.
+        """
+        detail = detail or {}
+        if outcome == "ok":
+            return await self.append(actor=actor, action=action, outcome=outcome,
+                                     target=target, source=source, detail=detail)
+        kind = kind_of(actor, action, target, source, outcome, detail)
+        if self.digest.repeat(kind, time.time(), authenticated):
+            self._schedule_flush()
+            return None
+        row = await self.append(actor=actor, action=action, outcome=outcome, target=target,
+                                source=source, detail=detail)
+        self.digest.wrote(kind, row["seq"])
+        self._schedule_flush()
+        return row
+
+    async def refused(self, *, actor: str, action: str, reason: str, target: str | None = None,
+                      source: str | None = None, detail: dict[str, Any] | None = None,
+                      authenticated: bool = False) -> None:
+        """Record a refusal made outside an HTTP route (a WebSocket, an agent link).
+
+        HTTP refusals are recorded by the audit middleware (api/audit.py) from the
+        answer's status. Never raises: the refusal stands even if its record fails.
+        """
+        try:
+            await self.append_or_count(actor=actor, action=action, outcome="denied",
+                                       target=target, source=source,
+                                       detail={**(detail or {}), "reason": reason[:500]},
+                                       authenticated=authenticated)
+        except Exception:
+            log.exception("audit record of a refusal (%s by %s) could not be written",
+                          action, actor)
+
+    def _schedule_flush(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_when_due())
+
+    async def _flush_when_due(self) -> None:
+        while (due_at := self.digest.next_due()) is not None:
+            await asyncio.sleep(max(0.0, due_at - time.time()))
+            await self._write_summaries(self.digest.due(time.time()))
+
+    async def _write_summaries(self, summaries: list[Summary]) -> None:
+        for s in summaries:
+            span = {"repeats": s.repeats, "since": s.since, "until": s.until}
+            try:
+                if s.kind is None:
+                    await self.append(
+                        actor="server", action="refusals not itemised", outcome="denied",
+                        detail={**span, "reason": f"more than {self.digest.max_kinds} kinds "
+                                f"of refused call by unauthenticated clients within "
+                                f"{self.digest.window:g} s"})
+                    continue
+                actor, action, target, source, outcome, detail = s.kind
+                await self.append(actor=actor, action=action, outcome=outcome, target=target,
+                                  source=source, detail={**json.loads(detail), **span,
+                                                         "repeat_of": s.repeat_of})
+            except Exception:
+                log.exception("audit summary of %d repeated calls could not be written",
+                              s.repeats)
+
+    async def close(self) -> None:
+        """Write every count still open (at shutdown), so no refusal goes unrecorded."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self._write_summaries(self.digest.drain())
+
+    # -- reading -----------------------------------------------------------------
 
     async def find(self, *, since: float | None = None, actor: str | None = None,
                    target: str | None = None, action: str | None = None,
@@ -75,5 +284,13 @@ class AuditLog:
                 return
             after = rows[-1]["seq"]
 
-    async def verify(self) -> Verdict:
-        return verify(self.key, [r async for r in self.all()])
+    async def verify(self, checkpoint: Checkpoint | None = None) -> Verdict:
+        """The chain, against this server's anchor and ``checkpoint`` (an export's)."""
+        against = [(ANCHOR_NAME, self.anchor)] if self.anchor is not None else []
+        if checkpoint is not None:
+            against.append(("checkpoint", checkpoint))
+        return verify(self.key, [r async for r in self.all()], checkpoints=against)
+
+    def checkpoint(self, verdict: Verdict) -> Checkpoint | None:
+        """A signed checkpoint of what ``verdict`` found intact (None if it did not)."""
+        return sign_checkpoint(self.key, *verdict.head, time.time()) if verdict.ok else None

@@ -172,6 +172,7 @@ class Store:
         self.sessions = Sessions(engine)
 
     async def close(self) -> None:
+        await self.audit.close()  # the repeat counts still open, written before the end
         await self.engine.dispose()
 
     # -- operators ---------------------------------------------------------
