@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 import sys
 import unicodedata
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -105,3 +110,43 @@ def test_output_shows_escapes_and_bad_bytes_and_passes_clean_bytes_as_they_are()
     assert visible_output(b"C:\\Users\tx\n") == b"C:\\Users\tx\n"
     clean = b"line 1\nline 2\n" * 1000
     assert visible_output(clean) is clean
+
+
+# -- the web console: the same characters made visible (its DOM obeys no ESC) ---------
+
+CONSOLE = Path(__file__).resolve().parents[2] / "src/tether/server/console/static"
+NODE_JS = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE_JS is None, reason="needs node to load the console's dom.js")
+def test_the_console_shows_the_same_invisible_characters_as_the_cli() -> None:
+    """dom.js's visibleText (which h() applies to every text child) agrees with visible()
+    on every format character, and leaves controls (the DOM ignores them) and text alone."""
+    formats = [c for a, b in UNSAFE_RANGES for c in range(a, b + 1)
+               if not (c < 0xA0 or 0xD800 <= c <= 0xDFFF)]
+    kept = [0x1B, 0x0A, 0x200C, 0x200D, ord("é"), ord("東"), 0x1F642]
+    script = ("import {visibleText} from " + json.dumps((CONSOLE / "dom.js").as_uri()) + ";"
+              "const codes = JSON.parse(process.argv[1]);"
+              "const shown = codes.map((c) => visibleText(String.fromCodePoint(c)));"
+              "console.log(JSON.stringify(shown));")
+    assert NODE_JS is not None
+    got = subprocess.run([NODE_JS, "--input-type=module", "-e", script,
+                          json.dumps(formats + kept)], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    shown = json.loads(got)
+    assert shown[:len(formats)] == [visible(chr(c)) for c in formats]
+    assert shown[len(formats):] == [chr(c) for c in kept]
+
+
+def test_the_console_puts_text_in_the_dom_only_as_visible_text() -> None:
+    """No HTML sink anywhere; a textContent assignment shows visibleText or our own words."""
+    own_words = {"shell.js": 1, "run.js": 1, "fleet.js": 1}  # literal or counted text
+    for path in [*CONSOLE.glob("*.js"), *CONSOLE.glob("pages/*.js")]:
+        code = path.read_text()
+        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|"
+                             r"\.innerText\s*=", code), path
+        plain = [line for line in code.splitlines()
+                 if re.search(r"textContent\s*=[^=]", line) and "visibleText(" not in line]
+        assert len(plain) == own_words.get(path.name, 0), (path.name, plain)
+        assert code.count("createTextNode(") == code.count("createTextNode(visibleText("), path
+    assert "createTextNode(visibleText(c))" in (CONSOLE / "dom.js").read_text()  # h()'s text

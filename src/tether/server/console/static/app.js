@@ -1,7 +1,7 @@
 // The console's router: one page module per screen, chosen by the URL's hash.
 // A page's render() may return a cleanup function (stop polling, close a shell).
 import { forget, session } from "./api.js";
-import { errorBox, h } from "./dom.js";
+import { errorBox, h, visibleText } from "./dom.js";
 import * as activations from "./pages/activations.js";
 import * as audit from "./pages/audit.js";
 import * as command from "./pages/command.js";
@@ -37,7 +37,7 @@ async function route() {
   const signedIn = session();
   if (!signedIn && path !== "/signin") { location.hash = "#/signin"; return; }
   document.getElementById("top").hidden = !signedIn;
-  if (signedIn) document.getElementById("operator").textContent = signedIn.operator;
+  if (signedIn) document.getElementById("operator").textContent = visibleText(signedIn.operator);
   for (const [pattern, render, area] of ROUTES) {
     const m = path.match(pattern);
     if (!m) continue;

@@ -1,17 +1,38 @@
 // Small helpers to build pages. Text always goes in as text (never as HTML),
 // so nothing a device or an operator wrote can become markup.
 
+// Invisible characters that reorder or hide text: the bidi embeddings, overrides
+// and isolates (U+202A-202E, U+2066-2069), the direction marks, zero-width and
+// other format characters, line/paragraph separators, tag characters. A device
+// named "\u202Etxt.exe" would read as "exe.txt". The DOM obeys no ESC, so only
+// these need showing; the same set as tether.protocol.terminal.UNSAFE_RANGES
+// minus controls and surrogates (tests/unit/test_terminal.py checks both agree).
+const INVISIBLE = /[\u00AD\u0600-\u0605\u061C\u06DD\u070F\u0890\u0891\u08E2\u180E\u200B\u200E\u200F\u2028-\u202E\u2060-\u2064\u2066-\u206F\uFEFF\uFFF9-\uFFFB\u{110BD}\u{110CD}\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0001}\u{E0020}-\u{E007F}]/gu;
+
+// Text as shown to people: each invisible character above becomes \u202e (\xad,
+// \U000e0041), written as tether.protocol.terminal.visible writes it.
+export function visibleText(value) {
+  return String(value).replace(INVISIBLE, (ch) => {
+    const code = ch.codePointAt(0);
+    if (code < 0x100) return `\\x${code.toString(16).padStart(2, "0")}`;
+    return code > 0xFFFF ? `\\U${code.toString(16).padStart(8, "0")}`
+      : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
+}
+
+// Every text child goes through visibleText, so no page can forget it.
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (k === "class") el.className = v;
+    else if (k === "title") el.setAttribute(k, visibleText(v));  // shown as a tooltip
     else el.setAttribute(k, v === true ? "" : v);
   }
   for (const c of children.flat()) {
     if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    el.append(c instanceof Node ? c : document.createTextNode(visibleText(c)));
   }
   return el;
 }

@@ -1,6 +1,6 @@
 // The audit trail: filter, read, verify the hash chain, export as JSON lines.
 import { get, query } from "../api.js";
-import { download, errorBox, h, table, when } from "../dom.js";
+import { download, errorBox, h, table, visibleText, when } from "../dom.js";
 
 export async function render(main, _m, params) {
   const actor = h("input", { type: "text", id: "actor", size: 16, placeholder: "actor", value: params.get("actor") || "" });
@@ -29,7 +29,7 @@ export async function render(main, _m, params) {
     h("button", { type: "button", onclick: async () => {
       try {
         const v = await get("/audit/verify");
-        verdict.textContent = v.ok ? `chain intact (${v.records} records)` : `BROKEN at #${v.seq}: ${v.problem}`;
+        verdict.textContent = visibleText(v.ok ? `chain intact (${v.records} records)` : `BROKEN at #${v.seq}: ${v.problem}`);
         verdict.className = v.ok ? "status-Success" : "status-Failed";
       } catch (err) { verdict.replaceChildren(errorBox(err)); }
     } }, "Verify chain"), verdict), body);
