@@ -59,6 +59,8 @@ UNSAFE_RANGES: tuple[tuple[int, int], ...] = (
 # writing; it cannot reach a line tether printed.
 KEPT_IN_OUTPUT = frozenset("\n\t\r")
 
+_PLAIN_ASCII = bytes(range(0x20, 0x7F)) + "".join(sorted(KEPT_IN_OUTPUT)).encode()
+
 _SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
 
@@ -118,6 +120,8 @@ def visible_output(data: bytes) -> bytes:
     are left as they are, for reading: this is a view of the output, and the
     exact bytes are what a pipe, a file or ``--raw`` gets.
     """
+    if not data.translate(None, _PLAIN_ASCII):  # printable ASCII, lines, tabs: as it is
+        return data
     text = data.decode("utf-8", "surrogateescape")
     if _OUTPUT.search(text) is None:
         return data
