@@ -8,7 +8,10 @@ does not (nothing at all, every other action, an explicit deny over an admin
 role or over an allow, an allow on another node only). Allowed calls answer
 2xx; denied ones answer 403 ``forbidden`` naming the action (and the node), and
 change nothing. Lists filtered by policy (``GET /nodes``, ``GET /commands``)
-answer 200 and leave out what the operator may not read.
+answer 200 and leave out what the operator may not read. A node the operator may
+not ``nodes:read`` does not exist for it: a denied call on it answers exactly
+what the same call on an id that names nothing answers (404, same body), so the
+allowed operators of node actions also hold ``nodes:read``.
 
 ``test_every_route_is_in_the_matrix`` fails when a route under /api/v1 is added
 without a row here, so no new route can skip the matrix.
@@ -31,7 +34,14 @@ import pytest
 from starlette.routing import Mount, Route
 
 from harness import Agent, Server, postgres_database
-from tether.server.access.policy import ACTIONS, NODE_ACTIONS, ROLES
+from tether.server.access.policy import (
+    ACTIONS,
+    NODE_ACTIONS,
+    ROLES,
+    Node,
+    effective_policy,
+    parse_statements,
+)
 from tether.server.app import build_app
 from tether.server.config import Settings
 
@@ -145,6 +155,11 @@ class Fleet:
     def command_ids(self) -> set[str]:
         return {c["command_id"] for c in self.admin.ok("GET", "/commands?limit=1000")}
 
+    def can_read(self, roles: list[str], statements: list[Statement], node_id: str) -> bool:
+        """Whether such an operator may read the node (the evaluator, unit-tested apart)."""
+        policy = effective_policy(roles, parse_statements(statements))
+        return policy.allows("nodes:read", Node(node_id, self.tags(node_id)))
+
     def tags(self, node_id: str) -> dict[str, str]:
         tags: dict[str, str] = self.admin.ok("GET", f"/nodes/{node_id}")["tags"]
         return tags
@@ -155,7 +170,9 @@ def server(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """conftest's server, with room for the throwaway nodes' registrations."""
     data_dir = tmp_path_factory.mktemp(f"server-{request.param}")
-    extra = ["--registrations-per-address", "10000", "--registrations-per-activation", "10000"]
+    # test_no_valid_token_is_401 sends ~240 wrong tokens from this one address.
+    extra = ["--registrations-per-address", "10000", "--registrations-per-activation", "10000",
+             "--failed-tokens-per-address", "100000"]
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(postgres_database()) if request.param == "postgresql" else None
         srv = Server(data_dir, database_url=url, extra=extra).start()
@@ -204,6 +221,21 @@ class Call:
     listed: tuple[str, str] | None = None
     # Checks the call's effect (allowed=True) or its absence (allowed=False).
     after: Callable[[bool], None] | None = None
+    # The id in the path or body (a node's, or its command's or session's) that a caller
+    # who may not read ``node`` must get the same answer for as for an id naming nothing.
+    hides: str | None = None
+
+    def missing(self) -> tuple[str, Any, str]:
+        """The same call with ``hides`` replaced by a fresh id of its kind naming nothing."""
+        assert self.hides is not None
+        absent = ("mi-" + uuid.uuid4().hex[:17] if self.hides.startswith("mi-")
+                  else str(uuid.uuid4()))
+        return (self.path.replace(self.hides, absent),
+                _swap(self.body, self.hides, absent), absent)
+
+
+def _swap(data: Any, old: str, new: str) -> Any:
+    return None if data is None else json.loads(json.dumps(data).replace(old, new))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +291,7 @@ def _tag_node(f: Fleet) -> Call:
         assert (tags.get("touched") == marker) is allowed
 
     return Call(f"/nodes/{f.lab}/tags", {"set": {"touched": marker}, "remove": []},
-                node=f.lab, after=after)
+                node=f.lab, after=after, hides=f.lab)
 
 
 def _deregister_node(f: Fleet) -> Call:
@@ -269,7 +301,7 @@ def _deregister_node(f: Fleet) -> Call:
         gone = f.admin.ok("GET", f"/nodes/{node}")["deregistered_at"] is not None
         assert gone is allowed
 
-    return Call(f"/nodes/{node}", node=node, after=after)
+    return Call(f"/nodes/{node}", node=node, after=after, hides=node)
 
 
 def _send_command(f: Fleet) -> Call:
@@ -280,7 +312,8 @@ def _send_command(f: Fleet) -> Call:
         assert (marker in comments) is allowed
 
     return Call("/commands", {"targets": [f.lab], "script": "true", "comment": marker,
-                              "delivery_timeout": 3600}, node=f.lab, after=after)
+                              "delivery_timeout": 3600}, node=f.lab, after=after,
+                hides=f.lab)
 
 
 def _cancel_command(f: Fleet) -> Call:
@@ -290,7 +323,7 @@ def _cancel_command(f: Fleet) -> Call:
         status = f.admin.ok("GET", f"/commands/{command_id}")["status"]
         assert status == ("Cancelled" if allowed else "Pending")
 
-    return Call(f"/commands/{command_id}/cancel", node=f.lab, after=after)
+    return Call(f"/commands/{command_id}/cancel", node=f.lab, after=after, hides=command_id)
 
 
 def _start_session(f: Fleet) -> Call:
@@ -300,7 +333,7 @@ def _start_session(f: Fleet) -> Call:
         assert (len(f.session_ids() - before) == 1) is allowed
 
     return Call("/sessions", {"node_id": f.live_lab, "kind": "shell"}, node=f.live_lab,
-                after=after)
+                after=after, hides=f.live_lab)
 
 
 def _terminate_session(f: Fleet) -> Call:
@@ -310,7 +343,8 @@ def _terminate_session(f: Fleet) -> Call:
         status = f.admin.ok("GET", f"/sessions/{session_id}")["status"]
         assert status == ("Terminated" if allowed else "Connected")
 
-    return Call(f"/sessions/{session_id}/terminate", node=f.live_lab, after=after)
+    return Call(f"/sessions/{session_id}/terminate", node=f.live_lab, after=after,
+                hides=session_id)
 
 
 def _create_operator(f: Fleet) -> Call:
@@ -367,23 +401,24 @@ CASES = [
     Case("GET", "/nodes/search", "nodes:read", 200,
          lambda f: Call(f"/nodes/search?q={f.lab}", node=f.lab, listed=("node_id", f.lab))),
     Case("GET", "/nodes/{node_id}", "nodes:read", 200,
-         lambda f: Call(f"/nodes/{f.lab}", node=f.lab)),
+         lambda f: Call(f"/nodes/{f.lab}", node=f.lab, hides=f.lab)),
     Case("PATCH", "/nodes/{node_id}/tags", "nodes:tag", 200, _tag_node),
     Case("DELETE", "/nodes/{node_id}", "nodes:deregister", 200, _deregister_node),
     # Past the policy check the node must be connected; the matrix's nodes are not, so
     # "allowed" reads 409 node_offline (test_rotation.py covers the rest).
     Case("POST", "/nodes/{node_id}/rotate-credential", "nodes:rotate-credential", 409,
-         lambda f: Call(f"/nodes/{f.lab}/rotate-credential", node=f.lab)),
+         lambda f: Call(f"/nodes/{f.lab}/rotate-credential", node=f.lab, hides=f.lab)),
     Case("POST", "/commands", "commands:send", 201, _send_command),
     Case("GET", "/commands", "commands:read", 200,
          lambda f: Call("/commands?limit=1000", node=f.lab,
                         listed=("command_id", f.cmd_lab))),
     Case("GET", "/commands/{command_id}", "commands:read", 200,
-         lambda f: Call(f"/commands/{f.cmd_lab}", node=f.lab)),
+         lambda f: Call(f"/commands/{f.cmd_lab}", node=f.lab, hides=f.cmd_lab)),
     Case("POST", "/commands/{command_id}/cancel", "commands:cancel", 200, _cancel_command),
     Case("GET", "/commands/{command_id}/invocations/{node_id}/{stream}",
          "commands:read-output", 200,
-         lambda f: Call(f"/commands/{f.cmd_lab}/invocations/{f.lab}/stdout", node=f.lab)),
+         lambda f: Call(f"/commands/{f.cmd_lab}/invocations/{f.lab}/stdout", node=f.lab,
+                        hides=f.lab)),
     Case("POST", "/operators", "operators:manage", 201, _create_operator),
     Case("GET", "/operators", "operators:manage", 200, lambda f: Call("/operators")),
     Case("GET", "/operators/{name}", "operators:manage", 200,
@@ -400,9 +435,10 @@ CASES = [
          lambda f: Call("/sessions?limit=1000", node=f.live_lab,
                         listed=("session_id", f.lab_session))),
     Case("GET", "/sessions/{session_id}", "sessions:read", 200,
-         lambda f: Call(f"/sessions/{f.lab_session}", node=f.live_lab)),
-    Case("GET", "/sessions/{session_id}/recording", "sessions:read", 200,
-         lambda f: Call(f"/sessions/{f.lab_session}/recording", node=f.live_lab)),
+         lambda f: Call(f"/sessions/{f.lab_session}", node=f.live_lab, hides=f.lab_session)),
+    Case("GET", "/sessions/{session_id}/recording", "sessions:read-recording", 200,
+         lambda f: Call(f"/sessions/{f.lab_session}/recording", node=f.live_lab,
+                        hides=f.lab_session)),
     Case("POST", "/sessions/{session_id}/terminate", "sessions:terminate", 200,
          _terminate_session),
     Case("GET", "/audit/verify", "audit:read", 200, lambda f: Call("/audit/verify")),
@@ -473,6 +509,8 @@ def _matrix(allowed: bool) -> Iterator[Any]:
 def test_allowed(fleet: Fleet, case: Case, grant: Grant) -> None:
     c = case.prepare(fleet)
     roles, statements = grant(case.action, c.node, fleet)
+    if c.node is not None:  # a node it may not read does not exist for it
+        statements = [*statements, _allow(["nodes:read"], [c.node])]
     _, api = fleet.operator(roles, statements)
     reply = api(case.method, c.path, c.body)
     assert reply.status == case.status, reply
@@ -494,6 +532,9 @@ def test_denied(fleet: Fleet, case: Case, grant: Grant) -> None:
         assert c.listed is not None
         field, value = c.listed
         assert value not in {row[field] for row in rows_of(reply.data)}
+    elif c.node is not None and not fleet.can_read(roles, statements, c.node):
+        assert c.hides is not None, "a node-id route without its missing-id twin"
+        assert_hidden(api, case.method, c, reply)
     else:
         assert reply.status == 403, reply
         assert reply.data["error"] == "forbidden"
@@ -503,6 +544,18 @@ def test_denied(fleet: Fleet, case: Case, grant: Grant) -> None:
             assert c.node in message, message
     if c.after is not None:
         c.after(False)
+
+
+def assert_hidden(api: Api, method: str, c: Call, reply: Reply | None = None) -> None:
+    """The answer to ``c`` is, status and body, the answer to its twin on an id naming
+    nothing (with that id in place of the real one)."""
+    reply = reply or api(method, c.path, c.body)
+    path, body, absent = c.missing()
+    twin = api(method, path, body)
+    assert twin.status == 404, twin
+    assert c.hides is not None
+    assert reply.status == 404 and reply.data == _swap(twin.data, absent, c.hides), (reply,
+                                                                                     twin)
 
 
 def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -608,10 +661,10 @@ def test_policy_change_applies_to_the_next_request(fleet: Fleet) -> None:
     assert api("GET", f"/nodes/{fleet.lab}").status == 200
     fleet.admin.ok("PATCH", f"/operators/{name}",
                    {"statements": [_deny(["nodes:read"], ["tag:env=lab"])]})
-    assert api("GET", f"/nodes/{fleet.lab}").status == 403
+    assert_hidden(api, "GET", Call(f"/nodes/{fleet.lab}", hides=fleet.lab))
     assert api("GET", f"/nodes/{fleet.prod}").status == 200
     fleet.admin.ok("PATCH", f"/operators/{name}", {"roles": [], "statements": []})
-    assert api("GET", f"/nodes/{fleet.prod}").status == 403
+    assert_hidden(api, "GET", Call(f"/nodes/{fleet.prod}", hides=fleet.prod))
 
 
 # -- scoping by tag ----------------------------------------------------------
@@ -625,28 +678,36 @@ def test_node_list_shows_only_the_allowed_tag(fleet: Fleet) -> None:
     assert all(n["tags"].get("env") == "lab" for n in nodes)
     # A filter for the other tag finds nothing, rather than the node.
     assert api.ok("GET", "/nodes?tag=env%3Dprod") == []
-    reply = api("GET", f"/nodes/{fleet.prod}")
-    assert reply.status == 403 and fleet.prod in reply.data["message"], reply
+    assert_hidden(api, "GET", Call(f"/nodes/{fleet.prod}", hides=fleet.prod))
 
 
 def test_send_to_a_node_outside_the_policy_sends_nothing(fleet: Fleet) -> None:
-    _, api = fleet.operator([], [_allow(["commands:send", "commands:read"], ["tag:env=lab"])])
+    """A node it may read but not send to is refused by name; one it may not read is not
+    there: its id is answered as an id naming nothing, a tag or ``all`` do not reach it."""
+    _, api = fleet.operator([], [_allow(["commands:send", "commands:read", "nodes:read"],
+                                        ["tag:env=lab"])])
     before = fleet.command_ids()
-    for targets in ([fleet.lab, fleet.prod], ["tag:env=prod"], ["all"],
-                    [fleet.lab, "tag:env=prod"]):
-        reply = api("POST", "/commands", {"targets": targets, "script": "true"})
-        assert reply.status == 403, (targets, reply)
-        assert reply.data["error"] == "forbidden"
-        message = reply.data["message"]
-        assert "commands:send" in message and fleet.prod in message, message
-        assert fleet.lab not in message, message
-    # An allow on * with a deny on the prod tag refuses the same sends.
-    _, denied = fleet.operator([], [_allow(["commands:send"], ["*"]),
-                                    _deny(["commands:send"], ["tag:env=prod"])])
-    for targets in ([fleet.lab, fleet.prod], ["all"]):
+    for targets in ([fleet.lab, fleet.prod], [fleet.prod]):
+        assert_hidden(api, "POST", Call("/commands", {"targets": targets, "script": "true"},
+                                        hides=fleet.prod))
+    reply = api("POST", "/commands", {"targets": ["tag:env=prod"], "script": "true"})
+    nobody = api("POST", "/commands", {"targets": ["tag:env=nobody"], "script": "true"})
+    assert reply.status == 404 and reply.data == nobody.data, (reply, nobody)
+    # An allow on * with a deny on the prod tag, for an operator who can read prod,
+    # refuses the same sends and names the node.
+    _, denied = fleet.operator(["viewer"], [_allow(["commands:send"], ["*"]),
+                                            _deny(["commands:send"], ["tag:env=prod"])])
+    for targets in ([fleet.lab, fleet.prod], ["all"], ["tag:env=prod"]):
         reply = denied("POST", "/commands", {"targets": targets, "script": "true"})
         assert reply.status == 403 and fleet.prod in reply.data["message"], (targets, reply)
+        assert "commands:send" in reply.data["message"] and fleet.lab not in reply.data["message"]
     assert fleet.command_ids() == before
+    # ``all`` is all it may read: the lab nodes, never prod.
+    sent = api.ok("POST", "/commands", {"targets": ["all"], "script": "true",
+                                        "delivery_timeout": 3600})
+    reached = {i["node_id"] for i in sent["invocations"]}
+    assert fleet.lab in reached and fleet.prod not in reached
+    assert all(fleet.tags(n).get("env") == "lab" for n in reached)
     # The same operator may send to the lab node alone.
     sent = api.ok("POST", "/commands", {"targets": [fleet.lab], "script": "true"})
     assert [i["node_id"] for i in sent["invocations"]] == [fleet.lab]
@@ -678,18 +739,25 @@ def test_session_list_limit_counts_only_sessions_the_policy_reaches(
 
 
 def test_command_list_hides_commands_touching_other_nodes(fleet: Fleet) -> None:
-    _, api = fleet.operator([], [_allow(["commands:read", "commands:read-output",
-                                         "commands:cancel"], ["tag:env=lab"])])
-    listed = {c["command_id"] for c in api.ok("GET", "/commands?limit=1000")}
-    assert fleet.cmd_lab in listed
-    assert fleet.cmd_prod not in listed and fleet.cmd_both not in listed
+    actions = ["commands:read", "commands:read-output", "commands:cancel"]
+    # It may read prod: each refusal names it.
+    _, api = fleet.operator(["viewer"], [_allow(actions, ["*"]),
+                                         _deny(actions, ["tag:env=prod"])])
+    # It may not read prod: a command reaching prod does not exist for it.
+    _, blind = fleet.operator([], [_allow([*actions, "nodes:read"], ["tag:env=lab"])])
+    for who in (api, blind):
+        listed = {c["command_id"] for c in who.ok("GET", "/commands?limit=1000")}
+        assert fleet.cmd_lab in listed
+        assert fleet.cmd_prod not in listed and fleet.cmd_both not in listed
     for command_id in (fleet.cmd_prod, fleet.cmd_both):
-        for method, path in (("GET", f"/commands/{command_id}"),
-                             ("GET", f"/commands/{command_id}/invocations/{fleet.prod}/stdout"),
-                             ("POST", f"/commands/{command_id}/cancel")):
+        for method, path, hides in (
+                ("GET", f"/commands/{command_id}", command_id),
+                ("GET", f"/commands/{command_id}/invocations/{fleet.prod}/stdout", fleet.prod),
+                ("POST", f"/commands/{command_id}/cancel", command_id)):
             reply = api(method, path)
             assert reply.status == 403, (method, path, reply)
             assert fleet.prod in reply.data["message"], reply
+            assert_hidden(blind, method, Call(path, hides=hides))
     assert fleet.admin.ok("GET", f"/commands/{fleet.cmd_both}")["status"] == "Pending"
 
 
@@ -717,10 +785,8 @@ def test_tag_scope_cannot_be_escaped_by_retagging(fleet: Fleet) -> None:
         assert reply.status == 403, (body, reply)
         assert reply.data["error"] == "forbidden" and node in reply.data["message"], reply
         assert fleet.tags(node) == {"env": "lab"}
-    reply = api("PATCH", f"/nodes/{fleet.prod}/tags", {"set": {"env": "lab"}, "remove": []})
-    assert reply.status == 403 and fleet.prod in reply.data["message"], reply
-    reply = api("PATCH", f"/nodes/{fleet.prod}/tags", {"set": {"x": "y"}, "remove": []})
-    assert reply.status == 403, reply
+    for body in ({"set": {"env": "lab"}, "remove": []}, {"set": {"x": "y"}, "remove": []}):
+        assert_hidden(api, "PATCH", Call(f"/nodes/{fleet.prod}/tags", body, hides=fleet.prod))
     assert fleet.tags(fleet.prod) == {"env": "prod"}
     tagged = api.ok("PATCH", f"/nodes/{node}/tags", {"set": {"rack": "r7"}, "remove": []})
     assert tagged["tags"] == {"env": "lab", "rack": "r7"}
@@ -731,11 +797,12 @@ def test_tag_scope_cannot_be_escaped_by_retagging(fleet: Fleet) -> None:
 def test_explicit_deny_beats_the_viewer_role(fleet: Fleet) -> None:
     _, api = fleet.operator(["viewer"], [_deny(["nodes:read"], ["*"]),
                                          _deny(["commands:read"], ["tag:env=prod"])])
-    reply = api("GET", f"/nodes/{fleet.lab}")
-    assert reply.status == 403 and "nodes:read" in reply.data["message"], reply
+    assert_hidden(api, "GET", Call(f"/nodes/{fleet.lab}", hides=fleet.lab))
     assert {n["node_id"] for n in api.ok("GET", "/nodes")} & {fleet.lab, fleet.prod} == set()
     assert api("GET", f"/commands/{fleet.cmd_lab}").status == 200
-    reply = api("GET", f"/commands/{fleet.cmd_both}")
+    assert_hidden(api, "GET", Call(f"/commands/{fleet.cmd_both}", hides=fleet.cmd_both))
+    _, reads = fleet.operator(["viewer"], [_deny(["commands:read"], ["tag:env=prod"])])
+    reply = reads("GET", f"/commands/{fleet.cmd_both}")
     assert reply.status == 403 and fleet.prod in reply.data["message"], reply
     listed = {c["command_id"] for c in api.ok("GET", "/commands?limit=1000")}
     assert fleet.cmd_lab in listed and fleet.cmd_both not in listed
@@ -749,3 +816,128 @@ def test_unknown_command_is_404_not_500(fleet: Fleet) -> None:
                              ("POST", f"/commands/{missing}/cancel")):
             reply = api(method, path)
             assert reply.status == 404, (method, path, reply)
+
+
+# -- reach: retags, activations, recordings, previews (issue 12) --------------
+
+
+def test_retag_may_not_widen_the_operators_own_reach(fleet: Fleet) -> None:
+    """Finding 4: removing a tag a deny names, or tagging a node into one's own team,
+    is refused naming the actions it would newly allow; the tags stay, nothing is sent."""
+    _, site_a = fleet.operator([], [_allow(["commands:*", "nodes:tag", "nodes:read"],
+                                           ["tag:site=a"]),
+                                    _deny(["commands:send"], ["tag:frozen=yes"])])
+    frozen = fleet.spare_node()
+    fleet.admin.ok("PATCH", f"/nodes/{frozen}/tags",
+                   {"set": {"site": "a", "frozen": "yes"}, "remove": []})
+    reply = site_a("PATCH", f"/nodes/{frozen}/tags", {"set": {}, "remove": ["frozen"]})
+    assert reply.status == 403 and reply.data["error"] == "forbidden", reply
+    assert "newly allow commands:send" in reply.data["message"], reply
+    assert frozen in reply.data["message"]
+    assert fleet.tags(frozen)["frozen"] == "yes"
+    reply = site_a("POST", "/commands", {"targets": [frozen], "script": "true"})
+    assert reply.status == 403 and "commands:send" in reply.data["message"], reply
+    # Freezing is a loss, not a gain: allowed.
+    thawed = fleet.spare_node()
+    fleet.admin.ok("PATCH", f"/nodes/{thawed}/tags", {"set": {"site": "a"}, "remove": []})
+    site_a.ok("PATCH", f"/nodes/{thawed}/tags", {"set": {"frozen": "yes"}, "remove": []})
+
+    _, tagger = fleet.operator([], [_allow(["nodes:tag", "nodes:read"], ["*"]),
+                                    _allow(["commands:send"], ["tag:team=me"])])
+    other = fleet.spare_node()
+    reply = tagger("PATCH", f"/nodes/{other}/tags", {"set": {"team": "me"}, "remove": []})
+    assert reply.status == 403 and "newly allow commands:send" in reply.data["message"], reply
+    assert "team" not in fleet.tags(other)
+    before = fleet.command_ids()
+    reply = tagger("POST", "/commands", {"targets": [other], "script": "true"})
+    assert reply.status == 403 and other in reply.data["message"], reply
+    assert fleet.command_ids() == before
+    # The built-in operator role holds everything everywhere: any retag is fine.
+    _, operator = fleet.operator(["operator"], [])
+    operator.ok("PATCH", f"/nodes/{other}/tags", {"set": {"team": "me"}, "remove": []})
+
+
+def test_activation_tags_may_not_widen_the_creators_reach(fleet: Fleet) -> None:
+    """Finding 5: an activation's tags are checked as a retag of a fresh node to them."""
+    _, site_a = fleet.operator([], [_allow(["activations:create", "activations:read"], ["*"]),
+                                    _allow(["nodes:tag", "nodes:read", "commands:*"],
+                                           ["tag:site=a"])])
+    before = {a["activation_id"] for a in fleet.admin.ok("GET", "/activations")}
+    reply = site_a("POST", "/activations", {"registration_limit": 1, "tags": {"site": "b"}})
+    assert reply.status == 403 and "nodes:tag" in reply.data["message"], reply
+    assert "site=b" in reply.data["message"]
+    reply = site_a("POST", "/activations", {"registration_limit": 1, "tags": {"site": "a"}})
+    assert reply.status == 403 and "newly allow" in reply.data["message"], reply
+    assert {a["activation_id"] for a in fleet.admin.ok("GET", "/activations")} == before
+    site_a.ok("POST", "/activations", {"registration_limit": 1})  # untagged: nothing to tag
+    _, operator = fleet.operator(["operator"], [])
+    operator.ok("POST", "/activations", {"registration_limit": 1, "tags": {"site": "b"}})
+    # A deny the tags would dodge: an operator kept off frozen nodes may create frozen ones.
+    _, careful = fleet.operator(["operator"], [_deny(["commands:send"], ["tag:frozen=yes"])])
+    careful.ok("POST", "/activations", {"registration_limit": 1, "tags": {"frozen": "yes"}})
+
+
+def test_reading_a_recording_needs_its_own_action(fleet: Fleet) -> None:
+    """Finding 7: ``sessions:read`` (the viewer's; and any policy stored with it before
+    the action existed) shows the session, not what the device printed."""
+    path = f"/sessions/{fleet.lab_session}/recording"
+    for roles, statements in ((["viewer"], []),
+                              ([], [_allow(["sessions:read", "nodes:read"], ["*"])])):
+        name, api = fleet.operator(roles, statements)
+        assert api("GET", f"/sessions/{fleet.lab_session}").status == 200
+        reply = api("GET", path)
+        assert reply.status == 403, reply
+        assert f"{name} may not sessions:read-recording" in reply.data["message"], reply
+    for statements in ([_allow(["sessions:*", "nodes:read"], ["*"])],
+                       [_allow(["sessions:read-recording", "nodes:read"], ["tag:env=lab"])]):
+        _, api = fleet.operator([], statements)
+        reply = api("GET", path)
+        assert reply.status == 200 and isinstance(reply.data, bytes), reply
+
+
+def test_preview_counts_and_names_only_readable_nodes(fleet: Fleet) -> None:
+    """Finding 16: ``all`` counts what the operator may read; a tag on nodes it may not
+    read previews as a tag nobody carries; an unreadable id as one naming nothing."""
+    _, lab = fleet.operator([], [_allow(["nodes:read"], ["tag:env=lab"])])
+    readable = {n["node_id"] for n in lab.ok("GET", "/nodes")}
+    every = fleet.admin.ok("GET", "/targets/preview?target=all")
+    mine = lab.ok("GET", "/targets/preview?target=all")
+    assert mine["count"] == len(readable) < every["count"]
+    # It may send nowhere: every node it can read is refused by name, and only those.
+    assert mine["refused_count"] == len(readable)
+    assert set(mine["refused"]) <= readable and fleet.prod not in mine["refused"]
+    prod = lab.ok("GET", "/targets/preview?target=tag%3Aenv%3Dprod")
+    nobody = lab.ok("GET", "/targets/preview?target=tag%3Aenv%3Dnobody")
+    assert prod == nobody and prod["count"] == 0
+    assert fleet.admin.ok("GET", "/targets/preview?target=tag%3Aenv%3Dprod")["count"] >= 1
+    assert_hidden(lab, "GET", Call(f"/targets/preview?target={fleet.prod}", hides=fleet.prod))
+
+
+def test_an_unreadable_node_answers_as_a_missing_one_on_every_node_route(
+        fleet: Fleet) -> None:
+    """Finding 16, over every route that takes a node id (or a thing on one): status and
+    body as for an id naming nothing. The prod node is a real agent's, with a real command
+    on it. A node id route hides the node from an admin denied only ``nodes:read`` there;
+    a command is hidden when refused on a node the operator may not read."""
+    _, unread = fleet.operator(["admin"], [_deny(["nodes:read"], ["tag:env=prod"])])
+    _, outside = fleet.operator(["admin"], [_deny(["nodes:*", "commands:*", "sessions:*"],
+                                                  ["tag:env=prod"])])
+    p, cmd = fleet.prod, fleet.cmd_prod
+    node_routes = [
+        ("GET", Call(f"/nodes/{p}", hides=p)),
+        ("PATCH", Call(f"/nodes/{p}/tags", {"set": {"x": "y"}, "remove": []}, hides=p)),
+        ("DELETE", Call(f"/nodes/{p}", hides=p)),
+        ("POST", Call(f"/nodes/{p}/rotate-credential", hides=p)),
+        ("POST", Call("/commands", {"targets": [p], "script": "true"}, hides=p)),
+        ("GET", Call(f"/commands/{cmd}/invocations/{p}/stdout", hides=p)),
+        ("POST", Call("/sessions", {"node_id": p, "kind": "shell"}, hides=p)),
+        ("GET", Call(f"/targets/preview?target={p}", hides=p))]
+    for api in (unread, outside):
+        for method, c in node_routes:
+            assert_hidden(api, method, c)
+    for method, c in (("GET", Call(f"/commands/{cmd}", hides=cmd)),
+                      ("POST", Call(f"/commands/{cmd}/cancel", hides=cmd))):
+        assert_hidden(outside, method, c)
+    assert fleet.tags(p) == {"env": "prod"}
+    assert fleet.admin.ok("GET", f"/nodes/{p}")["deregistered_at"] is None
+    assert fleet.admin.ok("GET", f"/commands/{cmd}")["status"] == "Pending"

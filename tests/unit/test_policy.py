@@ -39,7 +39,7 @@ ROLE_TABLE: Mapping[str, frozenset[str]] = {
         "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
         "commands:send", "commands:read", "commands:cancel", "commands:read-output",
         "sessions:start", "sessions:forward", "sessions:copy", "sessions:choose-user",
-        "sessions:read", "sessions:terminate",
+        "sessions:read", "sessions:read-recording", "sessions:terminate",
         "activations:create", "activations:read", "activations:revoke",
         "audit:read", "operators:manage",
     }),
@@ -47,15 +47,16 @@ ROLE_TABLE: Mapping[str, frozenset[str]] = {
         "nodes:read", "nodes:tag",
         "commands:send", "commands:read", "commands:cancel", "commands:read-output",
         "sessions:start", "sessions:forward", "sessions:copy", "sessions:read",
-        "activations:create", "activations:read",
+        "sessions:read-recording", "activations:create", "activations:read",
     }),
+    # Never what a device printed: command output and shell recordings are out.
     "viewer": frozenset({"nodes:read", "commands:read", "sessions:read"}),
 }
 ALL_ACTIONS = frozenset({
     "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
     "commands:send", "commands:read", "commands:cancel", "commands:read-output",
     "sessions:start", "sessions:forward", "sessions:copy", "sessions:choose-user",
-    "sessions:read", "sessions:terminate",
+    "sessions:read", "sessions:read-recording", "sessions:terminate",
     "activations:create", "activations:read", "activations:revoke",
     "audit:read", "operators:manage",
 })
@@ -675,3 +676,15 @@ def test_scopes_decide_as_allows_does(raw: list[dict[str, Any]], fleet: list[Nod
 def test_scope_is_for_node_actions_only() -> None:
     with pytest.raises(PolicyError):
         ROLES["admin"].scope("audit:read", "allow")
+
+
+def test_reading_recordings_is_its_own_action() -> None:
+    """A shell's recording is what the device printed: ``sessions:read`` (in ``viewer``, and
+    in policies stored before the action existed) must not reach it; ``sessions:*`` does."""
+    p = policy(*parse_statements([
+        {"effect": "allow", "actions": ["sessions:read"], "resources": ["*"]}]))
+    assert p.allows("sessions:read", PROD_A)
+    assert not p.allows("sessions:read-recording", PROD_A)
+    assert not ROLES["viewer"].allows("sessions:read-recording", PROD_A)
+    assert policy(stmt("allow", ["sessions:*"], ["*"])).allows("sessions:read-recording", PROD_A)
+    assert ROLES["operator"].allows_everywhere("sessions:read-recording")

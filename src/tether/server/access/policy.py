@@ -21,7 +21,7 @@ NODE_ACTIONS = frozenset({
     "nodes:read", "nodes:tag", "nodes:deregister", "nodes:rotate-credential",
     "commands:send", "commands:read", "commands:cancel", "commands:read-output",
     "sessions:start", "sessions:forward", "sessions:copy", "sessions:choose-user",
-    "sessions:read", "sessions:terminate",
+    "sessions:read", "sessions:read-recording", "sessions:terminate",
 })
 SERVER_ACTIONS = frozenset({
     "activations:create", "activations:read", "activations:revoke",
@@ -142,6 +142,62 @@ class Policy:
         return Policy(self.statements + other.statements)
 
 
+# No statement can name this id (a resource is *, a tag or an mi-... id): a node about to
+# register through an activation, which has neither an id nor tags yet.
+NEW_NODE_ID = "(new node)"
+
+
+def node_actions(policy: Policy, node: Node) -> frozenset[str]:
+    """Every node action ``policy`` allows on ``node``."""
+    return frozenset(a for a in NODE_ACTIONS if policy.allows(a, node))
+
+
+@dataclasses.dataclass(frozen=True)
+class RetagRefusal:
+    """Why a change of a node's tags is refused, whole, so one message names every reason."""
+
+    may_not_tag: bool              # nodes:tag refused on the node as it is or as it would be
+    newly_allowed: frozenset[str]  # actions allowed on the node after, refused before
+
+    def reasons(self) -> str:
+        parts = ["nodes:tag is not allowed on it as it is and as it would be"
+                 if self.may_not_tag else ""]
+        if self.newly_allowed:
+            parts.append("it would newly allow " + ", ".join(sorted(self.newly_allowed)))
+        return "; ".join(p for p in parts if p)
+
+
+def retag_refusal(policy: Policy, before: Node, after: Node) -> RetagRefusal | None:
+    """None if ``policy`` may change ``before``'s tags into ``after``'s; else why not.
+
+    Tags grant access: an allow on ``tag:site=a`` reaches whatever is tagged so, and a
+    deny on ``tag:frozen=yes`` holds only while the tag is there. Checking ``nodes:tag``
+    alone let an operator remove ``frozen`` and then send, or tag a node into its own
+    team and then run commands on it. So a retag must not allow this operator any node
+    action it does not already hold on the node (what the other tags' operators gain is
+    theirs to hold: that is what ``nodes:tag`` on both sides is for). With that rule,
+    ``nodes:tag`` after the change implies it before.
+    """
+    held, would_hold = node_actions(policy, before), node_actions(policy, after)
+    refusal = RetagRefusal(may_not_tag="nodes:tag" not in would_hold,
+                           newly_allowed=would_hold - held)
+    return refusal if refusal.may_not_tag or refusal.newly_allowed else None
+
+
+def new_node_refusal(policy: Policy, tags: Mapping[str, str]) -> RetagRefusal | None:
+    """An activation's tags, checked as a retag of a fresh node from no tags to them.
+
+    Every node registered through the activation carries the tags from its first
+    moment, so creating it is tagging those nodes: the creator must be allowed to tag
+    them so, and gain nothing on them that an untagged node would not give it. (An
+    operator allowed ``commands:*`` only on ``tag:site=a`` therefore cannot create an
+    activation tagged ``site=a`` either: an admin, or a policy on ``*``, does.)
+    """
+    if not tags:
+        return None
+    return retag_refusal(policy, Node(NEW_NODE_ID), Node(NEW_NODE_ID, dict(tags)))
+
+
 def parse_statements(document: object) -> tuple[Statement, ...]:
     """Validate a policy document: ``[{"effect", "actions", "resources"}, ...]``.
 
@@ -195,9 +251,11 @@ def _role(*actions: str) -> Policy:
 
 ROLES: Mapping[str, Policy] = {
     "admin": _role("*"),
+    # A viewer reads what happened (nodes, commands, who had which session), never what a
+    # device printed: command output and shell recordings are actions of their own.
     "operator": _role("nodes:read", "nodes:tag", "commands:*", "sessions:start",
                       "sessions:forward", "sessions:copy", "sessions:read",
-                      "activations:create", "activations:read"),
+                      "sessions:read-recording", "activations:create", "activations:read"),
     "viewer": _role("nodes:read", "commands:read", "sessions:read"),
 }
 

@@ -7,7 +7,6 @@ the caller's policy first, so the count is what this operator may see.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from tether.server.access.policy import Node
 from tether.server.api import models
 from tether.server.api.auth import Who
 from tether.server.api.errors import ApiError
+from tether.server.api.visibility import readable_filter, resolve_targets
 from tether.server.dispatch.dispatcher import NoTargetsError
 from tether.server.dispatch.targets import TargetError, parse_targets
 from tether.server.state import ServerState
@@ -69,11 +69,8 @@ async def search_nodes(s: State, who: Who,
                        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
                        ) -> dict[str, Any]:
     """One page of the fleet (by name), with the total this operator may see."""
-    f = NodeFilter(ping_status=ping_status, terms=tuple(_terms(q)))
-    if not who.policy.allows_everywhere("nodes:read"):
-        # The policy as SQL: counted and paged by the database, not node by node here.
-        f = dataclasses.replace(f, allowed=who.policy.scope("nodes:read", "allow"),
-                                denied=who.policy.scope("nodes:read", "deny"))
+    # The policy as SQL: counted and paged by the database, not node by node here.
+    f = readable_filter(who, NodeFilter(ping_status=ping_status, terms=tuple(_terms(q))))
     total = await s.store.count_nodes(f)
     rows = await s.store.node_page(f, limit, offset)
     return {"total": total, "offset": offset, "nodes": [_summary(r) for r in rows]}
@@ -92,12 +89,17 @@ def _terms(q: str) -> list[str]:
 
 @router.get("/targets/preview", response_model=models.TargetPreview, responses=ERRORS,
             tags=["commands"])
-async def preview_targets(s: State, who: Who,
+async def preview_targets(s: State, who: Who, request: Request,
                           target: Annotated[list[models.Target], Query(min_length=1)],
                           ) -> dict[str, Any]:
-    """How many nodes these targets hit, and which of them this operator may not send to."""
+    """How many nodes these targets hit, and which of them this operator may not send to.
+
+    Counted as ``POST /commands`` resolves them: among the nodes this operator may read
+    only, so the preview tells nothing of the rest of the fleet.
+    """
     try:
-        node_ids = await s.dispatcher.resolve(parse_targets(target))
+        node_ids = await resolve_targets(request, s, who, parse_targets(target),
+                                         "commands:send")
     except TargetError as exc:
         raise ApiError(400, "bad_targets", str(exc)) from None
     except NoTargetsError as exc:

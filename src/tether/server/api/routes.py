@@ -13,12 +13,19 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from tether import __version__
-from tether.protocol.ids import is_node_id
 from tether.protocol.statuses import InvocationStatus, command_status
+from tether.server.access.policy import Node, RetagRefusal, new_node_refusal, retag_refusal
 from tether.server.api import models
 from tether.server.api.audit_note import note
-from tether.server.api.auth import Principal, Who, require_nodes
+from tether.server.api.auth import Principal, Who
 from tether.server.api.errors import ApiError
+from tether.server.api.visibility import (
+    can_read,
+    hidden,
+    require_nodes,
+    resolve_targets,
+    visible_node,
+)
 from tether.server.blobs import output_key
 from tether.server.dispatch.dispatcher import CommandSpec, NoTargetsError
 from tether.server.dispatch.targets import TargetError, parse_tag, parse_targets
@@ -85,6 +92,9 @@ async def whoami(who: Who) -> dict[str, Any]:
 async def create_activation(body: models.ActivationRequest, s: State,
                             who: Who, request: Request) -> dict[str, Any]:
     who.require("activations:create")
+    refusal = new_node_refusal(who.policy, body.tags)
+    if refusal is not None:  # its nodes carry the tags from the start: as a retag would
+        raise _retag_refused(who, "create an activation tagged " + _tags(body.tags), refusal)
     row, code = await s.store.create_activation(
         limit=body.registration_limit, expires_at=time.time() + body.expires_in,
         tags=body.tags, name_prefix=body.name_prefix)
@@ -126,28 +136,38 @@ async def list_nodes(s: State, who: Who,
 
 
 async def _node(s: ServerState, node_id: str) -> dict[str, Any]:
-    node = await s.store.get_node(node_id) if is_node_id(node_id) else None
-    if node is None:
-        raise ApiError(404, "node_not_found", f"no node {node_id}")
+    """The node just changed, read back for the answer."""
+    node = await s.store.get_node(node_id)
+    assert node is not None  # nodes are never deleted, only deregistered
     return node
+
+
+def _tags(tags: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(tags.items())) or "nothing"
+
+
+def _retag_refused(who: Principal, what: str, refusal: RetagRefusal) -> ApiError:
+    return ApiError(403, "forbidden", f"operator {who.operator} may not {what}: "
+                    f"{refusal.reasons()} (a change of tags may not widen its own reach)")
 
 
 @router.get("/nodes/{node_id}", response_model=models.Node, responses=ERRORS, tags=["nodes"])
-async def show_node(node_id: str, s: State, who: Who) -> dict[str, Any]:
-    node = await _node(s, node_id)
-    who.require_node("nodes:read", node)
-    return node
+async def show_node(node_id: str, s: State, who: Who, request: Request) -> dict[str, Any]:
+    return await visible_node(request, s, who, node_id)
 
 
 @router.patch("/nodes/{node_id}/tags", response_model=models.Node, responses=ERRORS,
               tags=["nodes"])
 async def tag_node(node_id: str, body: models.TagsUpdate, s: State,
                    who: Who, request: Request) -> dict[str, Any]:
-    """Needs ``nodes:tag`` on the node as it is and as it would be: tags grant access."""
-    node = await _node(s, node_id)
-    after = {k: v for k, v in node["tags"].items() if k not in body.remove} | body.set
+    """Needs ``nodes:tag`` on the node as it is and as it would be, and may not allow this
+    operator anything on the node it may not do now: tags grant access."""
+    node = await visible_node(request, s, who, node_id, "nodes:tag")
     who.require_node("nodes:tag", node)
-    who.require_node("nodes:tag", {**node, "tags": after})
+    after = {k: v for k, v in node["tags"].items() if k not in body.remove} | body.set
+    refusal = retag_refusal(who.policy, Node(node_id, node["tags"]), Node(node_id, after))
+    if refusal is not None:
+        raise _retag_refused(who, f"retag {node_id} to {_tags(after)}", refusal)
     note(request, set=body.set, remove=body.remove)
     await s.store.set_tags(node_id, body.set, body.remove)
     # Tags grant access: sessions on the node that no longer may go on end now.
@@ -157,9 +177,10 @@ async def tag_node(node_id: str, body: models.TagsUpdate, s: State,
 
 @router.delete("/nodes/{node_id}", response_model=models.Node, responses=ERRORS,
                tags=["nodes"])
-async def deregister_node(node_id: str, s: State, who: Who) -> dict[str, Any]:
+async def deregister_node(node_id: str, s: State, who: Who,
+                          request: Request) -> dict[str, Any]:
     """Revoke the node's credential and close its connection at once."""
-    node = await _node(s, node_id)
+    node = await visible_node(request, s, who, node_id, "nodes:deregister")
     who.require_node("nodes:deregister", node)
     if node["deregistered_at"] is not None:
         raise ApiError(404, "node_not_found", f"{node_id} is already deregistered")
@@ -167,24 +188,30 @@ async def deregister_node(node_id: str, s: State, who: Who) -> dict[str, Any]:
     return await _node(s, node_id)
 
 
-async def _require_command(s: ServerState, who: Principal, action: str,
+def _command_not_found(command_id: str) -> ApiError:
+    return ApiError(404, "command_not_found", f"no command {command_id}")
+
+
+async def _require_command(request: Request, s: ServerState, who: Principal, action: str,
                            command_id: str) -> None:
+    """A command on a node the operator may not read is answered as a missing command."""
     if not who.policy.allows_everywhere(action):
         nodes = (await s.store.command_nodes([command_id]))[command_id]
-        await require_nodes(s, who, action, nodes)
+        await require_nodes(request, s, who, action, nodes, _command_not_found(command_id))
 
 
 @router.post("/nodes/{node_id}/rotate-credential", status_code=202,
              response_model=models.Node, responses={**ERRORS, 409: {"model": models.ErrorBody}},
              tags=["nodes"])
-async def rotate_credential(node_id: str, s: State, who: Who) -> dict[str, Any]:
+async def rotate_credential(node_id: str, s: State, who: Who,
+                            request: Request) -> dict[str, Any]:
     """Give the connected node a new credential; the old one stops once the agent has it.
 
     Needs the node connected with an agent that speaks protocol 3 (409 otherwise).
     Scheduled rotation does the same for credentials older than
     ``tether server --credential-max-age``.
     """
-    node = await _node(s, node_id)
+    node = await visible_node(request, s, who, node_id, "nodes:rotate-credential")
     who.require_node("nodes:rotate-credential", node)
     conn = s.registry.get(node_id)
     if conn is None:
@@ -211,7 +238,7 @@ async def _detail(s: ServerState, command_id: str) -> dict[str, Any]:
     invocations = await s.store.list_invocations(command_id)
     command = await s.store.get_command(command_id)
     if command is None:
-        raise ApiError(404, "command_not_found", f"no command {command_id}")
+        raise _command_not_found(command_id)
     counts: dict[str, int] = {}
     for inv in invocations:
         counts[inv["status"]] = counts.get(inv["status"], 0) + 1
@@ -227,7 +254,9 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
     ``invocations=false`` answers with the counts alone, from what was just stored
     and without reading it back: to a fan-out to 10,000 nodes the full answer is
     2.7 MB, and reading it back let the first results queue ahead of the reply.
-    Every target node must allow ``commands:send``, or nothing is sent.
+    Every target node must allow ``commands:send``, or nothing is sent. Targets reach
+    only nodes this operator may read (``all`` is all of those): any other node id is
+    answered as one that does not exist.
     """
     note(request, script=body.script, targets=body.targets)
     try:
@@ -237,8 +266,9 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
                            output_cap=(s.settings.output_cap if body.output_cap is None
                                        else body.output_cap),
                            workdir=body.workdir, comment=body.comment)
-        node_ids = await s.dispatcher.resolve(targets)
-        await require_nodes(s, who, "commands:send", node_ids)
+        node_ids = await resolve_targets(request, s, who, targets, "commands:send")
+        await require_nodes(request, s, who, "commands:send", node_ids,
+                            NoTargetsError("no registered node matches the targets"))
         command, count = await s.dispatcher.submit(spec, node_ids, who.operator)
         note(request, target=command["command_id"], nodes=count)
     except TargetError as exc:
@@ -270,7 +300,7 @@ async def list_commands(s: State, who: Who,
 
 @router.get("/commands/{command_id}", response_model=models.CommandDetail, responses=ERRORS,
             tags=["commands"])
-async def show_command(command_id: str, s: State, who: Who,
+async def show_command(command_id: str, s: State, who: Who, request: Request,
                        after: Annotated[int | None, Query(ge=0)] = None,
                        wait: Annotated[float, Query(ge=0, le=60)] = 0,
                        invocations: bool = True,
@@ -280,7 +310,7 @@ async def show_command(command_id: str, s: State, who: Who,
     ``invocations=false`` leaves the per-node list out (counts stay): what a client
     following a fan-out to thousands of nodes needs on every change.
     """
-    await _require_command(s, who, "commands:read", command_id)
+    await _require_command(request, s, who, "commands:read", command_id)
     if after is not None and wait > 0:
         await s.watch.wait(command_id, after, wait)
     if invocations:
@@ -288,16 +318,17 @@ async def show_command(command_id: str, s: State, who: Who,
     version = s.watch.version(command_id)
     command = await s.store.get_command(command_id)
     if command is None:
-        raise ApiError(404, "command_not_found", f"no command {command_id}")
+        raise _command_not_found(command_id)
     counts = (await s.store.status_counts([command_id]))[command_id]
     return {**_summary(command, counts), "version": version, "invocations": []}
 
 
 @router.post("/commands/{command_id}/cancel", response_model=models.CommandDetail,
              responses=ERRORS, tags=["commands"])
-async def cancel_command(command_id: str, s: State, who: Who) -> dict[str, Any]:
+async def cancel_command(command_id: str, s: State, who: Who,
+                         request: Request) -> dict[str, Any]:
     await _detail(s, command_id)
-    await _require_command(s, who, "commands:cancel", command_id)
+    await _require_command(request, s, who, "commands:cancel", command_id)
     await s.dispatcher.cancel(command_id)
     return await _detail(s, command_id)
 
@@ -306,14 +337,18 @@ async def cancel_command(command_id: str, s: State, who: Who) -> dict[str, Any]:
             tags=["commands"], response_class=Response,
             response_description="the stream's bytes, whole")
 async def invocation_output(command_id: str, node_id: str, stream: str, s: State,
-                            who: Who) -> Response:
+                            who: Who, request: Request) -> Response:
     if stream not in ("stdout", "stderr"):
         raise ApiError(404, "no_such_stream", "stream is stdout or stderr")
     inv = await s.store.find_invocation(command_id, node_id)
-    if inv is None:
-        raise ApiError(404, "invocation_not_found",
+    missing = ApiError(404, "invocation_not_found",
                        f"command {command_id} has no invocation on {node_id}")
-    await require_nodes(s, who, "commands:read-output", [node_id])
+    if inv is None:
+        raise missing
+    node = await s.store.get_node(node_id)
+    if node is None or not can_read(who, node):  # no invocation there that it may know of
+        raise hidden(request, who, "commands:read-output", [node_id], missing)
+    who.require_node("commands:read-output", node)
     key = output_key(command_id, node_id, stream)
     data = inv[f"{stream}_inline"]
     if data is None:

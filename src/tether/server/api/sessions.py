@@ -19,12 +19,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import PlainTextResponse
 
-from tether.server.access.policy import Node
 from tether.server.api import models
 from tether.server.api.audit import refuse_stream
 from tether.server.api.audit_note import note
 from tether.server.api.auth import Principal, Who, authenticate
 from tether.server.api.errors import ApiError
+from tether.server.api.visibility import can_read, hidden, visible_node
 from tether.server.sessions.authority import ACTION_OF_KIND, SESSION_ENDED
 from tether.server.sessions.manager import LiveSession, SessionError
 from tether.server.sessions.relay import relay
@@ -60,10 +60,24 @@ def _target(body: models.SessionRequest) -> dict[str, Any]:
             "sha256": body.sha256, "mode": body.mode, "force": body.force}
 
 
-async def _node_for(s: ServerState, who: Principal, node_id: str, action: str) -> None:
-    node = await s.store.get_node(node_id)
-    if node is None or node["deregistered_at"] is not None:
-        raise ApiError(404, "no_such_node", f"no node {node_id}")
+async def _node_for(request: Request, s: ServerState, who: Principal, node_id: str,
+                    action: str) -> None:
+    """A node the operator may not read is answered as a missing one (visibility.py)."""
+    node = await visible_node(request, s, who, node_id, action, registered=True)
+    who.require_node(action, node)
+
+
+def _no_session(session_id: str) -> ApiError:
+    return ApiError(404, "no_such_session", f"no session {session_id[:100]}")
+
+
+async def _session_node_allows(request: Request, s: ServerState, who: Principal,
+                               row: dict[str, Any], action: str) -> None:
+    """``action`` on another operator's session is checked on its node; a session on a
+    node ``who`` may not read is answered as a missing session."""
+    node = await s.store.get_node(row["node_id"])
+    if node is None or not can_read(who, node):
+        raise hidden(request, who, action, [row["node_id"]], _no_session(row["session_id"]))
     who.require_node(action, node)
 
 
@@ -78,9 +92,9 @@ def _shape(row: dict[str, Any], live: LiveSession | None) -> dict[str, Any]:
 async def start_session(body: models.SessionRequest, s: State, who: Who,
                         request: Request) -> dict[str, Any]:
     """Start a shell, forward or copy on a node (it must be connected)."""
-    await _node_for(s, who, body.node_id, ACTION_OF_KIND[body.kind])
+    await _node_for(request, s, who, body.node_id, ACTION_OF_KIND[body.kind])
     if body.user is not None:
-        await _node_for(s, who, body.node_id, "sessions:choose-user")
+        await _node_for(request, s, who, body.node_id, "sessions:choose-user")
     target = _target(body)
     try:
         live = await s.sessions.start(node_id=body.node_id, operator=who.operator,
@@ -110,21 +124,21 @@ async def list_sessions(s: State, who: Who,
     return [_shape(r, s.sessions.live.get(r["session_id"])) for r in rows]
 
 
-async def _readable_session(s: ServerState, who: Principal, session_id: str) -> dict[str, Any]:
+async def _readable_session(request: Request, s: ServerState, who: Principal, session_id: str,
+                            action: str = "sessions:read") -> dict[str, Any]:
+    """The session, if it is ``who``'s own or ``action`` is allowed on its node."""
     row = await s.store.sessions.get(session_id)
     if row is None:
-        raise ApiError(404, "no_such_session", f"no session {session_id[:100]}")
+        raise _no_session(session_id)
     if row["operator"] != who.operator:
-        tags = await s.store.tags_of([row["node_id"]])
-        if not who.policy.allows("sessions:read", Node(row["node_id"],
-                                                       tags.get(row["node_id"], {}))):
-            who.refuse_nodes("sessions:read", [row["node_id"]])
+        await _session_node_allows(request, s, who, row, action)
     return row
 
 
 @router.get("/sessions/{session_id}", response_model=models.Session, responses=ERRORS)
-async def show_session(session_id: str, s: State, who: Who) -> dict[str, Any]:
-    row = await _readable_session(s, who, session_id)
+async def show_session(session_id: str, s: State, who: Who,
+                       request: Request) -> dict[str, Any]:
+    row = await _readable_session(request, s, who, session_id)
     return _shape(row, s.sessions.live.get(session_id))
 
 
@@ -132,9 +146,13 @@ async def show_session(session_id: str, s: State, who: Who) -> dict[str, Any]:
             responses={**{s: {"model": models.ErrorBody, "content": {"application/json": {}}}
                           for s in (401, 403, 404)},
                        200: {"content": {"application/x-asciicast": {}}}})
-async def session_recording(session_id: str, s: State, who: Who) -> PlainTextResponse:
-    """The shell's recording, asciicast v2 (replay it with ``tether sessions replay``)."""
-    row = await _readable_session(s, who, session_id)
+async def session_recording(session_id: str, s: State, who: Who,
+                            request: Request) -> PlainTextResponse:
+    """The shell's recording, asciicast v2 (replay it with ``tether sessions replay``).
+
+    What the device printed, so an action of its own: ``sessions:read`` (the viewer's)
+    shows who had which session, never its output. Its own operator saw it live."""
+    row = await _readable_session(request, s, who, session_id, "sessions:read-recording")
     if not row["recording"]:
         raise ApiError(404, "no_recording", f"session {session_id} is a {row['kind']}; only "
                        "shells are recorded")
@@ -148,11 +166,7 @@ async def session_recording(session_id: str, s: State, who: Who) -> PlainTextRes
 async def terminate_session(session_id: str, s: State, who: Who, request: Request,
                             body: models.TerminateRequest | None = None) -> dict[str, Any]:
     """End a session: its own operator may, and so may whoever has sessions:terminate."""
-    row = await s.store.sessions.get(session_id)
-    if row is None:
-        raise ApiError(404, "no_such_session", f"no session {session_id[:100]}")
-    if row["operator"] != who.operator:
-        await _node_for(s, who, row["node_id"], "sessions:terminate")
+    row = await _readable_session(request, s, who, session_id, "sessions:terminate")
     note(request, target=row["node_id"])
     live = s.sessions.live.get(session_id)
     if live is not None:

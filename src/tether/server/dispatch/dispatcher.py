@@ -34,10 +34,9 @@ from tether.protocol.statuses import InvocationStatus
 from tether.server.blobs import BlobStore, output_key
 from tether.server.bus import Bus
 from tether.server.dispatch.small_outputs import SmallOutputs
-from tether.server.dispatch.targets import Targets
 from tether.server.dispatch.watch import CommandWatch
 from tether.server.gateway.registry import AgentConnection
-from tether.server.store import NodeFilter, Store
+from tether.server.store import Store
 from tether.server.store.store import CONNECTION_LOST, ONLINE, Row
 from tether.server.store.writer import GroupWriter
 
@@ -85,24 +84,12 @@ class Dispatcher:
 
     # -- operator side -----------------------------------------------------
 
-    async def resolve(self, targets: Targets) -> list[str]:
-        if targets.everything:
-            return sorted(await self.store.node_ids())
-        found: set[str] = set()
-        for key, value in targets.tags:
-            found.update(await self.store.node_ids(NodeFilter(tags=((key, value),))))
-        for node_id in targets.node_ids:
-            node = await self.store.get_node(node_id)
-            if node is None or node["deregistered_at"] is not None:
-                raise NoTargetsError(f"no registered node {node_id}")
-            found.add(node_id)
-        return sorted(found)
-
     async def submit(self, spec: CommandSpec, node_ids: list[str],
                      operator: str) -> tuple[Row, int]:
         """Store the command, send it to its nodes online here; the command and its count.
 
-        ``node_ids`` come from ``resolve``; the caller checks them against policy between.
+        ``node_ids`` come from ``api.visibility.resolve_targets`` (the nodes the operator
+        may read); the caller checks them against policy between.
         """
         if not node_ids:
             raise NoTargetsError("no registered node matches the targets")

@@ -1,0 +1,128 @@
+"""Outside an operator's read scope a node does not exist.
+
+A 403 "may not nodes:read on mi-..." for a node that exists, beside a 404 for an id
+that does not, told a scoped operator which ids are real; a ``tag:k=v`` target was
+an oracle on nodes it could not read, and a preview of ``all`` counted the whole
+fleet and named the nodes it would refuse. So every route that takes a node id (or
+resolves targets to nodes) asks here: a node the operator may not ``nodes:read``
+answers exactly as a missing one does (same status, same body), target expressions
+resolve among readable nodes only, and a 403 stays for a node the operator can read
+but may not act on (it knows the node; it learns which action to ask for).
+
+The answer hides the node; the audit record does not: every hiding goes through
+``hidden``, which marks the request as a refusal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from tether.protocol.ids import is_node_id
+from tether.server.access.policy import Node
+from tether.server.api.audit_note import note
+from tether.server.api.auth import Principal
+from tether.server.api.errors import ApiError
+from tether.server.dispatch.dispatcher import NoTargetsError
+from tether.server.dispatch.targets import Targets
+from tether.server.state import ServerState
+from tether.server.store import NodeFilter
+
+READ = "nodes:read"
+E = TypeVar("E", bound=Exception)
+
+
+def node_not_found(node_id: str) -> ApiError:
+    """The one answer for a node id that names no node, or none this operator may read."""
+    return ApiError(404, "node_not_found", f"no node {node_id}")
+
+
+def hidden(request: Request, who: Principal, action: str, node_ids: Sequence[str],
+           answer: E) -> E:
+    """Refuse ``action`` on nodes ``who`` may not read, answering as if they did not exist.
+
+    The one place a node is hidden: the caller raises ``answer`` (a missing thing's
+    404), and the audit record says what was refused and where.
+    """
+    named = ", ".join(node_ids[:20]) + (f" and {len(node_ids) - 20} more"
+                                        if len(node_ids) > 20 else "")
+    # "refused" is audit_note.REFUSED: the middleware records the call as denied.
+    note(request, refused=f"{action} on {named}: outside its nodes:read reach, answered "
+         "as missing", hidden=list(node_ids[:20]))
+    return answer
+
+
+def can_read(who: Principal, node: dict[str, Any]) -> bool:
+    """``node`` is a node row with its ``tags``."""
+    return who.policy.allows(READ, Node(node["node_id"], node["tags"]))
+
+
+def readable_filter(who: Principal, f: NodeFilter | None = None) -> NodeFilter:
+    """``f`` narrowed, in SQL, to the nodes ``who`` may read."""
+    f = f or NodeFilter()
+    if who.policy.allows_everywhere(READ):
+        return f
+    return dataclasses.replace(f, allowed=who.policy.scope(READ, "allow"),
+                               denied=who.policy.scope(READ, "deny"))
+
+
+async def visible_node(request: Request, s: ServerState, who: Principal, node_id: str,
+                       action: str = READ, *, registered: bool = False) -> dict[str, Any]:
+    """The node row, or the missing node's 404 (also when ``who`` may not read it, or,
+    with ``registered``, when it is deregistered). ``action`` is what the caller is about
+    to check, for the audit record of a hidden node."""
+    node = await s.store.get_node(node_id) if is_node_id(node_id) else None
+    if node is not None and not can_read(who, node):
+        raise hidden(request, who, action, [node_id], node_not_found(node_id))
+    if node is None or (registered and node["deregistered_at"] is not None):
+        raise node_not_found(node_id)
+    return node
+
+
+async def require_nodes(request: Request, s: ServerState, who: Principal, action: str,
+                        node_ids: Sequence[str], missing: Exception) -> None:
+    """Refuse unless ``action`` is allowed on every one of ``node_ids``.
+
+    A refusal names the nodes refused (403) only when ``who`` may read every one of
+    them; otherwise the thing the nodes belong to (a command) is answered as
+    ``missing``, since naming or counting the others would show they exist.
+    """
+    if who.policy.allows_everywhere(action) or not node_ids:
+        return
+    tags = await s.store.tags_of(node_ids)
+    nodes = [Node(n, tags.get(n, {})) for n in node_ids]
+    refused = set(who.policy.refused(action, nodes))
+    if not refused:
+        return
+    unreadable = [n.node_id for n in nodes
+                  if n.node_id in refused and not who.policy.allows(READ, n)]
+    if unreadable:
+        raise hidden(request, who, action, unreadable, missing)
+    who.refuse_nodes(action, [n for n in node_ids if n in refused])
+
+
+async def resolve_targets(request: Request, s: ServerState, who: Principal,
+                          targets: Targets, action: str) -> list[str]:
+    """The readable nodes ``targets`` select: ``all`` and tags reach no other node, and a
+    node id ``who`` may not read is refused as one that does not exist.
+
+    Raises ``NoTargetsError`` as ``Dispatcher.resolve`` does (404 ``bad_targets``).
+    """
+    within = readable_filter(who)
+    if targets.everything:
+        return sorted(await s.store.node_ids(within))
+    found: set[str] = set()
+    for key, value in sorted(targets.tags):
+        found.update(await s.store.node_ids(dataclasses.replace(within, tags=((key, value),))))
+    for node_id in sorted(targets.node_ids):
+        node = await s.store.get_node(node_id)
+        missing = NoTargetsError(f"no registered node {node_id}")
+        if node is not None and not can_read(who, node):
+            raise hidden(request, who, action, [node_id], missing)
+        if node is None or node["deregistered_at"] is not None:
+            raise missing
+        found.add(node_id)
+    return sorted(found)
