@@ -202,6 +202,9 @@ def test_recover_mints_a_working_admin_token_while_the_server_runs_audited(
     assert "admin recover" in human.stdout and "local:" in human.stdout
     verify = cli(server, token, "audit", "verify")
     assert verify.returncode == 0, verify
+    # The record moved the anchor beside the audit key, as the server's own records do.
+    anchor = json.loads((server.data_dir / "audit-anchor").read_text())
+    assert anchor["seq"] >= records[-1]["seq"]
     # Hand the module's token back (the file had the first token; it still works).
     assert call(server, token, "DELETE", f"/tokens/{token_id}")[0] == 200
     token_file.write_text(before)
@@ -224,13 +227,15 @@ def test_recover_brings_back_a_disabled_last_admin(server: Server) -> None:
         assert call(server, server.token, "DELETE", "/operators/bob-recover")[0] == 200
 
 
-def test_recover_refuses_without_the_servers_data(server: Server, tmp_path: Path) -> None:
+def test_recover_refuses_without_the_servers_data(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "tether.cli", "admin", "recover", *args],
+                              capture_output=True, text=True, env=clean_env(), timeout=60)
+
     empty = tmp_path / "not-data"
     empty.mkdir()
-    result = subprocess.run([PYTHON, "-m", "tether.cli", "admin", "recover",
-                             "--data-dir", str(empty)],
-                            capture_output=True, text=True, env=clean_env(), timeout=60)
+    result = run("--data-dir", str(empty))
     assert result.returncode == 2 and "audit-key is missing" in result.stderr, result
     assert list(empty.iterdir()) == []  # no database made on the way
-    result = recover(server, "--operator", "bad name")
+    result = run("--data-dir", str(empty), "--operator", "bad name")
     assert result.returncode == 2 and "not an operator name" in result.stderr, result

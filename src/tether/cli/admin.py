@@ -25,6 +25,7 @@ from tether.cli.output import fail, out
 
 if TYPE_CHECKING:
     from tether.server.config import Settings
+    from tether.server.store import Store
 
 ACTOR_PREFIX = "local:"
 
@@ -119,6 +120,24 @@ class RecoverError(Exception):
     """Recovery refused or failed; the message says why."""
 
 
+async def _append(store: Store, **record: Any) -> None:
+    """Append to the audit log, again if the running server appended the same record
+    number at the same moment (on SQLite the two processes' appends can meet: one
+    insert of that number fails and nothing is written, so trying again is safe)."""
+    import asyncio
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(5):
+        try:
+            await store.audit.append(**record)
+            return
+        except (IntegrityError, OperationalError):
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))  # a retry's back-off, not a wait
+
+
 async def _recover(settings: Settings, name: str) -> dict[str, Any]:
     from tether.server.admin_access import replace_secret_file
     from tether.server.store import open_store
@@ -130,18 +149,20 @@ async def _recover(settings: Settings, name: str) -> dict[str, Any]:
         raise RecoverError(f"{settings.audit_key_file} does not hold an audit key") from None
     store = await open_store(settings.database_url)
     try:
-        store.audit.key = key
+        # With the anchor file: the record moves the anchor as the server's own do, so a
+        # log cut back to before it no longer verifies (store/audit.py).
+        await store.audit.open(key, settings.audit_anchor_file)
         actor = f"{ACTOR_PREFIX}{_os_user()}"
         try:
             done, token = await store.operators.recover(
                 name, by=f"tether admin recover ({actor})",
-                audit=lambda d: store.audit.append(
-                    actor=actor, action="admin recover", outcome="ok", target=name,
+                audit=lambda d: _append(
+                    store, actor=actor, action="admin recover", outcome="ok", target=name,
                     source="local", detail={k: v for k, v in d.items() if k != "operator"}))
         except OperatorError as exc:
-            await store.audit.append(actor=actor, action="admin recover", outcome="failed",
-                                     target=name, source="local",
-                                     detail={"error": exc.code, "message": str(exc)})
+            await _append(store, actor=actor, action="admin recover", outcome="failed",
+                          target=name, source="local",
+                          detail={"error": exc.code, "message": str(exc)})
             raise RecoverError(str(exc)) from None
         replace_secret_file(settings.admin_token_file, token)
         return done
