@@ -18,7 +18,9 @@ export function render(main) {
   h("h1", {}, "Sign in to tether"),
   h("label", { for: "token" }, "Operator token"), token,
   h("p", { class: "muted" }, "An operator's API token: tether tokens create --operator NAME. ",
-    "The first admin token is in the server's DATA/admin-token. It stays in this tab only."),
+    "The first admin token is in the server's DATA/admin-token (lost, or no admin left: ",
+    "tether admin recover --data-dir DATA on the server writes a new one). ",
+    "It stays in this tab only."),
   problem,
   h("button", { class: "primary", type: "submit" }, "Sign in"));
   main.append(form);
