@@ -25,9 +25,12 @@ from tether.server.config import (
     DEFAULT_AGENT_MESSAGE_BURST,
     DEFAULT_AGENT_MESSAGE_RATE,
     DEFAULT_AUDIT_REPEAT_WINDOW,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_CREDENTIAL_MAX_AGE,
     DEFAULT_FAILED_TOKENS_PER_ADDRESS,
     DEFAULT_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_HEADS_PER_ADDRESS,
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
@@ -126,6 +129,22 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    default=DEFAULT_AUDIT_REPEAT_WINDOW,
                    help="identical refused calls within this long are one audit record and "
                         f"a count (default {DEFAULT_AUDIT_REPEAT_WINDOW:g})")
+    s.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                   default=DEFAULT_HEADER_TIMEOUT,
+                   help="an HTTP request's head must arrive within this (default "
+                        f"{DEFAULT_HEADER_TIMEOUT:g}; beyond: 408 and closed)")
+    s.add_argument("--body-timeout", type=float, metavar="SECONDS",
+                   default=DEFAULT_BODY_TIMEOUT,
+                   help="...and its body within this after the head (default "
+                        f"{DEFAULT_BODY_TIMEOUT:g})")
+    s.add_argument("--heads-per-address", type=int, metavar="N",
+                   default=DEFAULT_HEADS_PER_ADDRESS,
+                   help="connections from one address (IPv6: /64) still sending their "
+                        f"request head (default {DEFAULT_HEADS_PER_ADDRESS}; beyond: "
+                        "closed at once; trusted proxies are exempt)")
+    s.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                   help="a reverse proxy whose X-Forwarded-For names the client "
+                        "(repeatable; default none, not even loopback)")
     s.add_argument("--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
                    help="auto (default): uvloop when installed, else asyncio's own loop")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -308,11 +327,13 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from tether.server.access.client_address import parse_proxies
     from tether.server.config import Settings
     from tether.server.runner import serve
 
     try:
         tls_files = _tls(args)
+        parse_proxies(args.trusted_proxy)
     except ValueError as exc:
         fail(str(exc))
         return 2
@@ -337,7 +358,9 @@ def _serve(args: argparse.Namespace) -> int:
         agent_message_burst=args.agent_message_burst,
         agent_byte_rate=args.agent_byte_rate, agent_byte_burst=args.agent_byte_burst,
         handshakes_per_address=args.handshakes_per_address,
-        hello_timeout=args.hello_timeout,
+        hello_timeout=args.hello_timeout, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout, heads_per_address=args.heads_per_address,
+        trusted_proxies=tuple(args.trusted_proxy),
         credential_max_age=args.credential_max_age,
         session_idle_timeout=args.session_idle_timeout,
         session_max_duration=args.session_max_duration, record_input=args.record_input)

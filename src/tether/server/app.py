@@ -19,11 +19,11 @@ from tether import __version__
 from tether.protocol.errors import CloseCode
 from tether.protocol.versions import AGENT_WS_PATH
 from tether.server import console
-from tether.server.access.throttle import Throttle
+from tether.server.access.client_address import TrustedProxies, parse_proxies
+from tether.server.access.throttle import RegistrationThrottle
 from tether.server.admin_access import prepare_admin_access, write_secret_file
 from tether.server.agent_dist.bundle import AgentBundle
-from tether.server.api import agent_install, audit, fleet, operators, sessions
-from tether.server.api.errors import ApiError, api_error_handler
+from tether.server.api import agent_install, audit, errors, fleet, operators, sessions
 from tether.server.api.limits import BodyLimit
 from tether.server.api.routes import router
 from tether.server.blobs import FolderBlobStore
@@ -73,10 +73,10 @@ async def start(settings: Settings) -> ServerState:
     dispatcher = Dispatcher(store, blobs, bus, watch, writer)
     bundle = AgentBundle(settings.agent_bundle_dir)
     await asyncio.to_thread(bundle.prepare)
-    throttles = (Throttle(settings.registrations_per_address, 60.0),
-                 Throttle(settings.registrations_per_activation, 60.0))
+    throttle = RegistrationThrottle(settings.registrations_per_address,
+                                    settings.registrations_per_activation)
     await live_sessions.open()
-    return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle, throttles,
+    return ServerState(settings, store, blobs, registry, watch, dispatcher, bundle, throttle,
                        live_sessions, bus, admin_access=admin_access)
 
 
@@ -133,7 +133,7 @@ def build_app(settings: Settings) -> AgentFront:
 
     app = FastAPI(title="tether", version=__version__, lifespan=lifespan,
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
-    app.add_exception_handler(ApiError, api_error_handler)
+    errors.install(app)
     app.include_router(fleet.router)  # before routes: /nodes/search is not a node id
     app.include_router(router)
     app.include_router(operators.router)
@@ -144,7 +144,7 @@ def build_app(settings: Settings) -> AgentFront:
     app.mount(console.PREFIX, console.Console(), name="console")
     app.add_route("/", console.to_console, include_in_schema=False)
 
-    return AgentFront(app, settings.max_request_body)
+    return AgentFront(app, settings)
 
 
 class AgentFront:
@@ -156,11 +156,15 @@ class AgentFront:
     included, is the FastAPI app's.
     """
 
-    def __init__(self, app: FastAPI, max_request_body: int) -> None:
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.app = app
-        self.http = BodyLimit(app, max_request_body)
+        self.http = BodyLimit(app, settings.max_request_body)
+        # Who the client is, decided once for every route and the agents' endpoint.
+        self.proxies = TrustedProxies(parse_proxies(settings.trusted_proxies))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.proxies.proxies and scope["type"] in ("http", "websocket"):
+            scope = self.proxies.rewrite(scope)
         if scope["type"] == "websocket" and scope["path"] == AGENT_WS_PATH:
             s: ServerState = self.app.state.tether
             await serve_agent(WebSocket(scope, receive, send), s.settings, s.store, s.registry,

@@ -29,6 +29,16 @@ DEFAULT_HANDSHAKES_PER_ADDRESS = 256
 DEFAULT_HELLO_TIMEOUT = 15.0
 DEFAULT_REGISTRATIONS_PER_ADDRESS = 10
 DEFAULT_REGISTRATIONS_PER_ACTIVATION = 30
+# An HTTP request's head (request line and headers) must arrive whole within this, and
+# its body within the second: a slow client holds a descriptor no longer. 10 s is a
+# few hundred round trips on a cellular link for a head of a few hundred bytes; the
+# largest body (1 MiB) in 30 s needs 35 kB/s.
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+# Connections from one address (IPv6: one /64) still sending their request head. A
+# burst of reconnects from a site behind one NAT stays under it (the swarm benchmark
+# dials 128 at once from one address); a slow-header attacker holds at most this many.
+DEFAULT_HEADS_PER_ADDRESS = 128
 # Wrong operator tokens from one address in a minute before it is answered 429: far
 # above a person mistyping or a script with a stale token, and each one is recorded.
 DEFAULT_FAILED_TOKENS_PER_ADDRESS = 30
@@ -69,6 +79,12 @@ class Settings:
     handshakes_per_address: int = DEFAULT_HANDSHAKES_PER_ADDRESS
     hello_timeout: float = DEFAULT_HELLO_TIMEOUT
     max_request_body: int = 1024 * 1024
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    heads_per_address: int = DEFAULT_HEADS_PER_ADDRESS
+    # Proxies (CIDR networks) whose X-Forwarded-For names the client; none by default,
+    # loopback included (access/client_address.py).
+    trusted_proxies: tuple[str, ...] = ()
     # Node credentials older than this are rotated while the node is connected
     # (protocol 3 agents); 0 turns scheduled rotation off.
     credential_max_age: float = DEFAULT_CREDENTIAL_MAX_AGE

@@ -183,7 +183,9 @@ class GuardedH11Protocol(H11Protocol):
         timeout = self.guard.limits.timeout(phase)
         if timeout is None or self.transport.is_closing():
             return
-        if self.cycle is None or not self.cycle.response_started:
+        # In a head, the last response (if any) is complete; in a body, the application
+        # may have started answering already, and a 408 would garble that answer.
+        if phase is Phase.HEAD or self.cycle is None or not self.cycle.response_started:
             self.transport.write(_timeout_response(phase, timeout))
         self.transport.close()
 

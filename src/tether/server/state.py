@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tether.server.access.throttle import Throttle
+from tether.server.access.throttle import RegistrationThrottle, Throttle
 from tether.server.admin_access import AdminAccess
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.blobs import FolderBlobStore
@@ -26,13 +26,13 @@ class ServerState:
     watch: CommandWatch
     dispatcher: Dispatcher
     agent_bundle: AgentBundle
-    registration_throttles: tuple[Throttle, Throttle]  # per source address, per activation
+    registration_throttle: RegistrationThrottle
     sessions: SessionManager
     bus: Bus  # the cluster seam: what a change must reach on every replica
+    # What start-up found about the way in: the banner says it (server/admin_access.py).
+    admin_access: AdminAccess | None = None
     # Wrong operator tokens per client address, this minute (api/auth.py).
     failed_tokens: Throttle = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.failed_tokens = Throttle(self.settings.failed_tokens_per_address, 60.0)
-    # What start-up found about the way in: the banner says it (server/admin_access.py).
-    admin_access: AdminAccess | None = None

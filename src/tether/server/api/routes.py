@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from tether import __version__
 from tether.protocol.statuses import InvocationStatus, command_status
+from tether.server.access.client_address import client_host
 from tether.server.access.policy import Node, RetagRefusal, new_node_refusal, retag_refusal
 from tether.server.api import models
 from tether.server.api.audit_note import note
@@ -32,6 +33,8 @@ from tether.server.dispatch.targets import TargetError, parse_tag, parse_targets
 from tether.server.sessions.authority import SessionFilter
 from tether.server.state import ServerState
 from tether.server.store import NodeFilter, RegistrationError
+
+WRONG_CODE = "invalid_activation"
 
 router = APIRouter(prefix="/api/v1")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -54,15 +57,12 @@ async def register(body: models.RegistrationRequest, s: State,
                    request: Request) -> dict[str, Any]:
     """Register a device with an activation id and code (called by tether-agent)."""
     request.state.audit_actor = f"activation:{body.activation_id}"
-    source = request.client.host if request.client else "unknown"
-    keys = list(zip(s.registration_throttles, (source, body.activation_id)))
-    now = time.monotonic()
-    for throttle, key in keys:
-        wait = throttle.wait(key, now)
-        if wait is not None:
-            raise ApiError(429, "too_many_failed_registrations",
-                           f"too many failed registration attempts; try again in "
-                           f"{wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))})
+    source, now = client_host(request), time.monotonic()
+    wait = s.registration_throttle.wait(source, body.activation_id, now)
+    if wait is not None:
+        raise ApiError(429, "too_many_failed_registrations",
+                       f"too many failed registration attempts; try again in "
+                       f"{wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))})
     note(request, computer_name=body.computer_name,
          replaces=body.replaces.node_id if body.replaces else None)
     replaces = (body.replaces.node_id, body.replaces.credential) if body.replaces else None
@@ -71,8 +71,8 @@ async def register(body: models.RegistrationRequest, s: State,
             activation_id=body.activation_id, code=body.activation_code,
             computer_name=body.computer_name, replaces=replaces)
     except RegistrationError as exc:
-        for throttle, key in keys:
-            throttle.failed(key, now)
+        if exc.code == WRONG_CODE:  # expired, revoked, used up: the code was right
+            s.registration_throttle.guessed_wrong(source, body.activation_id, now)
         raise ApiError(403, exc.code, str(exc)) from None
     note(request, target=node["node_id"])
     if node["replaced"]:

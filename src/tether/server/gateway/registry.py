@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from starlette.websockets import WebSocket
 
 from tether.protocol.messages import Inventory, Message, encode
+from tether.server.access.throttle import AddressCount
 from tether.server.gateway.channels import ChannelTable
 
 log = logging.getLogger(__name__)
@@ -145,20 +146,14 @@ class AgentConnection:
 class Registry:
     def __init__(self) -> None:
         self._by_node: dict[str, AgentConnection] = {}
-        self._handshakes: dict[str, int] = {}  # per source address, not yet authenticated
+        self._handshakes = AddressCount()  # per source address, not yet authenticated
 
     def handshake_started(self, address: str, limit: int) -> bool:
         """Count one; False (not counted) when ``address`` already has ``limit`` going."""
-        count = self._handshakes.get(address, 0)
-        if count >= limit:
-            return False
-        self._handshakes[address] = count + 1
-        return True
+        return self._handshakes.take(address, limit)
 
     def handshake_ended(self, address: str) -> None:
-        count = self._handshakes.pop(address, 1) - 1
-        if count > 0:
-            self._handshakes[address] = count
+        self._handshakes.release(address)
 
     def add(self, conn: AgentConnection) -> AgentConnection | None:
         """Register ``conn``; return the connection it replaces, if any."""
