@@ -145,6 +145,11 @@ class Operators:
         token = new_secret("tth")
 
         async def change(conn: AsyncConnection, now: float) -> None:
+            # The token first: on SQLite that write takes the lock, so the row read
+            # next cannot change before the commit.
+            await conn.execute(operator_tokens.insert().values(
+                token_id=plan["token_id"], name=name, token_hash=hash_secret(token),
+                created_at=now, label="break-glass: tether admin recover"))
             row = await self._get(conn, name)
             steps = _recovery(name, row)
             if steps["created"]:
@@ -156,9 +161,6 @@ class Operators:
             if steps["roles_added"] and row is not None:
                 await conn.execute(operators.update().where(operators.c.name == name)
                                    .values(roles=[*row["roles"], *steps["roles_added"]]))
-            await conn.execute(operator_tokens.insert().values(
-                token_id=plan["token_id"], name=name, token_hash=hash_secret(token),
-                created_at=now, label="break-glass: tether admin recover"))
 
         await self._guarded(change)
         return plan, token
