@@ -370,9 +370,8 @@ def test_operator_cli_killed_hangs_up_the_shell(server: Server, online_agent: Ag
     assert "operator" in session_audit(server, sid)["end"]["detail"]["reason"]
 
 
-def test_viewer_reads_sessions_but_cannot_start_or_end_them(server: Server,
-                                                            online_agent: Agent,
-                                                            kill_children: list[Shell]) -> None:
+def test_viewer_reads_sessions_but_cannot_start_end_or_replay_them(
+        server: Server, online_agent: Agent, kill_children: list[Shell]) -> None:
     _, viewer = new_operator(server, "viewer")
     child, sid = open_shell(server, online_agent.node_id)
     kill_children.append(child)
@@ -391,7 +390,12 @@ def test_viewer_reads_sessions_but_cannot_start_or_end_them(server: Server,
 
     child.sendline("exit")
     assert finish(child) == 0
+    # What the device printed is not the viewer's to read (sessions:read-recording).
     replay = cli_as(server, viewer, "sessions", "replay", sid, "--no-wait")
+    assert replay.returncode == EXIT_API, replay
+    assert "forbidden" in replay.stderr and "sessions:read-recording" in replay.stderr
+    assert "SEEN-25" not in replay.stdout
+    replay = cli_as(server, None, "sessions", "replay", sid, "--no-wait")
     assert replay.returncode == 0, replay.stderr
     assert "SEEN-25" in replay.stdout
 
