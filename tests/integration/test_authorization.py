@@ -941,3 +941,18 @@ def test_an_unreadable_node_answers_as_a_missing_one_on_every_node_route(
     assert fleet.tags(p) == {"env": "prod"}
     assert fleet.admin.ok("GET", f"/nodes/{p}")["deregistered_at"] is None
     assert fleet.admin.ok("GET", f"/commands/{cmd}")["status"] == "Pending"
+
+
+def test_a_hidden_node_is_audited_as_a_refusal(fleet: Fleet) -> None:
+    """The answer says "no node"; the audit record says what was refused, and where."""
+    name, api = fleet.operator([], [_allow(["nodes:read", "commands:send"], ["tag:env=lab"])])
+    assert api("GET", f"/nodes/{fleet.prod}").status == 404
+    assert api("POST", "/commands", {"targets": [fleet.prod], "script": "true"}).status == 404
+    records = fleet.admin.ok("GET", f"/audit?actor={name}")
+    by_action = {r["action"]: r for r in records}
+    for action, refused in (("GET /api/v1/nodes/{node_id}", "nodes:read"),
+                            ("POST /api/v1/commands", "commands:send")):
+        record = by_action[action]
+        assert record["outcome"] == "denied", record
+        assert record["detail"]["status"] == 404
+        assert refused in record["detail"]["refused"] and fleet.prod in record["detail"]["refused"]

@@ -23,7 +23,7 @@ from fastapi import Request
 
 from tether.protocol.ids import is_node_id
 from tether.server.access.policy import Node
-from tether.server.api.audit_note import note
+from tether.server.api.audit_note import REFUSED, note
 from tether.server.api.auth import Principal
 from tether.server.api.errors import ApiError
 from tether.server.dispatch.dispatcher import NoTargetsError
@@ -49,9 +49,9 @@ def hidden(request: Request, who: Principal, action: str, node_ids: Sequence[str
     """
     named = ", ".join(node_ids[:20]) + (f" and {len(node_ids) - 20} more"
                                         if len(node_ids) > 20 else "")
-    # "refused" is audit_note.REFUSED: the middleware records the call as denied.
-    note(request, refused=f"{action} on {named}: outside its nodes:read reach, answered "
-         "as missing", hidden=list(node_ids[:20]))
+    # Marked REFUSED, the call is recorded as denied whatever its status (api/audit.py).
+    note(request, **{REFUSED: f"{action} on {named}: outside its nodes:read reach, "
+                              "answered as missing"}, hidden=list(node_ids[:20]))
     return answer
 
 
