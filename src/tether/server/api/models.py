@@ -45,7 +45,8 @@ def lone_surrogate_at(value: object, path: str = "") -> str | None:
         return None
     if isinstance(value, dict):
         for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
+            name = str(key).encode("utf-8", "backslashreplace").decode()  # printable, always
+            where = f"{path}.{name}" if path else name
             found = lone_surrogate_at(key, where) or lone_surrogate_at(item, where)
             if found:
                 return found
