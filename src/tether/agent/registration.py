@@ -71,6 +71,9 @@ def register(server_url: str, activation_id: str, activation_code: str,
 
 
 def _refusal(exc: urllib.error.HTTPError) -> RegistrationFailed:
+    if exc.code == 404:  # the registration route never answers 404: no tether there
+        return RegistrationFailed("bad_response", "the server answered HTTP 404 (no "
+                                  "registration endpoint there); is that a tether server?")
     try:
         body = json.loads(exc.read())
         code, message = str(body["error"]), str(body["message"])
