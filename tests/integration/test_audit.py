@@ -27,8 +27,10 @@ import pytest
 
 from harness import Agent, Server, postgres_database
 from tether.cli.client import ApiFailure, Client
+from tether.server.access.audit_chain import sign_checkpoint
 from tether.server.app import build_app
 from tether.server.config import Settings
+from tether.server.store.audit_anchor import read_anchor
 
 Record = dict[str, Any]
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -826,7 +828,8 @@ def test_a_record_appended_after_a_cut_keeps_the_gap_visible(sqlite_server: Serv
     """The server chains a new record on from its anchor, not from what the cut left,
     so the next call does not paper over the truncation."""
     server = sqlite_server
-    api(server).post("/operators", {"name": f"gap-{time.monotonic_ns()}", "roles": []})
+    for _ in range(4):
+        api(server).post("/activations", {})
     table = AuditTable(server)
     rows = table.rows()
     k = len(rows) - 3
@@ -893,19 +896,72 @@ def test_an_anchor_from_another_key_is_moved_aside_and_recorded(tmp_path: Path) 
     server = Server(tmp_path / "data").start()
     try:
         api(server).post("/activations", {})
+        head = last_seq(server)
         server.stop()
         anchor = server.data_dir / "audit-anchor"
-        body = json.loads(anchor.read_text())
-        anchor.write_text(json.dumps({**body, "seq": body["seq"] + 5}))
+        key = bytes.fromhex((server.data_dir / "audit-key").read_text().strip())
+        good = read_anchor(anchor, key)
+        assert good is not None and good.seq == head
+        foreign = sign_checkpoint(b"another server's key", good.seq + 5, good.hash, good.at)
+        anchor.write_text(json.dumps(foreign.as_dict()))
         server.start()
         rejected = audit(server)[-1]
         assert (rejected["actor"], rejected["action"], rejected["outcome"]) == (
             "server", "audit anchor rejected", "failed")
+        assert "not signed" in rejected["detail"]["reason"]
         kept = server.data_dir / rejected["detail"]["kept_as"]
-        assert json.loads(kept.read_text())["seq"] == body["seq"] + 5
+        assert json.loads(kept.read_text())["seq"] == good.seq + 5
         assert oct(kept.stat().st_mode & 0o777) == oct(0o600)
         code, verdict = verify_cli(server)
         assert (code, verdict["ok"], verdict["anchored"]) == (0, True, rejected["seq"])
         assert oct(anchor.stat().st_mode & 0o777) == oct(0o600)
     finally:
         server.stop()
+
+
+def test_replicas_on_one_postgresql_database_anchor_what_each_wrote(tmp_path: Path) -> None:
+    """Two servers, one database, a data folder each (the key shared): appends from both
+    never make either report a false truncation; each one's anchor vouches for the
+    records up to its own last append, so a cut after that is seen by the replica that
+    wrote the records cut, and a deeper cut by both."""
+    with postgres_database() as url:
+        first = Server(tmp_path / "a", database_url=url).start()
+        second_dir = tmp_path / "b"
+        second_dir.mkdir(mode=0o700)
+        for name in ("audit-key", "admin-token"):
+            (second_dir / name).write_text((first.data_dir / name).read_text())
+            (second_dir / name).chmod(0o600)
+        second = Server(second_dir, database_url=url).start()
+        try:
+            for _ in range(3):
+                api(first).post("/activations", {"tags": {"by": "a"}})
+                api(second).post("/activations", {"tags": {"by": "b"}})
+            api(second).post("/activations", {"tags": {"by": "b"}})
+            table = AuditTable(first)
+            rows = table.rows()
+            mine = {srv.data_dir: [r["seq"] for r in rows
+                                   if r["detail"].get("tags", {}).get("by") == tag]
+                    for srv, tag in ((first, "a"), (second, "b"))}
+            for srv in (first, second):
+                code, verdict = verify_cli(srv)
+                assert (code, verdict["ok"], verdict["records"]) == (0, True, len(rows))
+                assert verdict["anchored"] == mine[srv.data_dir][-1]  # its own last record
+            last_of_first = mine[first.data_dir][-1]
+            try:
+                with table.transaction() as run:  # the second's last two records
+                    run("DELETE FROM audit_log WHERE seq > ?", last_of_first)
+                assert verify_cli(first)[0] == 0  # before its anchor, nothing was cut
+                code, verdict = verify_cli(second)
+                assert (code, verdict["state"], verdict["seq"]) == (
+                    1, "truncated", last_of_first + 1)
+                with table.transaction() as run:
+                    run("DELETE FROM audit_log WHERE seq > ?", last_of_first - 2)
+                for srv in (first, second):
+                    assert verify_cli(srv)[1]["state"] == "truncated"
+            finally:
+                table.replace_all(rows)
+            for srv in (first, second):
+                assert verify_cli(srv)[0] == 0
+        finally:
+            second.stop()
+            first.stop()

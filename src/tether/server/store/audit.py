@@ -5,13 +5,14 @@ table lock, so several replicas cannot fork the chain), because each record's
 hash needs the one before it.
 
 After each append commits, the new head (its seq and hash, signed with the audit
-key) replaces ``DATA/audit-anchor``: a file the database cannot rewrite, so a log
-cut short in the database no longer verifies (``access/audit_chain.py``). The
-anchor is written after the commit, never before: a crash in between leaves it
-one record behind (the chain still covers that record), never ahead of the
-database. If the database ends before the anchor when the server appends (records
-were cut while it ran or while it was down), the new record is chained on from the
-anchor, not from what is left, so the gap stays visible to every later verify.
+key) is written to ``DATA/audit-anchor`` (store/audit_anchor.py): a file the
+database cannot rewrite, so a log cut short in the database no longer verifies
+(``access/audit_chain.py``). The anchor is written after the commit, never before:
+a crash in between leaves it one record behind (the chain still covers that
+record), never ahead of the database. If the database ends before the anchor when
+the server appends (records were cut while it ran or while it was down), the new
+record is chained on from the anchor, not from what is left, so the gap stays
+visible to every later verify.
 
 Refused and failed calls go through ``append_or_count``: identical repeats within
 a window become one record with a count (``access/audit_digest.py``).
@@ -41,6 +42,7 @@ from tether.server.access.audit_chain import (
     verify,
 )
 from tether.server.access.audit_digest import Digest, Summary, kind_of
+from tether.server.store.audit_anchor import AnchorError, AnchorFile, read_anchor
 from tether.server.store.schema import audit_log
 
 log = logging.getLogger(__name__)
@@ -50,41 +52,13 @@ DEFAULT_REPEAT_WINDOW = 60.0
 ANCHOR_NAME = "anchor (DATA/audit-anchor)"
 
 
-def read_anchor(path: Path) -> Checkpoint | None:
-    """The anchor file's checkpoint; None if there is none; ValueError if it is not one."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    try:
-        return Checkpoint.from_dict(json.loads(text))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-
-
-def write_anchor(path: Path, checkpoint: Checkpoint) -> None:
-    """Replace the anchor whole (a new file renamed over it): old or new, never torn.
-
-    No fsync: a power cut may leave an older anchor (it then vouches for fewer
-    records, which is safe); the process dying leaves the newest (the page cache
-    outlives it). Measured in docs/security.md.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(checkpoint.as_dict(), sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 class AuditLog:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._lock = asyncio.Lock()
         self.key = b""  # set at start-up from DATA/audit-key (``open``)
         self.anchor: Checkpoint | None = None  # the newest head this server wrote
-        self.anchor_path: Path | None = None
+        self.anchor_file: AnchorFile | None = None
         self.digest = Digest(DEFAULT_REPEAT_WINDOW)
         self._flusher: asyncio.Task[None] | None = None
 
@@ -98,24 +72,20 @@ class AuditLog:
         """
         self.key = key
         self.digest = Digest(repeat_window)
-        self.anchor_path = anchor_path
         if anchor_path is None:
             return
         try:
-            anchor = read_anchor(anchor_path)
-            problem = None if anchor is None or anchor.signed_by(key) else (
-                "it is not signed with DATA/audit-key")
-        except ValueError as exc:
-            anchor, problem = None, f"it is not an anchor ({exc})"
-        if problem is not None:
+            anchor = read_anchor(anchor_path, key)
+        except AnchorError as exc:
             kept = anchor_path.with_name(f"{anchor_path.name}.rejected-{int(time.time())}")
             os.replace(anchor_path, kept)
             log.error("%s: %s; moved aside to %s, and the audit log anchored afresh at its "
-                      "current head", anchor_path, problem, kept.name)
+                      "current head", anchor_path, exc, kept.name)
+            self.anchor_file = AnchorFile(anchor_path)
             await self.append(actor="server", action="audit anchor rejected",
-                              outcome="failed", detail={"reason": problem, "kept_as": kept.name})
+                              outcome="failed", detail={"reason": str(exc), "kept_as": kept.name})
             return
-        self.anchor = anchor
+        self.anchor_file, self.anchor = AnchorFile(anchor_path), anchor
         if anchor is None:
             async with self.engine.connect() as conn:
                 head = await self._head(conn)
@@ -164,12 +134,12 @@ class AuditLog:
 
     def _move_anchor(self, seq: int, hash_: str) -> None:
         self.anchor = sign_checkpoint(self.key, seq, hash_, time.time())
-        if self.anchor_path is not None:
+        if self.anchor_file is not None:
             try:
-                write_anchor(self.anchor_path, self.anchor)
+                self.anchor_file.write(self.anchor)
             except OSError:
                 log.exception("could not write %s (the anchor stays in memory)",
-                              self.anchor_path)
+                              self.anchor_file.path)
 
     # -- refused and failed calls: one record, then a count -------------------------
 
@@ -251,6 +221,8 @@ class AuditLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self._write_summaries(self.digest.drain())
+        if self.anchor_file is not None:
+            self.anchor_file.close()
 
     # -- reading -----------------------------------------------------------------
 
