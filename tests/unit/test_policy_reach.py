@@ -108,9 +108,9 @@ def test_activation_for_another_site_is_refused() -> None:
                allow(["nodes:tag", "nodes:read", "commands:*"], ["tag:site=a"]))
     refusal = new_node_refusal(p, {"site": "b"})
     assert refusal is not None and refusal.may_not_tag
-    # Its own site is refused too: the tags would give it commands on the new nodes.
-    own = new_node_refusal(p, {"site": "a"})
-    assert own is not None and "commands:send" in own.newly_allowed
+    # Its own site is its to enrol into: the new nodes are nobody else's to take over.
+    assert new_node_refusal(p, {"site": "a"}) is None
+    assert new_node_refusal(p, {"site": "a", "role": "cam"}) is None  # still in site a
     assert new_node_refusal(p, {}) is None  # untagged: no tag to check
 
 
@@ -162,14 +162,12 @@ def test_retag_accepted_iff_no_action_goes_from_denied_to_allowed(
 
 @settings(max_examples=600, deadline=None)
 @given(raw=policies, tags=tag_sets)
-def test_activation_tags_are_checked_as_a_retag_of_a_fresh_node(
+def test_activation_tags_need_nodes_tag_on_a_node_carrying_them(
         raw: list[dict[str, Any]], tags: dict[str, str]) -> None:
     p = Policy(parse_statements(raw))
-    fresh, tagged = Node(FRESH), Node(FRESH, tags)
-    expected = (not tags or (ref_allows(raw, "nodes:tag", tagged)
-                             and not ref_newly_allowed(raw, fresh, tagged)))
+    expected = not tags or ref_allows(raw, "nodes:tag", Node(FRESH, tags))
     refusal = new_node_refusal(p, tags)
     event("accepted" if refusal is None else "refused")
     assert (refusal is None) is expected
     if refusal is not None:
-        assert refusal.newly_allowed == ref_newly_allowed(raw, fresh, tagged)
+        assert refusal.may_not_tag and not refusal.newly_allowed

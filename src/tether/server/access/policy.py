@@ -185,17 +185,18 @@ def retag_refusal(policy: Policy, before: Node, after: Node) -> RetagRefusal | N
 
 
 def new_node_refusal(policy: Policy, tags: Mapping[str, str]) -> RetagRefusal | None:
-    """An activation's tags, checked as a retag of a fresh node from no tags to them.
+    """An activation's tags need ``nodes:tag`` on a node carrying them, as a retag would.
 
     Every node registered through the activation carries the tags from its first
-    moment, so creating it is tagging those nodes: the creator must be allowed to tag
-    them so, and gain nothing on them that an untagged node would not give it. (An
-    operator allowed ``commands:*`` only on ``tag:site=a`` therefore cannot create an
-    activation tagged ``site=a`` either: an admin, or a policy on ``*``, does.)
+    moment, so creating it is tagging those nodes: an operator allowed ``nodes:tag``
+    only on ``tag:site=a`` may enrol devices into site a, never plant one tagged
+    ``site=b`` where other sites' commands would reach it. Unlike a retag, nothing is
+    taken over: the node does not exist yet and is whoever holds the code, so what the
+    tags give the creator on it (its own site's commands) is no widening of its reach.
     """
-    if not tags:
+    if not tags or policy.allows("nodes:tag", Node(NEW_NODE_ID, dict(tags))):
         return None
-    return retag_refusal(policy, Node(NEW_NODE_ID), Node(NEW_NODE_ID, dict(tags)))
+    return RetagRefusal(may_not_tag=True, newly_allowed=frozenset())
 
 
 def parse_statements(document: object) -> tuple[Statement, ...]:
