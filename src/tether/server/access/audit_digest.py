@@ -25,7 +25,7 @@ from typing import Any
 
 __all__ = ["Digest", "Kind", "Summary", "kind_of"]
 
-DEFAULT_MAX_KINDS = 10_000
+DEFAULT_MAX_KINDS = 1_000
 # (actor, action, target, source, outcome, detail as canonical JSON)
 Kind = tuple[str, str, "str | None", "str | None", str, str]
 

@@ -60,8 +60,8 @@ async def record_call(request: Request,
 async def _principal(request: Request, status: int) -> Principal | None:
     """Who made the call; resolved here when no route did (a 405, an unknown path)."""
     principal: Principal | None = getattr(request.state, "principal", None)
-    if principal is None and status not in (401, 429) and request.headers.get(
-            "authorization"):
+    if (principal is None and status not in (401, 429) and request.headers.get("authorization")
+            and not hasattr(request.state, "audit_actor")):
         try:
             principal = await authenticate(request)
         except ApiError:
