@@ -813,6 +813,9 @@ def test_records_cut_off_the_end_are_caught(chained: Server, keep: str) -> None:
         assert f"record {len(rows)} was written" in verdict["problem"]
         human = chained.cli_raw("audit", "verify")
         assert human.returncode == 1
+        export = chained.cli_raw("audit", "export")  # what is left, but vouched for by none
+        assert export.returncode == 1 and "no checkpoint written" in export.stderr
+        assert "checkpoint" not in export.stdout
         if k:
             assert f"TRUNCATED: the log ends at record {k}" in human.stdout
             assert f"{len(rows) - k} records were cut off the end" in human.stdout

@@ -26,7 +26,7 @@ from harness import Agent, Server
 from tether.protocol.errors import CloseCode
 from tether.protocol.messages import Accepted, Hello, encode
 from tether.protocol.versions import AGENT_WS_PATH, PROTOCOL_VERSION
-from tether.server.access.policy import NODE_ACTIONS
+from tether.server.access.policy import NODE_ACTIONS, ROLES
 
 Record = dict[str, Any]
 fleet = test_authorization.fleet  # the matrix's fleet fixture, on this module's server
@@ -53,6 +53,8 @@ def _refusals() -> Iterator[Any]:
         grants = {"no-policy": DENIED["no-policy"]}
         if case.action in NODE_ACTIONS:
             grants["other-node-only"] = DENIED_ON_NODE["other-node-only"]
+        if not ROLES["viewer"].allows_everywhere(case.action):  # a viewer reading the log...
+            grants["viewer"] = lambda a, n, f: (["viewer"], [])
         for name, grant in grants.items():
             yield pytest.param(case, grant, id=f"{case}-{name}")
 
