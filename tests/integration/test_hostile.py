@@ -11,6 +11,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,27 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from harness import Agent, Server
+from harness import Agent, Server, postgres_database
 from tether.protocol.errors import CloseCode
-from tether.protocol.messages import Hello, Ping, encode
+from tether.protocol.limits import FIELD_LIMITS, TRUNCATED_MARK, Text
+from tether.protocol.messages import (
+    SERVER_MESSAGES,
+    Accepted,
+    Command,
+    Hello,
+    Ping,
+    Pong,
+    Result,
+    ResultAck,
+    decode,
+    encode,
+)
 from tether.protocol.versions import AGENT_WS_PATH, PROTOCOL_VERSION
+from tether.server.gateway.endpoint import BYTE_WEIGHT
 
 RATE, BURST, HANDSHAKES = 50, 100, 5
+# Bytes: small, so a few inventories reach the budget (the defaults are far larger).
+BYTE_RATE, BYTE_BURST = 2_000_000, 1_000_000
 # Short, to see a silent socket closed quickly; long enough that the handshakes the
 # handshake-limit test holds open stay open for its few steps.
 HELLO_TIMEOUT = 5.0
@@ -35,6 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("hostile") / "data", extra=[
         "--agent-message-rate", str(RATE), "--agent-message-burst", str(BURST),
         "--handshakes-per-address", str(HANDSHAKES),
+        "--agent-byte-rate", str(BYTE_RATE), "--agent-byte-burst", str(BYTE_BURST),
         "--hello-timeout", str(HELLO_TIMEOUT)]).start()
     yield srv
     srv.stop()
@@ -49,9 +66,9 @@ def identity(agent: Agent) -> dict[str, Any]:
     return ident
 
 
-def hello_from(agent: Agent) -> str:
+def hello_from(agent: Agent, protocol: int = PROTOCOL_VERSION) -> str:
     ident = identity(agent)
-    return encode(Hello(PROTOCOL_VERSION, ident["node_id"], ident["credential"], "hostile"))
+    return encode(Hello(protocol, ident["node_id"], ident["credential"], "hostile"))
 
 
 def close_code(ws: ClientConnection, timeout: float = 30) -> int | None:
@@ -185,3 +202,133 @@ def test_request_headers_are_bounded(server: Server) -> None:
     assert whoami("a" * 4000) == 200
     assert whoami("a" * 1_000_000) in (0, 400, 431)
     assert whoami("") == 200  # and the server is fine afterwards
+
+
+# -- heavy and over-long messages (issue 12 #11, #12) ---------------------------
+
+def inventory_frame(name: str = "hostile", interfaces: int = 1, addresses: int = 1,
+                    **fields: Any) -> str:
+    return json.dumps({
+        "t": "inventory", "computer_name": name, "os_name": "o", "os_version": "1",
+        "kernel": "k", "arch": "a", "agent_version": "1", "python_version": "3",
+        "interfaces": [{"name": f"veth{i}", "flags": ["up"], "addresses": [
+            {"address": f"10.{i % 256}.{j // 256}.{j % 256}", "prefixlen": 24,
+             "family": "inet"} for j in range(addresses)]} for i in range(interfaces)],
+        **fields})
+
+
+def next_command(ws: ClientConnection) -> Command:
+    while True:
+        message = decode(ws.recv(timeout=30), SERVER_MESSAGES)
+        if isinstance(message, Command):
+            return message
+
+
+def await_ack(ws: ClientConnection, invocation_id: str) -> None:
+    while True:
+        message = decode(ws.recv(timeout=30), SERVER_MESSAGES)
+        if isinstance(message, ResultAck) and message.invocation_id == invocation_id:
+            return
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def any_server(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Default limits, on both databases: what reaches a column must fit it."""
+    data_dir = tmp_path_factory.mktemp(f"bounded-{request.param}") / "data"
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database()) if request.param == "postgresql" \
+            else None
+        srv = Server(data_dir, database_url=url).start()
+        stack.callback(srv.stop)
+        yield srv
+
+
+def test_over_long_agent_strings_and_numbers_never_break_the_link_or_an_invocation(
+        any_server: Server, tmp_path: Path) -> None:
+    """A 1 MiB computer name is stored cut to 255; a 1.5 MB reason is stored cut to the
+    column with a mark and its invocation ends; an over-long primary address and an exit
+    code of 2**70 are refused with 4000 (they broke the link with 1011 on PostgreSQL and
+    SQLite, leaving the invocation InProgress)."""
+    server = any_server
+    hostile = Agent(server, tmp_path / "h").register()
+    node = hostile.node_id
+    reason_limit = FIELD_LIMITS["Result"]["reason"]
+    name_limit = FIELD_LIMITS["Inventory"]["computer_name"]
+    assert isinstance(reason_limit, Text) and isinstance(name_limit, Text)
+    with connect(ws_url(server), compression=None, max_size=None) as ws:
+        ws.send(hello_from(hostile))
+        ws.recv(timeout=30)  # welcome
+        ws.send(inventory_frame("n" * 2**20))
+        cmd = server.cli("run", "--no-wait", "--target", node, "--", "true")
+        inv = next_command(ws)
+        ws.send(encode(Accepted(inv.invocation_id)))
+        ws.send(encode(Result(inv.invocation_id, "Failed", 0, 0, exit_code=3,
+                              reason="r" * 1_500_000)))
+        await_ack(ws, inv.invocation_id)
+        stored = server.node(node)["inventory"]["computer_name"]
+        assert len(stored) == name_limit.max_chars and stored.endswith(TRUNCATED_MARK)
+        got = server.cli("commands", "show", cmd["command_id"])["invocations"][0]
+        assert (got["status"], got["exit_code"]) == ("Failed", 3), got
+        assert len(got["reason"]) == reason_limit.max_chars
+        assert got["reason"].endswith(TRUNCATED_MARK)
+        ws.send(inventory_frame(primary_address="1" * 100))
+        assert close_code(ws) == CloseCode.MALFORMED
+        assert "primary_address" in (ws.close_reason or "")
+
+    cmd = server.cli("run", "--no-wait", "--target", node, "--", "true")
+    with connect(ws_url(server), compression=None) as ws:
+        ws.send(hello_from(hostile))
+        ws.recv(timeout=30)
+        inv = next_command(ws)
+        ws.send(encode(Accepted(inv.invocation_id)))
+        ws.send(json.dumps({"t": "result", "invocation_id": inv.invocation_id,
+                            "status": "Success", "stdout_size": 0, "stderr_size": 0,
+                            "exit_code": 2**70}))
+        assert close_code(ws) == CloseCode.MALFORMED
+        assert "exit_code" in (ws.close_reason or "")
+        # ...and with a storable result the same invocation still ends.
+    with connect(ws_url(server), compression=None) as ws:
+        ws.send(hello_from(hostile))
+        ws.recv(timeout=30)
+        ws.send(encode(Result(inv.invocation_id, "Success", 0, 0, exit_code=0)))
+        await_ack(ws, inv.invocation_id)
+    assert server.cli("commands", "show", cmd["command_id"])["invocations"][0][
+        "status"] == "Success"
+    server.wait_node(node, lambda n: n["ping_status"] == "ConnectionLost")
+    log = "\n".join(server.output.lines) if server.output else ""
+    assert "internal server error" not in log and "Traceback" not in log
+
+
+def test_heavy_valid_messages_are_paced_by_bytes_not_closed(server: Server,
+                                                             tmp_path: Path) -> None:
+    """Inventories at every cap, each ~130 kB (counted 8 times): past the byte burst
+    the server reads the agent at the byte rate (its pong comes late) but keeps the
+    link, and an operator's call meanwhile is answered at once."""
+    hostile = Agent(server, tmp_path / "heavy").register()
+    frames = [inventory_frame(f"heavy-{i}", interfaces=64, addresses=32) for i in range(5)]
+    total = sum(len(f) for f in frames) * BYTE_WEIGHT["inventory"]
+    assert total > BYTE_BURST + 2 * BYTE_RATE
+    with connect(ws_url(server), compression=None, max_size=None) as ws:
+        ws.send(hello_from(hostile, protocol=1))  # protocol 1: a ping is answered
+        ws.recv(timeout=30)
+        start = time.monotonic()
+        for frame in frames:
+            ws.send(frame)
+        ws.send(encode(Ping()))
+        calls = []
+        while True:
+            t0 = time.monotonic()
+            server.cli("whoami")
+            calls.append(time.monotonic() - t0)
+            try:
+                if isinstance(decode(ws.recv(timeout=0.05), SERVER_MESSAGES), Pong):
+                    break
+            except TimeoutError:
+                continue
+        paced = time.monotonic() - start
+    floor = (total - BYTE_BURST) / BYTE_RATE
+    assert paced >= floor * 0.9, (paced, floor)
+    assert max(calls) < 2.0, calls  # the CLI's own start-up dominates
+    stored = server.node(hostile.node_id)["inventory"]  # each was stored, in order
+    assert stored["computer_name"] == "heavy-4" and len(stored["interfaces"]) == 64

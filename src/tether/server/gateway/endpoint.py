@@ -22,6 +22,8 @@ from tether.protocol.messages import (
     Close,
     Eof,
     Hello,
+    Inventory,
+    Message,
     Opened,
     Welcome,
     Window,
@@ -84,19 +86,29 @@ def _count(bucket: TokenBucket, conn: AgentConnection, settings: Settings) -> No
                             f"{settings.agent_message_rate:g} a second")
 
 
-async def _pace(pacer: BytePacer, frame: str | bytes, conn: AgentConnection) -> None:
-    """Charge a frame's bytes to the agent's budget; past it, stop reading for a while.
+# What a byte of each message costs the agent's budget. An inventory's addresses each
+# become a row written (about 0.1 s of CPU for one at every cap, 130 kB: docs/
+# benchmarks.md, "Heavy agent messages"), far more per byte than an output slice, which
+# is copied once. Unlisted types cost 1.
+BYTE_WEIGHT: dict[str, int] = {Inventory.TYPE: 8}
 
-    The frame is in memory already (at most the 2 MiB frame limit); what waits is
-    its decoding, storing and the next frame, so an agent's CPU and database cost
-    per second is bounded by the byte rate, and TCP holds the agent back meanwhile.
+
+async def _pace(pacer: BytePacer, frame: str | bytes, message: Message,
+                conn: AgentConnection) -> None:
+    """Charge a frame's bytes (times its type's weight) to the agent's budget; past
+    it, stop reading from the agent for a while.
+
+    Charged after decoding and before handling, so the wait covers both this frame's
+    work and the next frame's arrival: an agent's CPU and database cost per second
+    is bounded by the byte rate, and TCP holds the agent back meanwhile.
     """
     size = len(frame) if isinstance(frame, bytes) or frame.isascii() \
         else len(frame.encode("utf-8"))
-    delay = pacer.charge(size, conn.last_received)
-    if delay > 0:
-        await asyncio.sleep(delay)
-        conn.received()  # the silence was ours, not the agent's
+    delay = pacer.charge(size * BYTE_WEIGHT.get(message.TYPE, 1), conn.last_received)
+    while delay > 0:  # in slices: the silence is ours, not the agent's (keepalive)
+        await asyncio.sleep(min(delay, 0.5))
+        delay -= 0.5
+        conn.received()
 
 
 def _welcome(hello: Hello, settings: Settings) -> Welcome:
@@ -154,8 +166,8 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
                         _count(bucket, conn, settings)
                     continue
                 _count(bucket, conn, settings)
-                await _pace(pacer, frame, conn)
                 message = decode(frame, AGENT_MESSAGES)
+                await _pace(pacer, frame, message, conn)
                 if isinstance(message, (Opened, Window, Eof, Close)):
                     conn.channels.handle(message)
                 else:
