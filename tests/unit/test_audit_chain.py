@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tether.server.access.audit_chain import (
+    CHECKPOINT_PARAM,
     FIELDS,
     GENESIS,
     Checkpoint,
@@ -108,6 +110,7 @@ def test_a_log_cut_short_of_its_checkpoint_is_truncated(anchored: int, kept: int
         return
     assert not verdict.ok and verdict.state == "truncated"
     assert verdict.seq == kept + 1  # the first record missing
+    assert verdict.anchored == anchored  # so seq..anchored are missing (the console counts them)
     assert verdict.problem is not None and f"record {anchored} was written" in verdict.problem
     if kept == 0:
         assert "holds no records" in verdict.problem and "every record" in verdict.problem
@@ -159,7 +162,9 @@ def test_a_checkpoint_round_trips_through_json_and_refuses_junk() -> None:
     assert Checkpoint.from_dict(json.loads(json.dumps(cp.as_dict()))) == cp
     for junk in (None, [], {}, {**cp.as_dict(), "seq": "3"}, {**cp.as_dict(), "seq": True},
                  {**cp.as_dict(), "seq": -1}, {**cp.as_dict(), "hash": "x" * 64},
-                 {**cp.as_dict(), "mac": cp.mac.upper()}, {**cp.as_dict(), "at": "now"}):
+                 {**cp.as_dict(), "mac": cp.mac.upper()}, {**cp.as_dict(), "at": "now"},
+                 {**cp.as_dict(), "at": float("inf")}, {**cp.as_dict(), "at": float("nan")},
+                 {**cp.as_dict(), "at": 10**400}, {**cp.as_dict(), "at": None}):
         with pytest.raises(ValueError):
             Checkpoint.from_dict(junk)
 
@@ -168,3 +173,36 @@ def test_the_empty_log_has_a_checkpoint_too() -> None:
     empty = head_of([], 0)
     assert verify(KEY, [], checkpoints=[("anchor", empty)]).ok
     assert verify(KEY, chain(2), checkpoints=[("anchor", empty)]).ok
+
+
+HEX = st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@given(seq=st.integers(0, 2**63 - 1), hash_=HEX, mac=HEX,
+       at=st.floats(allow_nan=False, allow_infinity=False))
+def test_every_checkpoint_is_one_query_parameter_that_reads_back_exactly(
+        seq: int, hash_: str, mac: str, at: float) -> None:
+    """``GET /audit/verify?checkpoint=`` takes what ``tether audit export`` wrote, whole:
+    the parameter matches the pattern the API document gives, and reads back equal
+    (the float included, so a checkpoint's mac still fits)."""
+    cp = Checkpoint(seq, hash_, at, mac)
+    assert re.fullmatch(CHECKPOINT_PARAM, cp.as_param())
+    assert Checkpoint.from_param(cp.as_param()) == cp
+    signed = sign_checkpoint(KEY, seq, hash_, at)
+    assert Checkpoint.from_param(signed.as_param()).signed_by(KEY)
+
+
+@given(st.from_regex(CHECKPOINT_PARAM, fullmatch=True))
+def test_whatever_the_documented_pattern_admits_parses(text: str) -> None:
+    """The contract is the pattern alone: a string it admits is never a 400. An
+    overflowing ``at`` parses to infinity, which nothing signed (so: tampered)."""
+    cp = Checkpoint.from_param(text)
+    assert not cp.signed_by(KEY)
+
+
+@pytest.mark.parametrize("junk", ["", "3", "3:" + "a" * 64 + ":1.5", "3:" + "a" * 64 + ":nan:"
+                                  + "b" * 64, "3:" + "A" * 64 + ":1.5:" + "b" * 64,
+                                  "3:" + "a" * 64 + ":1.5:" + "b" * 64 + "\n"])
+def test_a_checkpoint_parameter_that_is_not_one_is_refused(junk: str) -> None:
+    with pytest.raises(ValueError):
+        Checkpoint.from_param(junk)

@@ -226,12 +226,15 @@ def _verdict_line(v: dict[str, Any]) -> str:
 def audit_verify(c: Client, args: argparse.Namespace) -> int:
     query: dict[str, Any] = {}
     if args.checkpoint:
+        from tether.server.access.audit_chain import Checkpoint  # pure, stdlib only
+
         try:
-            cp = _checkpoint_of(args.checkpoint)
+            checkpoint = Checkpoint.from_dict(_checkpoint_of(args.checkpoint))
         except (OSError, ValueError) as exc:
-            fail(str(exc))
+            fail(f"{args.checkpoint}: {exc}" if str(args.checkpoint) not in str(exc)
+                 else str(exc))
             return 2
-        query = {f"checkpoint_{k}": cp.get(k) for k in ("seq", "hash", "at", "mac")}
+        query = {"checkpoint": checkpoint.as_param()}
     verdict = c.get("/audit/verify", **query)
     if args.json:
         print_json(verdict)

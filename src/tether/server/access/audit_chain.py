@@ -30,14 +30,19 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["FIELDS", "GENESIS", "Checkpoint", "Verdict", "record_hash", "sign_checkpoint",
-           "verify"]
+__all__ = ["CHECKPOINT_PARAM", "FIELDS", "GENESIS", "Checkpoint", "Verdict", "record_hash",
+           "sign_checkpoint", "verify"]
 
 GENESIS = "0" * 64
 FIELDS = ("seq", "at", "actor", "action", "target", "source", "outcome", "detail")
 CHECKPOINT_CONTEXT = b"tether audit checkpoint v1\n"
 HEX64 = re.compile(r"[0-9a-f]{64}")
 INTACT, TAMPERED, TRUNCATED = "intact", "tampered", "truncated"
+# A checkpoint as one query parameter, SEQ:HASH:AT:MAC (``GET /audit/verify?checkpoint=``).
+# Every string this matches parses (``at`` may overflow to infinity: then it is simply
+# not signed), so the document's pattern is the whole contract: no 400 for a match.
+CHECKPOINT_PARAM = (r"^[0-9]{1,19}:[0-9a-f]{64}:-?[0-9]{1,20}(\.[0-9]{1,20})?"
+                    r"([eE][-+]?[0-9]{1,3})?:[0-9a-f]{64}$")
 
 
 def record_hash(key: bytes, prev_hash: str, record: Mapping[str, Any]) -> str:
@@ -83,13 +88,27 @@ class Checkpoint:
         seq, hash_, at, mac = (raw.get(k) for k in ("seq", "hash", "at", "mac"))
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
             raise ValueError("a checkpoint's seq is a record number")
-        if not isinstance(at, (int, float)) or isinstance(at, bool):
+        if (not isinstance(at, (int, float)) or isinstance(at, bool)
+                or not abs(at) < 2**63):  # neither NaN, infinite nor beyond a float
             raise ValueError("a checkpoint's at is a time in seconds")
         for name, value in (("hash", hash_), ("mac", mac)):
             if not isinstance(value, str) or not HEX64.fullmatch(value):
                 raise ValueError(f"a checkpoint's {name} is 64 hex digits")
         assert isinstance(hash_, str) and isinstance(mac, str)
         return cls(seq, hash_, float(at), mac)
+
+    def as_param(self) -> str:
+        """This checkpoint as one query parameter (``CHECKPOINT_PARAM``), exactly:
+        ``repr`` of a float reads back as the same float, so the mac still fits."""
+        return f"{self.seq}:{self.hash}:{self.at!r}:{self.mac}"
+
+    @classmethod
+    def from_param(cls, text: str) -> Checkpoint:
+        """Parse ``as_param``'s form; ValueError if it does not match CHECKPOINT_PARAM."""
+        if not re.fullmatch(CHECKPOINT_PARAM, text):
+            raise ValueError("a checkpoint parameter is SEQ:HASH:AT:MAC")
+        seq, hash_, at, mac = text.split(":")
+        return cls(int(seq), hash_, float(at), mac)
 
 
 def sign_checkpoint(key: bytes, seq: int, hash_: str, at: float) -> Checkpoint:
@@ -123,7 +142,8 @@ def _compare(name: str, checkpoint: Checkpoint, key: bytes, head: tuple[int, str
         cut = ("every record was removed" if last == 0 else
                f"{missing} record{'s were' if missing != 1 else ' was'} cut off the end")
         return Verdict(False, count, f"the log {held}, but the {name} says record "
-                       f"{checkpoint.seq} was written: {cut}", last + 1, TRUNCATED, head=head)
+                       f"{checkpoint.seq} was written: {cut}", last + 1, TRUNCATED,
+                       anchored=checkpoint.seq, head=head)
     found = GENESIS if checkpoint.seq == 0 else seen.get(checkpoint.seq)
     if found != checkpoint.hash:
         return Verdict(False, count, f"is not the one the {name} vouched for (its hash "

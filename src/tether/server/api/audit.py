@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from starlette.requests import HTTPConnection
 
-from tether.server.access.audit_chain import Checkpoint
+from tether.server.access.audit_chain import CHECKPOINT_PARAM, Checkpoint
 from tether.server.api import models
 from tether.server.api.audit_note import REFUSED, noted
 from tether.server.api.auth import Principal, Who, authenticate
@@ -35,7 +35,6 @@ router = APIRouter(prefix="/api/v1", tags=["audit"])
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REFUSAL_STATUSES = frozenset({401, 403, 429})
 TARGET_PARAMS = ("node_id", "command_id", "name", "token_id", "activation_id")
-HEX64 = r"^[0-9a-f]{64}$"
 
 
 def outcome_of(status: int, refused: bool = False) -> str:
@@ -127,27 +126,22 @@ async def list_audit(s: State, who: Who, since: float | None = None,
 @router.get("/audit/verify", response_model=models.AuditVerdict, responses=ERRORS)
 async def verify_audit(
         s: State, who: Who,
-        checkpoint_seq: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-        checkpoint_hash: Annotated[str | None, Query(pattern=HEX64)] = None,
-        checkpoint_at: Annotated[float | None, Query(allow_inf_nan=False)] = None,
-        checkpoint_mac: Annotated[str | None, Query(pattern=HEX64)] = None,
+        checkpoint: Annotated[str | None, Query(
+            pattern=CHECKPOINT_PARAM, max_length=200,
+            description="a checkpoint `tether audit export` ended with, as SEQ:HASH:AT:MAC "
+                        "(its seq, hash, at and mac, in that order): the log must still "
+                        "hold that record, with that hash")] = None,
 ) -> dict[str, Any]:
     """Recompute the whole hash chain; name the first record that does not fit.
 
     Also compared: this server's anchor (DATA/audit-anchor: the newest record it
     wrote) and, if given, a checkpoint from ``tether audit export``: a log that ends
     before either is *truncated*. When intact, the answer carries a new checkpoint.
+    The checkpoint is one parameter, so it is given whole or not at all.
     """
     who.require("audit:read")
-    checkpoint = None
-    if (checkpoint_seq is not None and checkpoint_hash is not None
-            and checkpoint_at is not None and checkpoint_mac is not None):
-        checkpoint = Checkpoint(checkpoint_seq, checkpoint_hash, checkpoint_at, checkpoint_mac)
-    elif any(p is not None for p in (checkpoint_seq, checkpoint_hash, checkpoint_at,
-                                     checkpoint_mac)):
-        raise ApiError(400, "bad_checkpoint", "a checkpoint needs checkpoint_seq, "
-                       "checkpoint_hash, checkpoint_at and checkpoint_mac")
-    verdict = await s.store.audit.verify(checkpoint)
+    verdict = await s.store.audit.verify(
+        Checkpoint.from_param(checkpoint) if checkpoint is not None else None)
     signed = s.store.audit.checkpoint(verdict)
     return {"ok": verdict.ok, "records": verdict.records, "problem": verdict.problem,
             "seq": verdict.seq, "state": verdict.state, "anchored": verdict.anchored,
