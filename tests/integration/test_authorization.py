@@ -725,13 +725,16 @@ def test_session_list_limit_counts_only_sessions_the_policy_reaches(
     try:
         newest = fleet.admin.ok("POST", "/sessions",
                                 {"node_id": other.node_id, "kind": "shell"})["session_id"]
-        _, api = fleet.operator([], [_allow(["sessions:read"], ["tag:env=lab"])])
+        _, api = fleet.operator([], [_allow(["sessions:read", "nodes:read"], ["tag:env=lab"])])
         (row,) = api.ok("GET", "/sessions?limit=1")
         assert row["node_id"] == fleet.live_lab and row["session_id"] != newest, row
-        _, denied = fleet.operator([], [_allow(["sessions:read"], ["*"]),
-                                        _deny(["sessions:read"], ["tag:env=prod"])])
-        (row,) = denied.ok("GET", "/sessions?limit=1")
-        assert row["node_id"] == fleet.live_lab, row
+        for statements in ([_allow(["sessions:read", "nodes:read"], ["*"]),
+                            _deny(["sessions:read"], ["tag:env=prod"])],
+                           [_allow(["sessions:read"], ["*"]),  # #16: two scopes, ANDed
+                            _allow(["nodes:read"], ["tag:env=lab"])]):
+            _, denied = fleet.operator([], statements)
+            (row,) = denied.ok("GET", "/sessions?limit=1")
+            assert row["node_id"] == fleet.live_lab, row
         assert fleet.admin.ok("GET", "/sessions?limit=1")[0]["session_id"] == newest
         fleet.admin.ok("POST", f"/sessions/{newest}/terminate", {})
     finally:
@@ -765,9 +768,11 @@ def test_command_list_limit_counts_only_commands_the_policy_reaches(fleet: Fleet
     """Filtered before the limit: newer commands touching a node the operator may not
     read must not push theirs off the page."""
     newer = {fleet.command(fleet.prod), fleet.command(fleet.lab, fleet.prod)}
-    for statements in ([_allow(["commands:read"], ["tag:env=lab"])],
-                       [_allow(["commands:read"], ["*"]),
-                        _deny(["commands:read"], [fleet.prod])]):
+    for statements in ([_allow(["commands:read", "nodes:read"], ["tag:env=lab"])],
+                       [_allow(["commands:read", "nodes:read"], ["*"]),
+                        _deny(["commands:read"], [fleet.prod])],
+                       [_allow(["commands:read"], ["*"]),  # #16: two scopes, ANDed
+                        _allow(["nodes:read"], ["*"]), _deny(["nodes:read"], [fleet.prod])]):
         _, api = fleet.operator([], statements)
         (row,) = api.ok("GET", "/commands?limit=1")
         assert row["command_id"] not in newer, row
@@ -799,12 +804,14 @@ def test_explicit_deny_beats_the_viewer_role(fleet: Fleet) -> None:
                                          _deny(["commands:read"], ["tag:env=prod"])])
     assert_hidden(api, "GET", Call(f"/nodes/{fleet.lab}", hides=fleet.lab))
     assert {n["node_id"] for n in api.ok("GET", "/nodes")} & {fleet.lab, fleet.prod} == set()
-    assert api("GET", f"/commands/{fleet.cmd_lab}").status == 200
-    assert_hidden(api, "GET", Call(f"/commands/{fleet.cmd_both}", hides=fleet.cmd_both))
+    # Reading no node, it reads no command either: each names a node (finding 16).
+    for command_id in (fleet.cmd_lab, fleet.cmd_both):
+        assert_hidden(api, "GET", Call(f"/commands/{command_id}", hides=command_id))
+    assert api.ok("GET", "/commands?limit=1000") == []
     _, reads = fleet.operator(["viewer"], [_deny(["commands:read"], ["tag:env=prod"])])
     reply = reads("GET", f"/commands/{fleet.cmd_both}")
     assert reply.status == 403 and fleet.prod in reply.data["message"], reply
-    listed = {c["command_id"] for c in api.ok("GET", "/commands?limit=1000")}
+    listed = {c["command_id"] for c in reads.ok("GET", "/commands?limit=1000")}
     assert fleet.cmd_lab in listed and fleet.cmd_both not in listed
 
 
@@ -955,3 +962,44 @@ def test_a_hidden_node_is_audited_as_a_refusal(fleet: Fleet) -> None:
         assert record["outcome"] == "denied", record
         assert record["detail"]["status"] == 404
         assert refused in record["detail"]["refused"] and fleet.prod in record["detail"]["refused"]
+
+
+def test_lists_and_details_name_no_node_outside_nodes_read(fleet: Fleet) -> None:
+    """Finding 16: a policy granting ``commands:read`` / ``sessions:read`` on nodes it
+    may not ``nodes:read`` lists nothing on them, by ``node_id`` or not, and a command
+    touching one is answered as a missing command, though the list's own action holds
+    there. Both scopes are one SQL condition, applied before the limit."""
+    reads = ["commands:read", "sessions:read", "commands:read-output"]
+    blind_to_prod = [_allow(reads, ["*"]), _allow(["nodes:read"], ["tag:env=lab"])]
+    blind_to_live = [_allow([*reads, "nodes:read"], ["*"]),
+                     _deny(["nodes:read"], [fleet.live_lab])]
+    _, prod_blind = fleet.operator([], blind_to_prod)
+    _, admin_blind = fleet.operator(["admin"], [_deny(["nodes:read"], ["tag:env=prod"])])
+    _, live_blind = fleet.operator([], blind_to_live)
+    for api in (prod_blind, admin_blind):
+        assert api.ok("GET", f"/commands?node_id={fleet.prod}") == []
+        listed = {c["command_id"] for c in api.ok("GET", "/commands?limit=1000")}
+        assert fleet.cmd_lab in listed
+        assert not {fleet.cmd_prod, fleet.cmd_both} & listed
+        for command_id in (fleet.cmd_prod, fleet.cmd_both):
+            assert_hidden(api, "GET", Call(f"/commands/{command_id}", hides=command_id))
+            assert_hidden(api, "GET", Call(f"/commands/{command_id}?invocations=false",
+                                           hides=command_id))
+        assert api.ok("GET", f"/commands/{fleet.cmd_lab}")["command_id"] == fleet.cmd_lab
+        shown = api.ok("GET", "/sessions?limit=1000")
+        assert fleet.lab_session in {r["session_id"] for r in shown}
+        assert all(r["node_id"] != fleet.prod for r in shown)
+    # Sessions on a node it may not read: neither listed, nor shown, nor by node_id.
+    assert live_blind.ok("GET", f"/sessions?node_id={fleet.live_lab}") == []
+    listed = {r["session_id"] for r in live_blind.ok("GET", "/sessions?limit=1000")}
+    assert fleet.lab_session not in listed
+    assert_hidden(live_blind, "GET",
+                  Call(f"/sessions/{fleet.lab_session}", hides=fleet.lab_session))
+    # Its commands on nodes it may read are still there (the live node has none).
+    assert fleet.cmd_both in {c["command_id"] for c in live_blind.ok("GET", "/commands?limit=1000")}
+    # The admin, and an operator reading everything, see all of it.
+    for api in (fleet.admin, fleet.operator(["viewer"], [])[1]):
+        assert fleet.cmd_prod in {c["command_id"] for c in api.ok(
+            "GET", f"/commands?node_id={fleet.prod}")}
+        assert fleet.lab_session in {r["session_id"] for r in api.ok(
+            "GET", f"/sessions?node_id={fleet.live_lab}&limit=1000")}

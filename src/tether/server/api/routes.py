@@ -23,6 +23,8 @@ from tether.server.api.errors import ApiError
 from tether.server.api.visibility import (
     can_read,
     hidden,
+    reach_of,
+    readable_filter,
     require_nodes,
     resolve_targets,
     visible_node,
@@ -131,7 +133,7 @@ async def list_nodes(s: State, who: Who,
         tags = tuple(parse_tag(t) for t in tag or [])
     except TargetError as exc:
         raise ApiError(400, "bad_tag", str(exc)) from None
-    return who.readable("nodes:read", await s.store.list_nodes(NodeFilter(
+    return await s.store.list_nodes(readable_filter(who, NodeFilter(
         ping_status=ping_status, tags=tags, name=name, activation_id=activation_id, ip=ip)))
 
 
@@ -195,7 +197,7 @@ def _command_not_found(command_id: str) -> ApiError:
 async def _require_command(request: Request, s: ServerState, who: Principal, action: str,
                            command_id: str) -> None:
     """A command on a node the operator may not read is answered as a missing command."""
-    if not who.policy.allows_everywhere(action):
+    if reach_of(who, action):
         nodes = (await s.store.command_nodes([command_id]))[command_id]
         await require_nodes(request, s, who, action, nodes, _command_not_found(command_id))
 
@@ -289,11 +291,8 @@ async def list_commands(s: State, who: Who,
                             pattern=r"^mi-[0-9a-f]{17}$")] = None,
                         ) -> list[dict[str, Any]]:
     """The newest commands (on ``node_id``, if given) whose every node allows
-    ``commands:read``."""
-    limited = not who.policy.allows_everywhere("commands:read")
-    rows = await s.store.list_commands(
-        limit, node_id, allowed=who.policy.scope("commands:read", "allow") if limited else None,
-        denied=who.policy.scope("commands:read", "deny") if limited else None)
+    ``commands:read`` and ``nodes:read`` (a node it may not read is not there)."""
+    rows = await s.store.list_commands(limit, node_id, reach_of(who, "commands:read"))
     counts = await s.store.status_counts([r["command_id"] for r in rows])
     return [_summary(r, counts[r["command_id"]]) for r in rows]
 

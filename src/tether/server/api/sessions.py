@@ -24,7 +24,7 @@ from tether.server.api.audit import refuse_stream
 from tether.server.api.audit_note import note
 from tether.server.api.auth import Principal, Who, authenticate
 from tether.server.api.errors import ApiError
-from tether.server.api.visibility import can_read, hidden, visible_node
+from tether.server.api.visibility import can_read, hidden, reach_of, visible_node
 from tether.server.sessions.authority import ACTION_OF_KIND, SESSION_ENDED
 from tether.server.sessions.manager import LiveSession, SessionError
 from tether.server.sessions.relay import relay
@@ -115,12 +115,11 @@ async def list_sessions(s: State, who: Who,
                         active: bool | None = None,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                         ) -> list[dict[str, Any]]:
-    """Recent sessions, newest first, on the nodes this operator may read sessions of."""
-    limited = not who.policy.allows_everywhere("sessions:read")
+    """Recent sessions, newest first, on the nodes this operator may read, and read
+    sessions of."""
     rows = await s.store.sessions.find(
         node_ids=[node_id] if node_id else None, operator=operator, active=active,
-        limit=limit, allowed=who.policy.scope("sessions:read", "allow") if limited else None,
-        denied=who.policy.scope("sessions:read", "deny") if limited else None)
+        limit=limit, reach=reach_of(who, "sessions:read"))
     return [_shape(r, s.sessions.live.get(r["session_id"])) for r in rows]
 
 

@@ -9,6 +9,11 @@ answers exactly as a missing one does (same status, same body), target expressio
 resolve among readable nodes only, and a 403 stays for a node the operator can read
 but may not act on (it knows the node; it learns which action to ask for).
 
+Lists and details that name nodes (the nodes, commands and sessions lists, a
+command's detail) need ``nodes:read`` beside their own action: ``reach_of`` is the
+pair as SQL (``store/scope.py``), applied before the list's limit, and
+``require_nodes`` hides a command any node of which the operator may not read.
+
 The answer hides the node; the audit record does not: every hiding goes through
 ``hidden``, which marks the request as a refusal.
 """
@@ -30,6 +35,7 @@ from tether.server.dispatch.dispatcher import NoTargetsError
 from tether.server.dispatch.targets import Targets
 from tether.server.state import ServerState
 from tether.server.store import NodeFilter
+from tether.server.store.scope import Reach, reach
 
 READ = "nodes:read"
 E = TypeVar("E", bound=Exception)
@@ -60,13 +66,15 @@ def can_read(who: Principal, node: dict[str, Any]) -> bool:
     return who.policy.allows(READ, Node(node["node_id"], node["tags"]))
 
 
+def reach_of(who: Principal, *actions: str) -> tuple[Reach, ...]:
+    """Where ``who`` may read nodes and do every one of ``actions``, for a store query:
+    what a list of things on nodes may show."""
+    return reach(who.policy, READ, *actions)
+
+
 def readable_filter(who: Principal, f: NodeFilter | None = None) -> NodeFilter:
     """``f`` narrowed, in SQL, to the nodes ``who`` may read."""
-    f = f or NodeFilter()
-    if who.policy.allows_everywhere(READ):
-        return f
-    return dataclasses.replace(f, allowed=who.policy.scope(READ, "allow"),
-                               denied=who.policy.scope(READ, "deny"))
+    return dataclasses.replace(f or NodeFilter(), reach=reach_of(who))
 
 
 async def visible_node(request: Request, s: ServerState, who: Principal, node_id: str,
@@ -84,24 +92,23 @@ async def visible_node(request: Request, s: ServerState, who: Principal, node_id
 
 async def require_nodes(request: Request, s: ServerState, who: Principal, action: str,
                         node_ids: Sequence[str], missing: Exception) -> None:
-    """Refuse unless ``action`` is allowed on every one of ``node_ids``.
+    """Refuse unless ``who`` may read, and do ``action`` on, every one of ``node_ids``.
 
-    A refusal names the nodes refused (403) only when ``who`` may read every one of
-    them; otherwise the thing the nodes belong to (a command) is answered as
-    ``missing``, since naming or counting the others would show they exist.
+    When one of them is outside its read scope, the thing the nodes belong to (a
+    command) is answered as ``missing``, since naming or counting that node would
+    show it exists, even where ``action`` itself is allowed there. Otherwise a
+    refusal names the nodes refused (403).
     """
-    if who.policy.allows_everywhere(action) or not node_ids:
+    if not node_ids or all(who.policy.allows_everywhere(a) for a in (READ, action)):
         return
     tags = await s.store.tags_of(node_ids)
     nodes = [Node(n, tags.get(n, {})) for n in node_ids]
-    refused = set(who.policy.refused(action, nodes))
-    if not refused:
-        return
-    unreadable = [n.node_id for n in nodes
-                  if n.node_id in refused and not who.policy.allows(READ, n)]
+    unreadable = who.policy.refused(READ, nodes)
     if unreadable:
         raise hidden(request, who, action, unreadable, missing)
-    who.refuse_nodes(action, [n for n in node_ids if n in refused])
+    refused = who.policy.refused(action, nodes)
+    if refused:
+        who.refuse_nodes(action, refused)
 
 
 async def resolve_targets(request: Request, s: ServerState, who: Principal,

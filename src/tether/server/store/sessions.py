@@ -15,9 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.server.access.policy import Scope
 from tether.server.store.schema import operator_tokens, operators, sessions
-from tether.server.store.scope import readable
+from tether.server.store.scope import Reach, within
 
 Row = dict[str, Any]
 CONNECTED, TERMINATED, FAILED = "Connected", "Terminated", "Failed"
@@ -85,10 +84,10 @@ class Sessions:
 
     async def find(self, *, node_ids: Sequence[str] | None = None, operator: str | None = None,
                    active: bool | None = None, limit: int = 100,
-                   allowed: Scope | None = None, denied: Scope | None = None) -> list[Row]:
-        """Newest first, on the nodes in ``allowed`` and not in ``denied`` (a policy's
-        reach, applied before the limit)."""
-        q = (sa.select(sessions).where(readable(sessions.c.node_id, allowed, denied))
+                   reach: Sequence[Reach] = ()) -> list[Row]:
+        """Newest first, on the nodes within every one of ``reach`` (a policy's reach,
+        ``store/scope.py``, applied before the limit)."""
+        q = (sa.select(sessions).where(within(sessions.c.node_id, reach))
              .order_by(sessions.c.started_at.desc()).limit(limit))
         if node_ids is not None:
             q = q.where(sessions.c.node_id.in_(list(node_ids)))

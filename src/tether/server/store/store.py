@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from tether.protocol.ids import new_node_id, new_uuid
 from tether.protocol.statuses import InvocationStatus, allowed_sources, can_transition
-from tether.server.access.policy import Scope
 from tether.server.secrets import hash_secret, matches, new_secret
 from tether.server.store import migrate
 from tether.server.store.audit import AuditLog
@@ -35,7 +34,7 @@ from tether.server.store.schema import (
     node_tags,
     nodes,
 )
-from tether.server.store.scope import readable
+from tether.server.store.scope import Reach, within
 from tether.server.store.sessions import Sessions
 
 _S = InvocationStatus
@@ -109,9 +108,8 @@ class NodeFilter:
     include_deregistered: bool = False
     # Free-text terms, all of which must match (see Store._term).
     terms: tuple[str, ...] = ()
-    # A policy's reach for one action: in ``allowed`` and not in ``denied``.
-    allowed: Scope | None = None
-    denied: Scope | None = None
+    # A policy's reach, one per action that must hold on each node (store/scope.py).
+    reach: tuple[Reach, ...] = ()
 
 
 def _url_for_async(url: str) -> str:
@@ -402,7 +400,7 @@ class Store:
                 node_tags.c.key == key, node_tags.c.value == value)))
         for term in f.terms:
             q = q.where(Store._term(term))
-        return q.where(readable(nodes.c.node_id, f.allowed, f.denied))
+        return q.where(within(nodes.c.node_id, f.reach))
 
     @staticmethod
     def _term(term: str) -> sa.ColumnElement[bool]:
@@ -555,18 +553,17 @@ class Store:
             return dict(row) if row else None
 
     async def list_commands(self, limit: int = 50, node_id: str | None = None,
-                            allowed: Scope | None = None,
-                            denied: Scope | None = None) -> list[Row]:
+                            reach: Sequence[Reach] = ()) -> list[Row]:
         """The newest commands; with ``node_id``, those that ran (or will run) there.
 
-        With a policy's reach (``allowed``, ``denied``), only commands every node of
-        which it reaches, decided before the limit.
+        With a policy's reach (``store/scope.py``), only commands every node of which
+        is within every one of ``reach``, decided before the limit.
         """
         q = sa.select(commands).order_by(commands.c.created_at.desc()).limit(limit)
-        if allowed is not None or denied is not None:
+        if reach:
             q = q.where(~sa.exists().where(
                 invocations.c.command_id == commands.c.command_id,
-                sa.not_(readable(invocations.c.node_id, allowed, denied))))
+                sa.not_(within(invocations.c.node_id, reach))))
         if node_id is not None:
             q = q.where(commands.c.command_id.in_(sa.select(invocations.c.command_id).where(
                 invocations.c.node_id == node_id)))
