@@ -58,7 +58,8 @@ async def test_many_rows_of_every_kind_in_one_turn(store: Store) -> None:
                                            b_peer="10.64.0.2")) for n in node_ids]
             + [writer.write("inventories", dict(b_node=n, b_inventory=inventory,
                                                 b_primary="10.64.0.2", b_agent_version="t",
-                                                b_name="x")) for n in node_ids]
+                                                b_name="x", b_digest="a" * 64))
+                  for n in node_ids]
             + [writer.write("accepted", dict(b_inv=i["invocation_id"], b_at=now))
                for i in invs]))
         await asyncio.gather(*(writer.write("results", dict(
@@ -121,7 +122,7 @@ async def test_a_row_the_database_refuses_fails_only_its_invocation(store: Store
             b_stderr_inline=None)) for i, ec, reason in zip(invs, exit_codes, reasons)],
             writer.write("inventories", dict(
                 b_node=node_ids[0], b_inventory={"interfaces": []}, b_primary="1" * 100,
-                b_agent_version="t", b_name="x")),
+                b_agent_version="t", b_name="x", b_digest="b" * 64)),
             writer.write("presence", dict(b_node=node_ids[3], b_status="Online",
                                           b_seen=now, b_peer=None)))
     finally:

@@ -38,7 +38,7 @@ from tether.server.dispatch.watch import CommandWatch
 from tether.server.gateway.registry import AgentConnection
 from tether.server.store import Store
 from tether.server.store.store import CONNECTION_LOST, ONLINE, Row
-from tether.server.store.writer import GroupWriter
+from tether.server.store.writer import GroupWriter, Written
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,18 @@ class Dispatcher:
             if conn.protocol < 2:  # protocol 2 agents take the TCP ACK as the answer
                 conn.send(Pong())
         elif isinstance(message, Inventory):
+            # Unchanged since the last one stored from this link: not even queued. The
+            # store compares with the node's stored digest too (a new link's first one).
             digest = conn.inventory_changed(message)
-            if digest is None:  # the same as the last one stored: nothing to write
+            if digest is None:
                 return
             body: dict[str, Any] = dataclasses.asdict(message)
-            await self.writer.write("inventories", dict(
+            written = await self.writer.write("inventories", dict(
                 b_node=conn.node_id, b_inventory=body, b_primary=message.primary_address,
-                b_agent_version=message.agent_version, b_name=message.computer_name))
-            conn.inventory_stored(digest)
+                b_agent_version=message.agent_version, b_name=message.computer_name,
+                b_digest=digest.hex()))
+            if written is Written.STORED:
+                conn.inventory_stored(digest)
         elif isinstance(message, Accepted):
             command_id = (await self._owned(conn, message.invocation_id)).command_id
             await self.writer.write("accepted", dict(b_inv=message.invocation_id,

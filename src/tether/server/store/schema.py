@@ -61,6 +61,9 @@ nodes = sa.Table(
     sa.Column("primary_address", sa.String(64)),
     sa.Column("agent_version", sa.String(40)),
     sa.Column("inventory", sa.JSON),
+    # SHA-256 (hex) of the inventory message stored above: an unchanged one, resent on
+    # every reconnect (a whole fleet's after a server restart), is not written again.
+    sa.Column("inventory_sha256", sa.String(64)),
     # Rotation in flight: the new credential's hash, accepted alongside the current
     # one until the agent confirms it has it (protocol 3, docs/protocol.md).
     sa.Column("pending_credential_hash", sa.String(64)),

@@ -364,9 +364,20 @@ class Store:
                     batch.results)
 
     async def _write_inventories(self, conn: AsyncConnection, rows: list[Row]) -> None:
+        """Each node's newest inventory of the batch, unless it is the one already stored
+        (``b_digest`` against ``inventory_sha256``): an agent resends its inventory on
+        every connection, and after a server restart the whole fleet reconnects at once.
+        Compared here, not per connection, so a reconnecting agent costs no write."""
+        newest = {r["b_node"]: r for r in rows}
+        stored = dict((await conn.execute(sa.select(nodes.c.node_id, nodes.c.inventory_sha256)
+                                          .where(nodes.c.node_id.in_(list(newest))))).all())
+        rows = [r for n, r in newest.items() if stored.get(n, r["b_digest"]) != r["b_digest"]]
+        if not rows:
+            return
         await conn.execute(
             nodes.update().where(nodes.c.node_id == sa.bindparam("b_node"))
             .values(inventory=sa.bindparam("b_inventory", type_=sa.JSON),
+                    inventory_sha256=sa.bindparam("b_digest"),
                     primary_address=sa.bindparam("b_primary"),
                     agent_version=sa.bindparam("b_agent_version"),
                     name=sa.func.coalesce(nodes.c.name, sa.bindparam("b_name"))),
