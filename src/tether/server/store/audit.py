@@ -1,8 +1,9 @@
 """The audit log in the database: appended in order, anchored, read back, verified.
 
-Appends are serialised (an asyncio lock in this process; on PostgreSQL also a
-table lock, so several replicas cannot fork the chain), because each record's
-hash needs the one before it.
+Appends are serialised (an asyncio lock in this process, and the database's write
+lock taken before the head is read: a table lock on PostgreSQL, ``BEGIN IMMEDIATE``
+on SQLite), so several replicas, or the server and ``tether admin recover``, cannot
+fork the chain or take one seq twice: each record's hash needs the one before it.
 
 After each append commits, the new head (its seq and hash, signed with the audit
 key) is written to ``DATA/audit-anchor`` (store/audit_anchor.py): a file the
@@ -104,6 +105,24 @@ class AuditLog:
             .order_by(audit_log.c.seq.desc()).limit(1))).first()
         return (int(last[0]), str(last[1])) if last else (0, GENESIS)
 
+    @classmethod
+    async def _locked_head(cls, conn: AsyncConnection) -> tuple[int, str]:
+        """The head a new record follows, read under the database's write lock.
+
+        The lock comes before the read, so no other writer (another replica, a
+        ``tether admin recover``, a second engine on one SQLite file) can append
+        between the two and take the same seq. PostgreSQL: a table lock that
+        readers do not wait for. SQLite: ``BEGIN IMMEDIATE``, since the driver
+        would only begin the transaction at the INSERT, after the read (and a
+        deferred reader turned writer is refused SQLITE_BUSY without waiting);
+        it waits out another writer for the connection's busy_timeout.
+        """
+        if conn.dialect.name == "postgresql":
+            await conn.execute(sa.text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
+        elif conn.dialect.name == "sqlite":
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return await cls._head(conn)
+
     def _chain_from(self, head: tuple[int, str]) -> tuple[int, str]:
         """The (seq, hash) a new record follows: the database's head, unless it was cut."""
         anchor = self.anchor
@@ -119,9 +138,7 @@ class AuditLog:
                      source: str | None = None, detail: dict[str, Any] | None = None) -> Row:
         async with self._lock:
             async with self.engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    await conn.execute(sa.text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
-                last, prev = self._chain_from(await self._head(conn))
+                last, prev = self._chain_from(await self._locked_head(conn))
                 record: Row = dict(seq=last + 1, at=time.time(), actor=actor[:200],
                                    action=action[:200], target=target[:200] if target else None,
                                    source=source[:64] if source else None, outcome=outcome,
