@@ -27,6 +27,7 @@ import pytest
 
 from harness import PYTHON, Server, clean_env, postgres_database
 from tether.server.store import open_store
+from tether.server.store.audit_anchor import read_anchor
 from tether.server.store.operators import OperatorError
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -203,8 +204,9 @@ def test_recover_mints_a_working_admin_token_while_the_server_runs_audited(
     verify = cli(server, token, "audit", "verify")
     assert verify.returncode == 0, verify
     # The record moved the anchor beside the audit key, as the server's own records do.
-    anchor = json.loads((server.data_dir / "audit-anchor").read_text())
-    assert anchor["seq"] >= records[-1]["seq"]
+    key = bytes.fromhex((server.data_dir / "audit-key").read_text().strip())
+    anchor = read_anchor(server.data_dir / "audit-anchor", key)
+    assert anchor is not None and anchor.seq >= records[-1]["seq"]
     # Hand the module's token back (the file had the first token; it still works).
     assert call(server, token, "DELETE", f"/tokens/{token_id}")[0] == 200
     token_file.write_text(before)
