@@ -62,12 +62,16 @@ DEVICE_STDERR = f"err{UP_ERASE}\n".encode()
 
 
 class HostileDevice:
-    """A registered node whose agent is this test: it answers every command the same way."""
+    """A registered node whose agent is this test: it answers every command the same way.
 
-    def __init__(self, server: Server) -> None:
+    ``server`` needs ``url`` and ``activation()`` (tests/netns/test_console.py passes its
+    own); ``name`` and ``stdout`` replace the computer name and the output it answers."""
+
+    def __init__(self, server: Server, name: str = NAME, stdout: bytes = DEVICE_STDOUT) -> None:
+        self.name, self.stdout = name, stdout
         act, code = server.activation()
         body = json.dumps({"activation_id": act, "activation_code": code,
-                           "computer_name": NAME}).encode()
+                           "computer_name": name}).encode()
         req = urllib.request.Request(server.url + "/api/v1/registrations", data=body,
                                      method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -92,7 +96,7 @@ class HostileDevice:
             ws.send(encode(Hello(PROTOCOL_VERSION, self.node_id, self.credential, "1.0")))
             ws.recv(timeout=30)  # welcome
             ws.send(encode(Inventory(
-                computer_name=NAME, os_name=f"Linux{CLEAR}", os_version="12", kernel=KERNEL,
+                computer_name=self.name, os_name=f"Linux{CLEAR}", os_version="12", kernel=KERNEL,
                 arch="x86_64", agent_version="1.0", python_version="3.11",
                 interfaces=[Interface(IFACE, ["up", "running"],
                                       [Addr(ADDRESS, 24, "inet")])],
@@ -109,12 +113,11 @@ class HostileDevice:
                 if isinstance(message, Command):
                     self._answer(ws, message.invocation_id)
 
-    @staticmethod
-    def _answer(ws: Any, inv: str) -> None:
+    def _answer(self, ws: Any, inv: str) -> None:
         ws.send(encode(Accepted(inv)))
-        ws.send(encode(Output.from_bytes(inv, "stdout", 0, DEVICE_STDOUT)))
+        ws.send(encode(Output.from_bytes(inv, "stdout", 0, self.stdout)))
         ws.send(encode(Output.from_bytes(inv, "stderr", 0, DEVICE_STDERR)))
-        ws.send(encode(Result(inv, "Failed", len(DEVICE_STDOUT), len(DEVICE_STDERR),
+        ws.send(encode(Result(inv, "Failed", len(self.stdout), len(DEVICE_STDERR),
                               exit_code=1, reason=REASON)))
 
 

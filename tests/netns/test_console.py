@@ -30,6 +30,14 @@ PRODUCT CONTRACT under test (src/tether/server/console/static/):
   records by the operator, targeting the node; sessions and activations have
   their own lists.
 - Under the page's Content-Security-Policy nothing logs a console error.
+- What a device or an operator wrote (a computer name, output, a tag, a script, a
+  comment, an anonymous client's activation id in the audit log) is shown as text on
+  every page: markup makes no element, and a bidi override, an isolate or ESC is shown
+  as ``\u202e``, ``\u2066``, ``\x1b`` (dom.js ``visibleText``), never obeyed or hidden.
+- "Verify chain" says, in words, whether the log is intact and anchored ("Intact up to
+  #N, anchored"), truncated ("Truncated: records from #N on are missing (K records)")
+  or tampered ("Tampered at #N"), with the server's reason; ``#verdict[data-state]``
+  holds the server's state.
 
 Screenshots of each page go to a temporary folder, and to
 ``docs/images/console-<page>.png`` when ``TETHER_SAVE_SCREENSHOTS=1`` (viewport
@@ -44,9 +52,12 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +82,21 @@ HARMLESS = re.compile(r"favicon\.ico")
 
 TIMINGS: dict[str, float] = {}  # what -> seconds, printed after the module
 NOTES: list[str] = []
+
+# What a device or an operator may write that a page must show as text: markup (an
+# element with an id, a script), a right-to-left override, an isolate and ESC. Taken as
+# it is, the override would show "exe.txt", the isolate and ESC would be invisible,
+# and markup would be elements. The console shows dom.js's visibleText of it.
+MARKUP = ('<img id="injected-img" src="x"><script id="injected-script">window.injected = 1'
+          '</script><b id="injected-b">bold</b>')
+TAIL, SHOWN_TAIL = "\u202etxt.exe\u2066lri\x1b[2Jend", "\\u202etxt.exe\\u2066lri\\x1b[2Jend"
+HOSTILE, SHOWN = MARKUP + TAIL, MARKUP + SHOWN_TAIL
+# At most 64 characters: an activation id.
+HOSTILE_ID, SHOWN_ID = "<i id=injected-i>" + TAIL, "<i id=injected-i>" + SHOWN_TAIL
+INVISIBLE = ("\u202e", "\u2066", "\x1b")
+# What the page made of it: elements the markup would have made, and what its script set.
+INJECTED = ("() => ({elements: document.querySelectorAll('[id^=injected], main script, "
+            "main img').length, ran: window.injected ?? null})")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -276,7 +302,7 @@ def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
         exported = Path(got.value.path()).read_text().splitlines()
         seen["exported_actions"] = sorted({json.loads(line)["action"] for line in exported})
         page.get_by_role("button", name="Verify chain").click()
-        expect(page.locator("#verdict")).to_contain_text("chain intact")
+        expect(page.locator("#verdict")).to_contain_text("Intact up to #")
         seen["verdict"] = page.locator("#verdict").inner_text()
         lap("audit filtered, exported, verified")
 
@@ -353,6 +379,118 @@ def as_viewer(url: str, token: str, node_id: str, shots: Path) -> dict[str, Any]
     return b.result(seen)
 
 
+class Endpoint:
+    """The server as tests/integration's ``HostileDevice`` needs it: a URL, one activation."""
+
+    def __init__(self, url: str, activation: tuple[str, str]) -> None:
+        self.url, self._activation = url, activation
+
+    def activation(self) -> tuple[str, str]:
+        return self._activation
+
+
+def api(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
+    """One REST call as the operator; its JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}/api/v1{path}", data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def hostile_strings(url: str, token: str, activation_id: str, activation_code: str,
+                    shots: Path) -> dict[str, Any]:
+    """A device (the real protocol) whose computer name and output, and an operator whose
+    tag, script and comment, hold ``HOSTILE``; a failed registration with it for an
+    activation id (the audit log's actor). What each page's ``main`` then reads, and
+    what it made of the markup."""
+    from playwright.sync_api import expect
+
+    tests = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(tests), str(tests / "integration")]
+    from test_cli_escaping import HostileDevice
+
+    seen: dict[str, Any] = {}
+    device = HostileDevice(Endpoint(url, (activation_id, activation_code)),  # type: ignore[arg-type]
+                           name=f"web-{HOSTILE}", stdout=f"line 1\n{HOSTILE}\n".encode())
+    with device, Browser(shots) as b:
+        node_id = device.node_id
+        deadline = time.monotonic() + 30
+        while not api(url, token, "GET", f"/nodes/{node_id}").get("inventory"):
+            assert time.monotonic() < deadline, "the hostile device's inventory never came"
+            time.sleep(0.1)
+        api(url, token, "PATCH", f"/nodes/{node_id}/tags", {"set": {"site": HOSTILE}})
+        cmd = api(url, token, "POST", "/commands", {
+            "targets": [node_id], "script": f"echo '{HOSTILE}'", "comment": f"deploy {HOSTILE}"})
+        while cmd["status"] in ("Pending", "InProgress"):  # a long poll: the next change
+            cmd = api(url, token, "GET", f"/commands/{cmd['command_id']}?after={cmd['version']}"
+                      "&wait=25")
+        registration = urllib.request.Request(
+            f"{url}/api/v1/registrations", method="POST",
+            data=json.dumps({"activation_id": HOSTILE_ID, "activation_code": "tac_wrong"}).encode(),
+            headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(registration, timeout=30)
+            raise AssertionError("a registration with a made-up activation was accepted")
+        except urllib.error.HTTPError as refused:
+            seen["registration_refused"] = refused.code
+        b.lap("hostile device and strings in place")
+
+        page = b.page
+        b.sign_in(url, token, seen)
+        views = {
+            "fleet": ("#/nodes", page.locator(f'tr[data-node="{node_id}"]'), "txt.exe"),
+            "node": (f"#/nodes/{node_id}", page.locator("main tr.link"), "deploy"),  # last
+            "command": (f"#/commands/{cmd['command_id']}",
+                        page.locator(f'tr[data-node="{node_id}"] pre.out-stdout'), "line 1"),
+            "commands": ("#/commands", page.locator("main tbody tr"), "deploy"),
+            "audit": ("#/audit", page.locator("main tbody tr").filter(has_text="activation:"),
+                      "activation:"),
+        }
+        for name, (where, shows, what) in views.items():
+            page.goto(f"{url}/console/{where}")
+            expect(shows.first).to_contain_text(what)
+            seen[name] = {"text": page.locator("main").inner_text(),
+                          "made": page.evaluate(INJECTED)}
+            b.shot(f"hostile-{name}")
+        seen["header_scripts"] = page.evaluate("[...document.scripts].map((s) => s.src)")
+        b.lap("hostile strings on five pages")
+    return b.result(seen)
+
+
+def audit_verdicts(url: str, token: str, database: Path, shots: Path) -> dict[str, Any]:
+    """The audit page's verdict on the log as it is, then with its last three records
+    deleted (in the server's SQLite database, as someone with the file could), then with
+    record 2 edited too."""
+    from playwright.sync_api import expect
+
+    seen: dict[str, Any] = {}
+    with Browser(shots) as b:
+        page = b.page
+        b.sign_in(url, token, seen)
+        page.goto(f"{url}/console/#/audit")
+        expect(page.locator("main h1")).to_have_text("Audit log")
+        verdict = page.locator("#verdict")
+
+        def verify(state: str) -> str:
+            page.get_by_role("button", name="Verify chain").click()
+            expect(verdict).to_have_attribute("data-state", state)
+            b.shot(f"audit-{state}")
+            return verdict.inner_text()
+
+        seen["intact"] = verify("intact")
+        with sqlite3.connect(database) as db:
+            (head,) = db.execute("SELECT max(seq) FROM audit_log").fetchone()
+            db.execute("DELETE FROM audit_log WHERE seq > ?", (head - 3,))
+        seen["truncated"] = verify("truncated")
+        with sqlite3.connect(database) as db:
+            db.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2")
+        seen["tampered"] = verify("tampered")
+        seen["head"] = head
+        b.lap("audit verdicts: intact, truncated, tampered")
+    return b.result(seen)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="drive the tether console (test_console)")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -367,6 +505,12 @@ def main() -> int:
     v = sub.add_parser("viewer")
     for name in ("url", "token", "node_id", "shots"):
         v.add_argument(name)
+    hs = sub.add_parser("strings")
+    for name in ("url", "token", "activation_id", "activation_code", "shots"):
+        hs.add_argument(name)
+    av = sub.add_parser("verdicts")
+    for name in ("url", "token", "database", "shots"):
+        av.add_argument(name)
     a = parser.parse_args()
     try:
         if a.what == "walk":
@@ -374,6 +518,11 @@ def main() -> int:
                           a.bystander_pid, Path(a.shots))
         elif a.what == "viewer":
             result = as_viewer(a.url, a.token, a.node_id, Path(a.shots))
+        elif a.what == "strings":
+            result = hostile_strings(a.url, a.token, a.activation_id, a.activation_code,
+                                     Path(a.shots))
+        elif a.what == "verdicts":
+            result = audit_verdicts(a.url, a.token, Path(a.database), Path(a.shots))
         else:
             result = sign_in_only(a.url, a.token, Path(a.shots))
     except Exception:
@@ -504,7 +653,7 @@ def test_operator_finds_ppp_device_runs_command_and_shell_in_browser(
     assert seen["activations"] == 2
     assert seen["replayed_hostname"] >= 1, seen
     assert seen["exported_actions"] == ["POST /api/v1/sessions"], seen["exported_actions"]
-    assert seen["verdict"].startswith("chain intact"), seen["verdict"]
+    assert re.match(r"Intact up to #\d+, anchored \(", seen["verdict"]), seen["verdict"]
     assert seen["loads_while_status_changed"] == 0, seen  # live, not reloaded
     assert seen["new_activation"]["code_shown"] == "tac_", seen
     revoked = [a for a in console.cli("activation", "list", "--json")
@@ -547,3 +696,54 @@ def test_a_viewer_sees_the_fleet_but_the_console_refuses_what_its_policy_does(
     # Nothing was sent and no session started.
     assert console.cli("commands", "list", "--json") == [], "a viewer's command was stored"
     assert console.cli("sessions", "list", "--json") == [], "a viewer's session was started"
+
+
+def test_device_and_operator_strings_are_text_on_every_page(
+        console: Console, tmp_path: Path) -> None:
+    """Issue 12 #2 in a browser: markup, a bidi override, an isolate and ESC from a device
+    (the real protocol), an operator and an anonymous client are shown, not obeyed."""
+    activation = console.cli("activation", "create", "--json")
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    started = time.monotonic()
+    result = console.browse("strings", console.server_url, console.token,
+                            activation["activation_id"], activation["activation_code"],
+                            str(shots))
+    TIMINGS["hostile strings: browser script, start to exit"] = time.monotonic() - started
+    seen = result["seen"]
+    assert seen["registration_refused"] in (401, 403, 404), seen
+    # Where each page shows HOSTILE, at least: fleet (name, tag), node (title, host name,
+    # tag, the recent command's comment), command (script, comment, output), commands
+    # (comment); the audit page shows it in JSON details (quotes escaped), and the
+    # anonymous actor below.
+    least = {"fleet": 2, "node": 4, "command": 3, "commands": 1, "audit": 0}
+    for name, count in least.items():
+        text, made = seen[name]["text"], seen[name]["made"]
+        assert made == {"elements": 0, "ran": None}, (name, made)
+        assert [ch for ch in INVISIBLE if ch in text] == [], (name, text)
+        assert text.count(SHOWN) >= count, (name, count, text)
+    assert f"activation:{SHOWN_ID}" in seen["audit"]["text"], seen["audit"]["text"]
+    # The device's reason (test_cli_escaping.REASON: ESC, OSC 52, an isolate) too.
+    assert "oops\\x1b[1A\\x1b[2K\\x1b]52;c;aGk=\\x07\\u2066done" in seen["command"]["text"]
+    assert [src.rsplit("/", 1)[-1] for src in seen["header_scripts"]] == ["app.js"], seen
+    assert console_errors(result) == [], result["console"]
+
+
+def test_the_audit_page_says_whether_the_log_is_intact_truncated_or_tampered(
+        console: Console, tmp_path: Path) -> None:
+    for _ in range(6):  # records 1-6: 4-6 are cut, 2 is edited
+        console.cli("activation", "create", "--json")
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    result = console.browse("verdicts", console.server_url, console.token,
+                            str(console.tmp / "server" / "tether.db"), str(shots))
+    seen = result["seen"]
+    head = seen["head"]
+    assert seen["intact"].startswith(f"Intact up to #{head}, anchored ("), seen
+    assert f"{head} records" in seen["intact"], seen
+    assert seen["truncated"].startswith(
+        f"Truncated: records from #{head - 2} on are missing (3 records) ("), seen
+    assert f"ends at record {head - 3}" in seen["truncated"], seen  # the server's reason
+    assert seen["tampered"].startswith("Tampered at #2 ("), seen
+    assert "changed after it was written" in seen["tampered"], seen
+    assert console_errors(result) == [], result["console"]

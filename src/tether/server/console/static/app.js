@@ -1,7 +1,7 @@
 // The console's router: one page module per screen, chosen by the URL's hash.
 // A page's render() may return a cleanup function (stop polling, close a shell).
 import { forget, session } from "./api.js";
-import { errorBox, h, visibleText } from "./dom.js";
+import { add, errorBox, h, put } from "./dom.js";
 import * as activations from "./pages/activations.js";
 import * as audit from "./pages/audit.js";
 import * as command from "./pages/command.js";
@@ -37,22 +37,22 @@ async function route() {
   const signedIn = session();
   if (!signedIn && path !== "/signin") { location.hash = "#/signin"; return; }
   document.getElementById("top").hidden = !signedIn;
-  if (signedIn) document.getElementById("operator").textContent = visibleText(signedIn.operator);
+  if (signedIn) put(document.getElementById("operator"), signedIn.operator);
   for (const [pattern, render, area] of ROUTES) {
     const m = path.match(pattern);
     if (!m) continue;
     for (const a of document.querySelectorAll("header nav a")) {
       a.classList.toggle("active", a.getAttribute("href") === `#/${area}`);
     }
-    main.replaceChildren();
+    put(main);
     try {
       cleanup = (await render(main, m.slice(1), params)) || null;
     } catch (err) {
-      main.append(errorBox(err));
+      add(main, errorBox(err));
     }
     return;
   }
-  main.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/nodes" }, "Fleet")));
+  put(main, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/nodes" }, "Fleet")));
 }
 
 document.getElementById("signout").addEventListener("click", () => {

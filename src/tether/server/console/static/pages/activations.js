@@ -1,6 +1,6 @@
 // Activations: create one (its code is shown once), see them all, revoke one.
 import { del, get, post } from "../api.js";
-import { errorBox, h, table, tags, when } from "../dom.js";
+import { add, addFirst, errorBox, h, put, table, tags, when } from "../dom.js";
 
 export async function render(main) {
   const limit = h("input", { type: "number", id: "limit", value: 1, min: 1 });
@@ -12,18 +12,18 @@ export async function render(main) {
 
   async function refresh() {
     const rows = await get("/activations");
-    list.replaceChildren(table(["Activation id", "Registrations", "Expires", "Tags", "Revoked", ""],
+    put(list, table(["Activation id", "Registrations", "Expires", "Tags", "Revoked", ""],
       rows.map((a) => h("tr", { "data-activation": a.activation_id },
         h("td", { class: "mono" }, a.activation_id), h("td", {}, `${a.registrations} of ${a.registration_limit}`),
         h("td", {}, when(a.expires_at)), h("td", {}, tags(a.tags)), h("td", {}, when(a.revoked_at)),
         h("td", {}, a.revoked_at ? "" : h("button", { type: "button", class: "danger", onclick: async () => {
-          try { await del(`/activations/${a.activation_id}`); await refresh(); } catch (err) { list.prepend(errorBox(err)); }
+          try { await del(`/activations/${a.activation_id}`); await refresh(); } catch (err) { addFirst(list, errorBox(err)); }
         } }, "Revoke"))))));
   }
 
-  main.append(h("h1", {}, "Activations"), h("form", { class: "card stack", onsubmit: async (e) => {
+  add(main, h("h1", {}, "Activations"), h("form", { class: "card stack", onsubmit: async (e) => {
     e.preventDefault();
-    created.replaceChildren();
+    put(created);
     try {
       const t = Object.fromEntries(tagText.value.split(/\s+/).filter(Boolean).map((kv) => {
         const i = kv.indexOf("=");
@@ -33,14 +33,14 @@ export async function render(main) {
       const a = await post("/activations", { registration_limit: Number(limit.value),
         expires_in: Number(hours.value) * 3600, tags: t, name_prefix: prefix.value || null });
       const server = location.origin;
-      created.replaceChildren(h("div", { class: "notice", id: "created" },
+      put(created, h("div", { class: "notice", id: "created" },
         h("p", {}, h("b", {}, "Activation code (shown once): "), h("code", { id: "code" }, a.activation_code)),
         h("p", {}, "Activation id: ", h("code", { id: "activation-id" }, a.activation_id)),
         h("p", {}, "On each device (Python 3.9+ and curl):"),
         h("pre", {}, `curl -fsS ${server}/agent/install.sh | sh -s -- --activation-id ${a.activation_id} --activation-code ${a.activation_code}`)));
       await refresh();
     } catch (err) {
-      created.replaceChildren(errorBox(err));
+      put(created, errorBox(err));
     }
   } },
   h("h2", {}, "New activation"),

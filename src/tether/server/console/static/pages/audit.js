@@ -1,6 +1,29 @@
 // The audit trail: filter, read, verify the hash chain, export as JSON lines.
 import { get, query } from "../api.js";
-import { download, errorBox, h, table, visibleText, when } from "../dom.js";
+import { add, download, errorBox, h, put, table, when } from "../dom.js";
+
+// What GET /audit/verify found, in an operator's words: a headline, and the
+// server's own sentence (or why it matters) after it. The states are the
+// server's (access/audit_chain.py): intact, tampered, truncated.
+export function verdictText(v) {
+  const n = (k) => `${k} record${k === 1 ? "" : "s"}`;
+  if (v.ok && !v.records) return ["Intact: no records yet", null];
+  if (v.ok) {
+    const head = v.checkpoint ? v.checkpoint.seq : v.records;
+    if (!v.anchored) {
+      return [`Intact up to #${head}, not anchored yet`,
+        `${n(v.records)}, hash chain verified; records cut off the end would not be seen`];
+    }
+    if (v.anchored >= head) return [`Intact up to #${head}, anchored`, `${n(v.records)}, hash chain verified, nothing cut off the end`];
+    return [`Intact up to #${head}, anchored up to #${v.anchored}`,
+      `${n(v.records)}, hash chain verified; records after #${v.anchored} are checked by the chain alone`];
+  }
+  if (v.state === "truncated") {
+    const missing = v.anchored && v.seq ? v.anchored - v.seq + 1 : null;
+    return [`Truncated: records from #${v.seq} on are missing${missing ? ` (${n(missing)})` : ""}`, v.problem];
+  }
+  return [v.seq ? `Tampered at #${v.seq}` : "Tampered", v.problem];
+}
 
 export async function render(main, _m, params) {
   const actor = h("input", { type: "text", id: "actor", size: 16, placeholder: "actor", value: params.get("actor") || "" });
@@ -13,25 +36,28 @@ export async function render(main, _m, params) {
   async function refresh() {
     try {
       rows = await get(`/audit${query({ actor: actor.value, action: action.value, target: target.value, limit: 500 })}`);
-      body.replaceChildren(table(["#", "When", "Actor", "Action", "Target", "Outcome", "From", "Detail"],
+      put(body, table(["#", "When", "Actor", "Action", "Target", "Outcome", "From", "Detail"],
         rows.slice().reverse().map((r) => h("tr", {},
           h("td", {}, r.seq), h("td", {}, when(r.at)), h("td", {}, r.actor), h("td", { class: "mono" }, r.action),
           h("td", { class: "mono" }, r.target || ""), h("td", {}, r.outcome), h("td", { class: "mono" }, r.source || ""),
           h("td", { class: "mono detail" }, JSON.stringify(r.detail))))));
     } catch (err) {
-      body.replaceChildren(errorBox(err));
+      put(body, errorBox(err));
     }
   }
-  main.append(h("h1", {}, "Audit log"), h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); refresh(); } },
+  add(main, h("h1", {}, "Audit log"), h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); refresh(); } },
     actor, action, target, h("button", { type: "submit" }, "Filter"),
     h("button", { type: "button", onclick: () => download("tether-audit.jsonl",
       rows.map((r) => JSON.stringify(r)).join("\n") + "\n", "application/x-ndjson") }, "Export JSON lines"),
     h("button", { type: "button", onclick: async () => {
       try {
         const v = await get("/audit/verify");
-        verdict.textContent = visibleText(v.ok ? `chain intact (${v.records} records)` : `BROKEN at #${v.seq}: ${v.problem}`);
+        const [headline, why] = verdictText(v);
+        put(verdict, h("b", {}, headline), why ? h("span", { class: "muted" }, ` (${why})`) : null);
         verdict.className = v.ok ? "status-Success" : "status-Failed";
-      } catch (err) { verdict.replaceChildren(errorBox(err)); }
+        verdict.dataset.state = v.state || (v.ok ? "intact" : "tampered");
+        await refresh();  // the rows the verdict is about
+      } catch (err) { put(verdict, errorBox(err)); }
     } }, "Verify chain"), verdict), body);
   await refresh();
 }

@@ -1,6 +1,6 @@
 // One command: per-node status updating live (long poll), exit codes, outputs, cancel.
 import { bytes, get, post, query } from "../api.js";
-import { bytesText, download, errorBox, h, status, table, when } from "../dom.js";
+import { add, addFirst, bytesText, download, errorBox, h, put, status, table, when } from "../dom.js";
 
 const PREVIEW = 4096;
 const decoder = new TextDecoder();
@@ -13,20 +13,20 @@ async function output(commandId, inv, stream) {
 function outputCell(commandId, inv) {
   const cell = h("td", {});
   const show = async () => {
-    cell.replaceChildren();
+    put(cell);
     for (const stream of ["stdout", "stderr"]) {
       if (!inv[`${stream}_size`]) continue;
       try {
         const data = await output(commandId, inv, stream);
         const shown = decoder.decode(data.slice(0, PREVIEW));
-        cell.append(h("div", { class: "muted" }, `${stream} (${bytesText(data.length)})`,
+        add(cell, h("div", { class: "muted" }, `${stream} (${bytesText(data.length)})`,
           h("button", { type: "button", onclick: () => download(`${inv.node_id}.${stream}`, data) }, "Download")),
         h("pre", { class: `out-${stream}` }, shown + (data.length > PREVIEW ? "\n…" : "")));
       } catch (err) {
-        cell.append(errorBox(err));
+        add(cell, errorBox(err));
       }
     }
-    if (!cell.childElementCount) cell.append(h("span", { class: "muted" }, "no output"));
+    if (!cell.childElementCount) add(cell, h("span", { class: "muted" }, "no output"));
   };
   return { cell, show };
 }
@@ -35,21 +35,22 @@ export async function render(main, [commandId]) {
   let stopped = false;
   const head = h("div");
   const body = h("div");
-  main.append(head, body);
+  add(main, head, body);
   const shown = new Map();  // node -> status already rendered with its output
 
   async function draw(cmd) {
     const total = Object.values(cmd.counts).reduce((a, b) => a + b, 0);
-    head.replaceChildren(
+    put(head,
       h("h1", {}, "Command ", h("span", { class: "mono" }, commandId.slice(0, 8)), " ", status(cmd.status)),
       h("div", { class: "grid" },
         h("b", {}, "Targets"), h("span", { class: "mono" }, cmd.targets.join(" ")),
         h("b", {}, "Nodes"), h("span", {}, `${total}: `, Object.entries(cmd.counts).map(([k, v]) => `${v} ${k}`).join(", ")),
         h("b", {}, "By"), h("span", {}, `${cmd.created_by}, ${when(cmd.created_at)}`),
+        h("b", {}, "Comment"), h("span", {}, cmd.comment || "-"),
         h("b", {}, "Script"), h("pre", {}, cmd.script)),
       h("div", { class: "toolbar" }, h("button", { class: "danger", type: "button",
         disabled: !["Pending", "InProgress"].includes(cmd.status),
-        onclick: async () => { try { await post(`/commands/${commandId}/cancel`); } catch (err) { head.append(errorBox(err)); } } },
+        onclick: async () => { try { await post(`/commands/${commandId}/cancel`); } catch (err) { add(head, errorBox(err)); } } },
       "Cancel")));
     const rows = [];
     for (const inv of cmd.invocations) {
@@ -66,7 +67,7 @@ export async function render(main, [commandId]) {
       }
       rows.push(row.tr);
     }
-    body.replaceChildren(table(["Node", "Status", "Exit code", "Reason", "Output"], rows));
+    put(body, table(["Node", "Status", "Exit code", "Reason", "Output"], rows));
   }
 
   let cmd = await get(`/commands/${commandId}`);
@@ -77,7 +78,7 @@ export async function render(main, [commandId]) {
         cmd = await get(`/commands/${commandId}${query({ after: cmd.version, wait: 25 })}`);
         if (!stopped) await draw(cmd);
       } catch (err) {
-        if (!stopped) body.prepend(errorBox(err));
+        if (!stopped) addFirst(body, errorBox(err));
         await new Promise((r) => setTimeout(r, 3000));
       }
     }

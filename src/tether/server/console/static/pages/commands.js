@@ -1,9 +1,9 @@
 import { get } from "../api.js";
-import { h, status, table, when } from "../dom.js";
+import { add, h, status, table, when } from "../dom.js";
 
 export async function render(main) {
   const rows = await get("/commands?limit=100");
-  main.append(h("h1", {}, "Commands"), table(
+  add(main, h("h1", {}, "Commands"), table(
     ["Command", "Status", "Targets", "Nodes", "Comment", "By", "When"],
     rows.map((c) => h("tr", { class: "link", onclick: () => { location.hash = `#/commands/${c.command_id}`; } },
       h("td", { class: "mono" }, c.command_id.slice(0, 8)), h("td", {}, status(c.status)),

@@ -1,6 +1,6 @@
 // The fleet: a searched, paged table that refreshes itself every few seconds.
 import { get, query } from "../api.js";
-import { ago, errorBox, h, status, table, tags } from "../dom.js";
+import { add, ago, errorBox, h, put, status, table, tags } from "../dom.js";
 
 const PAGE = 50;
 const REFRESH_MS = 3000;
@@ -27,7 +27,7 @@ export async function render(main, _m, params) {
   const prev = h("button", { type: "button", onclick: () => { offset = Math.max(0, offset - PAGE); refresh(); } }, "Previous");
   const next = h("button", { type: "button", onclick: () => { offset += PAGE; refresh(); } }, "Next");
   const body = h("div");
-  main.append(h("h1", {}, "Fleet"),
+  add(main, h("h1", {}, "Fleet"),
     h("div", { class: "toolbar" }, search, pingSel, prev, next, counter), body);
 
   let timer = null;
@@ -37,10 +37,10 @@ export async function render(main, _m, params) {
     try {
       const page = await get(`/nodes/search${query({ q, ping_status: ping, limit: PAGE, offset })}`);
       const last = Math.min(page.total, offset + page.nodes.length);
-      counter.textContent = page.total ? `${offset + 1}–${last} of ${page.total}` : "no nodes match";
+      put(counter, page.total ? `${offset + 1}–${last} of ${page.total}` : "no nodes match");
       prev.disabled = offset === 0;
       next.disabled = last >= page.total;
-      body.replaceChildren(table(
+      put(body, table(
         ["Name", "Node id", "Ping status", "Primary address", "Peer address", "OS", "Agent", "Tags", "Last seen"],
         page.nodes.map((n) => h("tr", { class: "link", "data-node": n.node_id,
           onclick: () => { location.hash = `#/nodes/${n.node_id}`; } },
@@ -51,7 +51,7 @@ export async function render(main, _m, params) {
         h("td", { title: n.last_seen_at ? new Date(n.last_seen_at * 1000).toISOString() : "" },
           n.ping_status === "Online" ? "now" : ago(n.last_seen_at))))));
     } catch (err) {
-      body.replaceChildren(errorBox(err));
+      put(body, errorBox(err));
     }
     timer = setTimeout(refresh, REFRESH_MS);
   }

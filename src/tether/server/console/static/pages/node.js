@@ -1,6 +1,6 @@
 // One node: what it is, every interface (point-to-point ones included), what ran there.
 import { get, query } from "../api.js";
-import { ago, h, status, table, tags, when } from "../dom.js";
+import { add, ago, h, status, table, tags, when } from "../dom.js";
 import { address } from "./fleet.js";
 
 export async function render(main, [nodeId]) {
@@ -9,7 +9,7 @@ export async function render(main, [nodeId]) {
   // The search row says which interface holds the primary address (and if it is point-to-point).
   const page = await get(`/nodes/search${query({ q: nodeId, limit: 1 })}`);
   const summary = page.nodes[0] || n;
-  main.append(
+  add(main,
     h("h1", {}, n.name || n.node_id, " ", status(n.ping_status)),
     h("div", { class: "toolbar" },
       h("button", { class: "primary", type: "button", disabled: n.ping_status !== "Online",
@@ -38,13 +38,13 @@ export async function render(main, [nodeId]) {
   const [cmds, sess] = await Promise.allSettled([
     get(`/commands${query({ node_id: nodeId, limit: 20 })}`),
     get(`/sessions${query({ node_id: nodeId, limit: 20 })}`)]);
-  main.append(h("h2", {}, "Recent commands"), cmds.status === "fulfilled"
+  add(main, h("h2", {}, "Recent commands"), cmds.status === "fulfilled"
     ? table(["Command", "Status", "Script / comment", "By", "When"], cmds.value.map((c) =>
       h("tr", { class: "link", onclick: () => { location.hash = `#/commands/${c.command_id}`; } },
         h("td", { class: "mono" }, c.command_id.slice(0, 8)), h("td", {}, status(c.status)),
         h("td", {}, c.comment || ""), h("td", {}, c.created_by), h("td", {}, when(c.created_at)))))
     : h("p", { class: "muted" }, cmds.reason.message));
-  main.append(h("h2", {}, "Sessions"), sess.status === "fulfilled"
+  add(main, h("h2", {}, "Sessions"), sess.status === "fulfilled"
     ? table(["Session", "Kind", "Operator", "Status", "Started", "Ended"], sess.value.map((s) =>
       h("tr", { class: s.recording ? "link" : "",
         onclick: () => { if (s.recording) location.hash = `#/sessions/${s.session_id}`; } },

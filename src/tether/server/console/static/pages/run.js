@@ -1,6 +1,6 @@
 // Run a command: targets by ids, tags or all, with a live preview of what they hit.
 import { get, post, query } from "../api.js";
-import { errorBox, h } from "../dom.js";
+import { add, errorBox, h, put } from "../dom.js";
 
 function targetsOf(text) {
   return text.split(/[\s,]+/).map((t) => t.trim()).filter(Boolean);
@@ -20,22 +20,22 @@ export function render(main, _m, params) {
 
   async function showPreview() {
     const list = targetsOf(targets.value);
-    if (!list.length) { preview.textContent = "Name node ids, tag:KEY=VALUE or all."; return; }
+    if (!list.length) { put(preview, "Name node ids, tag:KEY=VALUE or all."); return; }
     try {
       const p = await get(`/targets/preview${query({ target: list })}`);
-      preview.replaceChildren(`Hits ${p.count} node${p.count === 1 ? "" : "s"} (${p.online} online now).`,
+      put(preview, `Hits ${p.count} node${p.count === 1 ? "" : "s"} (${p.online} online now).`,
         p.refused_count ? h("span", { class: "error" },
           ` You may not send to ${p.refused_count}: ${p.refused.join(", ")}` +
           `${p.refused_count > p.refused.length ? " ..." : ""}; the command would be refused.`) : "");
     } catch (err) {
-      preview.replaceChildren(errorBox(err));
+      put(preview, errorBox(err));
     }
   }
   targets.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(showPreview, 300); });
 
-  main.append(h("h1", {}, "Run command"), h("form", { class: "card stack", onsubmit: async (e) => {
+  add(main, h("h1", {}, "Run command"), h("form", { class: "card stack", onsubmit: async (e) => {
     e.preventDefault();
-    problem.replaceChildren();
+    put(problem);
     try {
       const cmd = await post("/commands?invocations=false", {
         targets: targetsOf(targets.value), script: script.value,
@@ -43,7 +43,7 @@ export function render(main, _m, params) {
         comment: comment.value || null });
       location.hash = `#/commands/${cmd.command_id}`;
     } catch (err) {
-      problem.replaceChildren(errorBox(err));
+      put(problem, errorBox(err));
     }
   } },
   h("label", { for: "targets" }, "Targets: node ids, tag:KEY=VALUE or all (one per line)"), targets, preview,

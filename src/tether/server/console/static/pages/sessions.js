@@ -1,11 +1,11 @@
 // Sessions, and a shell's recording replayed in the page (asciicast v2).
 import { get, post, query, text } from "../api.js";
-import { bytesText, errorBox, h, status, table, when } from "../dom.js";
+import { add, addFirst, bytesText, errorBox, h, status, table, when } from "../dom.js";
 import { Terminal } from "../vendor/xterm/xterm.mjs";
 
 export async function render(main) {
   const rows = await get(`/sessions${query({ limit: 200 })}`);
-  main.append(h("h1", {}, "Sessions"), table(
+  add(main, h("h1", {}, "Sessions"), table(
     ["Session", "Node", "Operator", "Kind", "Status", "Started", "Ended", "Reason", "Traffic", ""],
     rows.map((s) => h("tr", {},
       h("td", { class: "mono" }, s.recording ? h("a", { href: `#/sessions/${s.session_id}` }, s.session_id) : s.session_id),
@@ -14,7 +14,7 @@ export async function render(main) {
       h("td", {}, when(s.started_at)), h("td", {}, when(s.ended_at)), h("td", {}, s.end_reason || ""),
       h("td", {}, `${bytesText(s.bytes_to_node)} in, ${bytesText(s.bytes_from_node)} out`),
       h("td", {}, s.ended_at ? "" : h("button", { type: "button", class: "danger", onclick: async (e) => {
-        try { await post(`/sessions/${s.session_id}/terminate`); e.target.disabled = true; } catch (err) { main.prepend(errorBox(err)); }
+        try { await post(`/sessions/${s.session_id}/terminate`); e.target.disabled = true; } catch (err) { addFirst(main, errorBox(err)); }
       } }, "Terminate"))))));
 }
 
@@ -27,7 +27,7 @@ export async function replay(main, [sessionId]) {
   const speed = h("select", { "aria-label": "Speed" }, [1, 2, 8, 0].map((v) =>
     h("option", { value: v }, v ? `${v}x` : "at once")));
   const play = h("button", { type: "button", class: "primary" }, "Play");
-  main.append(h("h1", {}, "Recording of ", h("span", { class: "mono" }, sessionId)),
+  add(main, h("h1", {}, "Recording of ", h("span", { class: "mono" }, sessionId)),
     h("p", { class: "muted" }, `${s.operator} on ${s.node_id}, ${when(s.started_at)}; `,
       `${s.status}: ${s.end_reason || "open"}`),
     h("div", { class: "toolbar" }, play, speed), box);

@@ -1,5 +1,5 @@
 import { signIn } from "../api.js";
-import { errorBox, h } from "../dom.js";
+import { add, errorBox, h, put } from "../dom.js";
 
 export function render(main) {
   const token = h("input", { type: "password", id: "token", name: "token", autocomplete: "off",
@@ -7,12 +7,12 @@ export function render(main) {
   const problem = h("div");
   const form = h("form", { class: "card signin stack", onsubmit: async (e) => {
     e.preventDefault();
-    problem.replaceChildren();
+    put(problem);
     try {
       await signIn(token.value.trim());
       location.hash = "#/nodes";
     } catch (err) {
-      problem.replaceChildren(errorBox(err));
+      put(problem, errorBox(err));
     }
   } },
   h("h1", {}, "Sign in to tether"),
@@ -23,6 +23,6 @@ export function render(main) {
     "It stays in this tab only."),
   problem,
   h("button", { class: "primary", type: "submit" }, "Sign in"));
-  main.append(form);
+  add(main, form);
   token.focus();
 }
