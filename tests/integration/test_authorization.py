@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -864,8 +865,37 @@ def test_retag_may_not_widen_the_operators_own_reach(fleet: Fleet) -> None:
     operator.ok("PATCH", f"/nodes/{other}/tags", {"set": {"team": "me"}, "remove": []})
 
 
+def test_two_retags_at_once_are_checked_one_after_the_other(fleet: Fleet) -> None:
+    """Finding 4, raced: adding ``team=me`` and removing ``frozen`` are each harmless
+    alone; checked both against the tags before either, both passed and the node ended
+    in the operator's reach. The check runs under the node's lock: one is refused."""
+    _, tagger = fleet.operator([], [_allow(["nodes:tag", "nodes:read"], ["*"]),
+                                    _allow(["commands:send"], ["tag:team=me"]),
+                                    _deny(["commands:send"], ["tag:frozen=yes"])])
+    for _ in range(5):
+        node = fleet.spare_node()
+        fleet.admin.ok("PATCH", f"/nodes/{node}/tags", {"set": {"frozen": "yes"}, "remove": []})
+        start, replies = threading.Barrier(2), []
+
+        def retag(path: str, change: dict[str, Any], start: threading.Barrier = start,
+                  replies: list[Any] = replies) -> None:
+            start.wait()
+            replies.append(tagger("PATCH", path, change))
+
+        threads = [threading.Thread(target=retag, args=(f"/nodes/{node}/tags", change))
+                   for change in ({"set": {"team": "me"}, "remove": []},
+                                  {"set": {}, "remove": ["frozen"]})]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(r.status for r in replies) == [200, 403], replies
+        tags = fleet.tags(node)
+        assert tags.get("frozen") == "yes" or "team" not in tags, tags
+
+
 def test_activation_tags_may_not_widen_the_creators_reach(fleet: Fleet) -> None:
-    """Finding 5: an activation's tags need nodes:tag on a node carrying them."""
+    """Finding 5: an activation's tags need nodes:tag for each tag (and all together)."""
     _, site_a = fleet.operator([], [_allow(["activations:create", "activations:read"], ["*"]),
                                     _allow(["nodes:tag", "nodes:read", "commands:*"],
                                            ["tag:site=a"])])
@@ -875,6 +905,10 @@ def test_activation_tags_may_not_widen_the_creators_reach(fleet: Fleet) -> None:
     assert "site=b" in reply.data["message"]
     assert {a["activation_id"] for a in fleet.admin.ok("GET", "/activations")} == before
     site_a.ok("POST", "/activations", {"registration_limit": 1, "tags": {"site": "a"}})
+    # A tag it may not set cannot ride along with one it may: each tag is a way in.
+    reply = site_a("POST", "/activations", {"registration_limit": 1,
+                                            "tags": {"site": "a", "env": "prod"}})
+    assert reply.status == 403 and "env=prod" in reply.data["message"], reply
     site_a.ok("POST", "/activations", {"registration_limit": 1})  # untagged: nothing to tag
     _, operator = fleet.operator(["operator"], [])
     operator.ok("POST", "/activations", {"registration_limit": 1, "tags": {"site": "b"}})

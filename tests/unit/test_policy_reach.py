@@ -110,7 +110,9 @@ def test_activation_for_another_site_is_refused() -> None:
     assert refusal is not None and refusal.may_not_tag
     # Its own site is its to enrol into: the new nodes are nobody else's to take over.
     assert new_node_refusal(p, {"site": "a"}) is None
-    assert new_node_refusal(p, {"site": "a", "role": "cam"}) is None  # still in site a
+    # Each tag is a way in: site=a may not carry env=prod along (env=prod alone is refused).
+    assert new_node_refusal(p, {"site": "a", "env": "prod"}) is not None
+    assert new_node_refusal(p, {"env": "prod"}) is not None
     assert new_node_refusal(p, {}) is None  # untagged: no tag to check
 
 
@@ -162,10 +164,11 @@ def test_retag_accepted_iff_no_action_goes_from_denied_to_allowed(
 
 @settings(max_examples=600, deadline=None)
 @given(raw=policies, tags=tag_sets)
-def test_activation_tags_need_nodes_tag_on_a_node_carrying_them(
+def test_activation_tags_need_nodes_tag_for_each_tag_and_all_together(
         raw: list[dict[str, Any]], tags: dict[str, str]) -> None:
     p = Policy(parse_statements(raw))
-    expected = not tags or ref_allows(raw, "nodes:tag", Node(FRESH, tags))
+    expected = not tags or (ref_allows(raw, "nodes:tag", Node(FRESH, tags)) and all(
+        ref_allows(raw, "nodes:tag", Node(FRESH, {k: v})) for k, v in tags.items()))
     refusal = new_node_refusal(p, tags)
     event("accepted" if refusal is None else "refused")
     assert (refusal is None) is expected

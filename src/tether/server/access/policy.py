@@ -185,16 +185,21 @@ def retag_refusal(policy: Policy, before: Node, after: Node) -> RetagRefusal | N
 
 
 def new_node_refusal(policy: Policy, tags: Mapping[str, str]) -> RetagRefusal | None:
-    """An activation's tags need ``nodes:tag`` on a node carrying them, as a retag would.
+    """An activation's tags need ``nodes:tag`` for each tag, and for all of them together.
 
     Every node registered through the activation carries the tags from its first
-    moment, so creating it is tagging those nodes: an operator allowed ``nodes:tag``
-    only on ``tag:site=a`` may enrol devices into site a, never plant one tagged
-    ``site=b`` where other sites' commands would reach it. Unlike a retag, nothing is
-    taken over: the node does not exist yet and is whoever holds the code, so what the
-    tags give the creator on it (its own site's commands) is no widening of its reach.
+    moment, so creating it is tagging those nodes. Each tag is checked on its own
+    because each is a way in: with ``nodes:tag`` only on ``tag:site=a``, an activation
+    tagged ``site=a, env=prod`` would plant a device that every ``tag:env=prod`` command
+    then reaches, though ``env=prod`` alone is refused. The whole set is checked too,
+    so a deny on one combination still holds. Unlike a retag, nothing is taken over:
+    the node does not exist yet and is whoever holds the code, so what the tags give
+    the creator on it (its own site's commands) is no widening of its reach.
     """
-    if not tags or policy.allows("nodes:tag", Node(NEW_NODE_ID, dict(tags))):
+    if not tags:
+        return None
+    alone = (Node(NEW_NODE_ID, {key: value}) for key, value in tags.items())
+    if all(policy.allows("nodes:tag", n) for n in (*alone, Node(NEW_NODE_ID, dict(tags)))):
         return None
     return RetagRefusal(may_not_tag=True, newly_allowed=frozenset())
 

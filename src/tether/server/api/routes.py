@@ -166,12 +166,15 @@ async def tag_node(node_id: str, body: models.TagsUpdate, s: State,
     operator anything on the node it may not do now: tags grant access."""
     node = await visible_node(request, s, who, node_id, "nodes:tag")
     who.require_node("nodes:tag", node)
-    after = {k: v for k, v in node["tags"].items() if k not in body.remove} | body.set
-    refusal = retag_refusal(who.policy, Node(node_id, node["tags"]), Node(node_id, after))
-    if refusal is not None:
-        raise _retag_refused(who, f"retag {node_id} to {_tags(after)}", refusal)
+
+    def check(before: dict[str, str], after: dict[str, str]) -> None:
+        """Run under the node's lock, on the tags the change really applies to."""
+        refusal = retag_refusal(who.policy, Node(node_id, before), Node(node_id, after))
+        if refusal is not None:
+            raise _retag_refused(who, f"retag {node_id} to {_tags(after)}", refusal)
+
     note(request, set=body.set, remove=body.remove)
-    await s.store.set_tags(node_id, body.set, body.remove)
+    await s.store.set_tags(node_id, body.set, body.remove, check)
     # Tags grant access: sessions on the node that no longer may go on end now.
     await s.bus.review_sessions(SessionFilter(node_id=node_id), actor=who.operator)
     return await _node(s, node_id)

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -505,9 +505,26 @@ class Store:
                 out[cid].append(node_id)
         return out
 
-    async def set_tags(self, node_id: str, tags: dict[str, str], remove: Iterable[str]) -> None:
+    async def set_tags(self, node_id: str, tags: dict[str, str], remove: Iterable[str],
+                       check: Callable[[dict[str, str], dict[str, str]], None] | None = None,
+                       ) -> None:
+        """Set and remove tags; ``check(before, after)`` may refuse by raising.
+
+        Tags grant access, so a check must see the tags the change really applies to:
+        the first statement writes the node's row, which locks it (PostgreSQL) or the
+        database (SQLite) until the commit. Two retags sent at once are then checked
+        one after the other, never both against the tags as they were before either.
+        """
+        remove = list(remove)
         async with self.engine.begin() as conn:
-            keys = list(tags) + list(remove)
+            await conn.execute(nodes.update().where(nodes.c.node_id == node_id)
+                               .values(node_id=nodes.c.node_id))
+            if check is not None:
+                before = dict((await conn.execute(
+                    sa.select(node_tags.c.key, node_tags.c.value)
+                    .where(node_tags.c.node_id == node_id))).tuples().all())
+                check(before, {k: v for k, v in before.items() if k not in remove} | tags)
+            keys = list(tags) + remove
             if keys:
                 await conn.execute(node_tags.delete().where(
                     node_tags.c.node_id == node_id, node_tags.c.key.in_(keys)))
