@@ -106,9 +106,13 @@ def test_starlettes_own_refusals_are_error_bodies(sqlite_server: Server) -> None
 
 
 def test_an_echoed_path_is_an_excerpt(sqlite_server: Server) -> None:
-    status, ctype, raw, _ = call(sqlite_server, "DELETE", "/api/v1/activations/" + "a" * 20_000)
-    message = assert_error_body(status, ctype, raw, 404, "activation_not_found")
+    status, ctype, raw, _ = call(sqlite_server, "GET", "/api/v1/" + "a" * 20_000)
+    message = assert_error_body(status, ctype, raw, 404, "not_found")
     assert len(message) < MAX_MESSAGE + 100
+    # A path parameter past its bound (api/params.py) is refused before any route runs.
+    status, ctype, raw, _ = call(sqlite_server, "DELETE", "/api/v1/activations/" + "a" * 20_000)
+    message = assert_error_body(status, ctype, raw, 422, "invalid_request")
+    assert "a" * 65 not in message
 
 
 def request_models(annotation: Any) -> list[type[BaseModel]]:

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 
 from tether import __version__
 from tether.server.agent_dist.bundle import BundleError
+from tether.server.api import params
 from tether.server.api.errors import ApiError
 from tether.server.api.models import ErrorBody
 from tether.server.state import ServerState
@@ -66,7 +67,7 @@ async def ca_certificate(request: Request) -> PlainTextResponse:
 @router.get("/wheels", response_class=PlainTextResponse, responses={404: _ERROR})
 async def wheel_list(request: Request,
                      python: Annotated[str, Query(description="e.g. 3.11",
-                                                  pattern=r"^3\.[0-9]{1,2}$")],
+                                                  pattern=r"^3\.[0-9]{1,2}$", max_length=5)],
                      ) -> PlainTextResponse:
     """The wheel files a device with this Python version installs, one per line."""
     try:
@@ -78,7 +79,7 @@ async def wheel_list(request: Request,
 
 @router.get("/wheels/{filename}", response_class=FileResponse, responses={
     200: {"content": {"application/octet-stream": {}}}, 404: _ERROR})
-async def wheel_file(filename: str, request: Request) -> FileResponse:
+async def wheel_file(filename: params.FilePath, request: Request) -> FileResponse:
     path = _state(request).agent_bundle.path_of(filename)
     if path is None:
         raise ApiError(404, "no_such_wheel", f"no wheel {filename[:100]}")

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.requests import HTTPConnection
 
 from tether.server.access.audit_chain import CHECKPOINT_PARAM, Checkpoint
-from tether.server.api import models
+from tether.server.api import models, params
 from tether.server.api.audit_note import REFUSED, noted
 from tether.server.api.auth import Principal, Who, authenticate
 from tether.server.api.errors import ApiError
@@ -113,8 +113,8 @@ async def refuse_stream(conn: HTTPConnection, code: str, reason: str) -> None:
 
 @router.get("/audit", response_model=list[models.AuditRecord], responses=ERRORS)
 async def list_audit(s: State, who: Who, since: float | None = None,
-                     actor: str | None = None, target: str | None = None,
-                     action: str | None = None,
+                     actor: params.AuditQuery = None, target: params.AuditQuery = None,
+                     action: params.AuditQuery = None,
                      limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
                      ) -> list[dict[str, Any]]:
     """The newest ``limit`` records matching, oldest first."""

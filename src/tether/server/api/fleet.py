@@ -64,7 +64,7 @@ async def search_nodes(s: State, who: Who,
                            "words that must all match: KEY=VALUE (a tag), or part of a "
                            "name or node id, an activation id, or an address"))] = "",
                        ping_status: Annotated[str | None, Query(
-                           pattern="^(Online|ConnectionLost)$")] = None,
+                           pattern="^(Online|ConnectionLost)$", max_length=20)] = None,
                        limit: Annotated[int, Query(ge=1, le=500)] = 50,
                        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
                        ) -> dict[str, Any]:
@@ -90,7 +90,8 @@ def _terms(q: str) -> list[str]:
 @router.get("/targets/preview", response_model=models.TargetPreview, responses=ERRORS,
             tags=["commands"])
 async def preview_targets(s: State, who: Who, request: Request,
-                          target: Annotated[list[models.Target], Query(min_length=1)],
+                          target: Annotated[list[models.Target],
+                                            Query(min_length=1, max_length=1000)],
                           ) -> dict[str, Any]:
     """How many nodes these targets hit, and which of them this operator may not send to.
 

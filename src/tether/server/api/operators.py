@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from tether.server.access.policy import PolicyError, effective_policy, parse_statements
-from tether.server.api import models
+from tether.server.api import models, params
 from tether.server.api.audit_note import note
 from tether.server.api.auth import Who
 from tether.server.api.errors import ApiError
@@ -62,13 +62,13 @@ async def list_operators(s: State, who: Who) -> list[dict[str, Any]]:
 
 
 @router.get("/operators/{name}", response_model=models.Operator, responses=ERRORS)
-async def show_operator(name: str, s: State, who: Who) -> dict[str, Any]:
+async def show_operator(name: params.NamePath, s: State, who: Who) -> dict[str, Any]:
     who.require("operators:manage")
     return await _operator(s, name)
 
 
 @router.patch("/operators/{name}", response_model=models.Operator, responses=CONFLICT)
-async def update_operator(name: str, body: models.OperatorUpdate, s: State,
+async def update_operator(name: params.NamePath, body: models.OperatorUpdate, s: State,
                           who: Who, request: Request) -> dict[str, Any]:
     """Replace the roles and/or the statements; the next request uses them."""
     who.require("operators:manage")
@@ -90,7 +90,7 @@ async def update_operator(name: str, body: models.OperatorUpdate, s: State,
 
 
 @router.delete("/operators/{name}", response_model=models.Operator, responses=CONFLICT)
-async def disable_operator(name: str, s: State, who: Who) -> dict[str, Any]:
+async def disable_operator(name: params.NamePath, s: State, who: Who) -> dict[str, Any]:
     """Disable the operator and revoke all its tokens at once (the record stays)."""
     who.require("operators:manage")
     await _operator(s, name)
@@ -122,13 +122,14 @@ async def create_token(body: models.TokenRequest, s: State, who: Who,
 
 
 @router.get("/tokens", response_model=list[models.Token], responses=ERRORS)
-async def list_tokens(s: State, who: Who, operator: str | None = None) -> list[dict[str, Any]]:
+async def list_tokens(s: State, who: Who,
+                      operator: params.NameQuery = None) -> list[dict[str, Any]]:
     who.require("operators:manage")
     return await s.store.operators.tokens(operator)
 
 
 @router.delete("/tokens/{token_id}", response_model=models.Token, responses=CONFLICT)
-async def revoke_token(token_id: str, s: State, who: Who) -> dict[str, Any]:
+async def revoke_token(token_id: params.IdPath, s: State, who: Who) -> dict[str, Any]:
     """Revoke at once: the next request with this token is refused. The last admin's
     last valid token is not revoked (409 ``last_admin``)."""
     who.require("operators:manage")

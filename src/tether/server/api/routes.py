@@ -16,7 +16,7 @@ from tether import __version__
 from tether.protocol.statuses import InvocationStatus, command_status
 from tether.server.access.client_address import client_host
 from tether.server.access.policy import Node, RetagRefusal, new_node_refusal, retag_refusal
-from tether.server.api import models
+from tether.server.api import models, params
 from tether.server.api.audit_note import note
 from tether.server.api.auth import Principal, Who
 from tether.server.api.errors import ApiError
@@ -114,7 +114,7 @@ async def list_activations(s: State, who: Who) -> list[dict[str, Any]]:
 
 @router.delete("/activations/{activation_id}", response_model=models.Activation,
                responses=ERRORS, tags=["activations"])
-async def revoke_activation(activation_id: str, s: State, who: Who) -> dict[str, Any]:
+async def revoke_activation(activation_id: params.IdPath, s: State, who: Who) -> dict[str, Any]:
     """Refuse every later registration with this activation (registered nodes stay)."""
     who.require("activations:revoke")
     row = await s.store.revoke_activation(activation_id)
@@ -125,10 +125,10 @@ async def revoke_activation(activation_id: str, s: State, who: Who) -> dict[str,
 
 @router.get("/nodes", response_model=list[models.Node], responses=ERRORS, tags=["nodes"])
 async def list_nodes(s: State, who: Who,
-                     ping_status: str | None = None,
-                     tag: Annotated[list[models.TagSelector] | None, Query()] = None,
-                     name: str | None = None, activation_id: str | None = None,
-                     ip: str | None = None) -> list[dict[str, Any]]:
+                     ping_status: params.WordQuery = None,
+                     tag: Annotated[list[models.TagSelector] | None, Query(max_length=50)] = None,
+                     name: params.TextQuery = None, activation_id: params.IdQuery = None,
+                     ip: params.AddressQuery = None) -> list[dict[str, Any]]:
     try:
         tags = tuple(parse_tag(t) for t in tag or [])
     except TargetError as exc:
@@ -154,13 +154,14 @@ def _retag_refused(who: Principal, what: str, refusal: RetagRefusal) -> ApiError
 
 
 @router.get("/nodes/{node_id}", response_model=models.Node, responses=ERRORS, tags=["nodes"])
-async def show_node(node_id: str, s: State, who: Who, request: Request) -> dict[str, Any]:
+async def show_node(node_id: params.NodeIdPath, s: State, who: Who,
+                    request: Request) -> dict[str, Any]:
     return await visible_node(request, s, who, node_id)
 
 
 @router.patch("/nodes/{node_id}/tags", response_model=models.Node, responses=ERRORS,
               tags=["nodes"])
-async def tag_node(node_id: str, body: models.TagsUpdate, s: State,
+async def tag_node(node_id: params.NodeIdPath, body: models.TagsUpdate, s: State,
                    who: Who, request: Request) -> dict[str, Any]:
     """Needs ``nodes:tag`` on the node as it is and as it would be, and may not allow this
     operator anything on the node it may not do now: tags grant access."""
@@ -182,7 +183,7 @@ async def tag_node(node_id: str, body: models.TagsUpdate, s: State,
 
 @router.delete("/nodes/{node_id}", response_model=models.Node, responses=ERRORS,
                tags=["nodes"])
-async def deregister_node(node_id: str, s: State, who: Who,
+async def deregister_node(node_id: params.NodeIdPath, s: State, who: Who,
                           request: Request) -> dict[str, Any]:
     """Revoke the node's credential and close its connection at once."""
     node = await visible_node(request, s, who, node_id, "nodes:deregister")
@@ -208,7 +209,7 @@ async def _require_command(request: Request, s: ServerState, who: Principal, act
 @router.post("/nodes/{node_id}/rotate-credential", status_code=202,
              response_model=models.Node, responses={**ERRORS, 409: {"model": models.ErrorBody}},
              tags=["nodes"])
-async def rotate_credential(node_id: str, s: State, who: Who,
+async def rotate_credential(node_id: params.NodeIdPath, s: State, who: Who,
                             request: Request) -> dict[str, Any]:
     """Give the connected node a new credential; the old one stops once the agent has it.
 
@@ -290,8 +291,7 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
             tags=["commands"])
 async def list_commands(s: State, who: Who,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                        node_id: Annotated[str | None, Query(
-                            pattern=r"^mi-[0-9a-f]{17}$")] = None,
+                        node_id: params.NodeIdQuery = None,
                         ) -> list[dict[str, Any]]:
     """The newest commands (on ``node_id``, if given) whose every node allows
     ``commands:read`` and ``nodes:read`` (a node it may not read is not there)."""
@@ -302,7 +302,7 @@ async def list_commands(s: State, who: Who,
 
 @router.get("/commands/{command_id}", response_model=models.CommandDetail, responses=ERRORS,
             tags=["commands"])
-async def show_command(command_id: str, s: State, who: Who, request: Request,
+async def show_command(command_id: params.IdPath, s: State, who: Who, request: Request,
                        after: Annotated[int | None, Query(ge=0)] = None,
                        wait: Annotated[float, Query(ge=0, le=60)] = 0,
                        invocations: bool = True,
@@ -327,7 +327,7 @@ async def show_command(command_id: str, s: State, who: Who, request: Request,
 
 @router.post("/commands/{command_id}/cancel", response_model=models.CommandDetail,
              responses=ERRORS, tags=["commands"])
-async def cancel_command(command_id: str, s: State, who: Who,
+async def cancel_command(command_id: params.IdPath, s: State, who: Who,
                          request: Request) -> dict[str, Any]:
     await _detail(s, command_id)
     await _require_command(request, s, who, "commands:cancel", command_id)
@@ -338,7 +338,8 @@ async def cancel_command(command_id: str, s: State, who: Who,
 @router.get("/commands/{command_id}/invocations/{node_id}/{stream}", responses=ERRORS,
             tags=["commands"], response_class=Response,
             response_description="the stream's bytes, whole")
-async def invocation_output(command_id: str, node_id: str, stream: str, s: State,
+async def invocation_output(command_id: params.IdPath, node_id: params.NodeIdPath,
+                            stream: params.WordPath, s: State,
                             who: Who, request: Request) -> Response:
     if stream not in ("stdout", "stderr"):
         raise ApiError(404, "no_such_stream", "stream is stdout or stderr")

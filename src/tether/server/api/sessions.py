@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import PlainTextResponse
 
-from tether.server.api import models
+from tether.server.api import models, params
 from tether.server.api.audit import refuse_stream
 from tether.server.api.audit_note import note
 from tether.server.api.auth import Principal, Who, authenticate
@@ -109,9 +109,8 @@ async def start_session(body: models.SessionRequest, s: State, who: Who,
 
 @router.get("/sessions", response_model=list[models.Session], responses=ERRORS)
 async def list_sessions(s: State, who: Who,
-                        node_id: Annotated[str | None, Query(
-                            pattern=r"^mi-[0-9a-f]{17}$")] = None,
-                        operator: Annotated[str | None, Query(max_length=100)] = None,
+                        node_id: params.NodeIdQuery = None,
+                        operator: params.NameQuery = None,
                         active: bool | None = None,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                         ) -> list[dict[str, Any]]:
@@ -135,7 +134,7 @@ async def _readable_session(request: Request, s: ServerState, who: Principal, se
 
 
 @router.get("/sessions/{session_id}", response_model=models.Session, responses=ERRORS)
-async def show_session(session_id: str, s: State, who: Who,
+async def show_session(session_id: params.IdPath, s: State, who: Who,
                        request: Request) -> dict[str, Any]:
     row = await _readable_session(request, s, who, session_id)
     return _shape(row, s.sessions.live.get(session_id))
@@ -145,7 +144,7 @@ async def show_session(session_id: str, s: State, who: Who,
             responses={**{s: {"model": models.ErrorBody, "content": {"application/json": {}}}
                           for s in (401, 403, 404)},
                        200: {"content": {"application/x-asciicast": {}}}})
-async def session_recording(session_id: str, s: State, who: Who,
+async def session_recording(session_id: params.IdPath, s: State, who: Who,
                             request: Request) -> PlainTextResponse:
     """The shell's recording, asciicast v2 (replay it with ``tether sessions replay``).
 
@@ -162,7 +161,7 @@ async def session_recording(session_id: str, s: State, who: Who,
 
 @router.post("/sessions/{session_id}/terminate", response_model=models.Session,
              responses=ERRORS)
-async def terminate_session(session_id: str, s: State, who: Who, request: Request,
+async def terminate_session(session_id: params.IdPath, s: State, who: Who, request: Request,
                             body: models.TerminateRequest | None = None) -> dict[str, Any]:
     """End a session: its own operator may, and so may whoever has sessions:terminate."""
     row = await _readable_session(request, s, who, session_id, "sessions:terminate")
@@ -181,7 +180,7 @@ async def terminate_session(session_id: str, s: State, who: Who, request: Reques
 
 
 @router.websocket("/sessions/{session_id}/stream")
-async def session_stream(websocket: WebSocket, session_id: str,
+async def session_stream(websocket: WebSocket, session_id: params.IdPath,
                          offset: Annotated[int, Query(ge=0)] = 0) -> None:
     """One channel of the session. See docs/protocol.md, "Operator streams"."""
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]

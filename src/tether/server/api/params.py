@@ -1,0 +1,41 @@
+"""The bound of every query and path parameter of every route, in one place.
+
+A parameter without one went to the database as it came: a 60 KiB ``name`` filter
+(up to the request head's limit) compared against every node's name, sixty thousand
+``tag=`` filters one subquery each. Every route takes its parameters as one of the
+types below (or another ``Query``/``Path`` with a ``max_length``); past the bound the
+answer is the 422 ``invalid_request`` ErrorBody of ``api/errors.py``, which never
+echoes the value. The bounds are the columns' (or the identifiers' own length), so
+nothing that could be stored is refused.
+
+Guard: ``tests/integration/test_params.py`` fails any string parameter of any route
+(WebSocket routes included) without a ``maxLength``, and any list without ``maxItems``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path, Query
+
+NODE_ID = 20     # mi- and 17 hex digits
+ID = 64          # activation, command, token and session ids (36 to 38 characters)
+NAME = 100       # an operator's name (operators.name)
+TEXT = 255       # a node's name (nodes.name), a file name
+ADDRESS = 64     # an address (nodes.primary_address, node_addresses.address)
+AUDIT = 200      # the audit log's actor, action and target columns
+WORD = 40        # a status or a stream name
+
+NodeIdPath = Annotated[str, Path(max_length=NODE_ID)]
+IdPath = Annotated[str, Path(max_length=ID)]
+NamePath = Annotated[str, Path(max_length=NAME)]
+FilePath = Annotated[str, Path(max_length=TEXT)]
+WordPath = Annotated[str, Path(max_length=WORD)]
+
+NodeIdQuery = Annotated[str | None, Query(pattern=r"^mi-[0-9a-f]{17}$", max_length=NODE_ID)]
+IdQuery = Annotated[str | None, Query(max_length=ID)]
+NameQuery = Annotated[str | None, Query(max_length=NAME)]
+TextQuery = Annotated[str | None, Query(max_length=TEXT)]
+AddressQuery = Annotated[str | None, Query(max_length=ADDRESS)]
+AuditQuery = Annotated[str | None, Query(max_length=AUDIT)]
+WordQuery = Annotated[str | None, Query(max_length=WORD)]
