@@ -12,7 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,20 @@ FLOOD_FROM = "127.0.0.2"
 Record = dict[str, Any]
 
 
-def flood(server: Server, n: int,
-          path: str = "/api/v1/nodes") -> Iterator[http.client.HTTPResponse]:
-    """``n`` requests with a wrong token over one keep-alive connection from FLOOD_FROM."""
+def wrong(i: int) -> str:
+    return f"tth_wrong{i % 7}"
+
+
+def flood(server: Server, n: int, path: str = "/api/v1/nodes",
+          token: Callable[[int], str] = wrong) -> Iterator[http.client.HTTPResponse]:
+    """``n`` requests (the ``i``th with ``token(i)``, by default a wrong one) over one
+    keep-alive connection from FLOOD_FROM."""
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30,
                                       source_address=(FLOOD_FROM, 0))
     try:
         for i in range(n):
-            conn.request("GET", path, headers={"Authorization": f"Bearer tth_wrong{i % 7}"})
+            conn.request("GET", path, headers={"Authorization": f"Bearer {token(i)}"})
             response = conn.getresponse()
             response.read()
             yield response
@@ -76,6 +81,37 @@ def test_a_thousand_wrong_tokens_are_a_handful_of_records_that_keep_the_count(
             assert r["action"] == "GET /api/v1/nodes" and r["outcome"] == "denied"
         verdict = server.cli("audit", "verify")
         assert verdict["ok"], verdict
+    finally:
+        server.stop()
+
+
+def test_a_right_token_from_a_throttled_address_is_accepted_at_once(tmp_path: Path) -> None:
+    """Whoever shares an address with a guesser (a NAT, a proxy not named with
+    --trusted-proxy) is not locked out with it: only wrong tokens are throttled."""
+    server = Server(tmp_path / "data", relaxed=False).start()
+    try:
+        limit = DEFAULT_FAILED_TOKENS_PER_ADDRESS
+        statuses = [r.status for r in flood(server, 1000)]
+        assert statuses == [401] * limit + [429] * (1000 - limit)
+        # The same address, the same connection: right tokens among wrong ones.
+        right_every = 10
+
+        def mixed(i: int) -> str:
+            return server.token if i % right_every == 0 else wrong(i)
+
+        answers = [r.status for r in flood(server, 100, token=mixed)]
+        assert answers[::right_every] == [200] * (100 // right_every)
+        assert {s for i, s in enumerate(answers) if i % right_every} == {429}
+        # The wrong ones are still counted as refusals (one record and a count): the
+        # admin's reads, right, leave none.
+        server.stop()
+        server.start()
+        refused = flooded(server)
+        assert {r["detail"]["status"] for r in refused} == {401, 429}
+        assert sum(r["detail"].get("repeats", 1) for r in refused) == (
+            1000 + 100 - 100 // right_every)
+        assert not [r for r in server.cli("audit", "list", "--limit", "100000")
+                    if r["source"] == FLOOD_FROM and r["outcome"] != "denied"]
     finally:
         server.stop()
 

@@ -124,7 +124,8 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     s.add_argument("--failed-tokens-per-address", type=int, metavar="N",
                    default=DEFAULT_FAILED_TOKENS_PER_ADDRESS,
                    help="wrong operator tokens allowed per minute from one address; past "
-                        f"it, 429 (default {DEFAULT_FAILED_TOKENS_PER_ADDRESS})")
+                        "it, a wrong one is answered 429, a right one still accepted "
+                        f"(default {DEFAULT_FAILED_TOKENS_PER_ADDRESS})")
     s.add_argument("--audit-repeat-window", type=float, metavar="SECONDS",
                    default=DEFAULT_AUDIT_REPEAT_WINDOW,
                    help="identical refused calls within this long are one audit record and "

@@ -39,7 +39,7 @@ DEFAULT_BODY_TIMEOUT = 30.0
 # burst of reconnects from a site behind one NAT stays under it (the swarm benchmark
 # dials 128 at once from one address); a slow-header attacker holds at most this many.
 DEFAULT_HEADS_PER_ADDRESS = 128
-# Wrong operator tokens from one address in a minute before it is answered 429: far
+# Wrong operator tokens from one address in a minute before its wrong ones are 429: far
 # above a person mistyping or a script with a stale token, and each one is recorded.
 DEFAULT_FAILED_TOKENS_PER_ADDRESS = 30
 # Identical refused or failed calls within this long are one audit record and a count.
