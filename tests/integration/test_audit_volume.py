@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,5 +131,44 @@ def test_a_count_is_written_when_its_window_ends(tmp_path: Path) -> None:
         assert (count["detail"]["repeats"], count["detail"]["repeat_of"]) == (4, first["seq"])
         assert count["at"] - first["at"] >= window
         assert json.dumps(count).count("tth_") == 0  # no token, right or wrong, is kept
+    finally:
+        server.stop()
+
+
+def test_a_sigterm_writes_every_count_and_a_kill_loses_only_the_open_windows(
+        tmp_path: Path) -> None:
+    """Across restarts the log stays bounded and right. A server stopped with SIGTERM
+    writes the counts still open before it exits. One killed with SIGKILL cannot: it
+    loses the repeats of the windows still open (at most the last
+    --audit-repeat-window seconds' worth), never a first record (written before its
+    answer), nor a count whose window had ended. The chain verifies either way."""
+    window = 2.0
+    server = Server(tmp_path / "data", extra=["--audit-repeat-window", str(window)]).start()
+    try:
+        assert {r.status for r in flood(server, 5)} == {401}
+        deadline = time.monotonic() + 30
+        while len(flooded(server)) < 2:  # the first window ended: its count is written
+            assert time.monotonic() < deadline
+            time.sleep(0.2)  # polling interval of a deadline-bound poll
+        assert {r.status for r in flood(server, 7)} == {401}  # a new window: 1 + 6
+        server.stop(signal.SIGKILL)
+        assert server.proc is not None and server.proc.returncode == -signal.SIGKILL
+        server.start()
+        first, count, second = flooded(server)
+        assert (count["detail"]["repeats"], count["detail"]["repeat_of"]) == (4, first["seq"])
+        assert "repeats" not in second["detail"]  # its 6 repeats died with the process
+        assert server.cli("audit", "verify")["state"] == "intact"
+    finally:
+        server.stop()
+    # An hour's window now, so only the shutdown can write the count.
+    server = Server(tmp_path / "data", extra=["--audit-repeat-window", "3600"]).start()
+    try:
+        assert {r.status for r in flood(server, 9)} == {401}  # a new process, a new window
+        server.stop()  # SIGTERM
+        server.start()
+        *_, third, third_count = flooded(server)
+        assert (third_count["detail"]["repeats"], third_count["detail"]["repeat_of"]) == (
+            8, third["seq"])
+        assert server.cli("audit", "verify")["state"] == "intact"
     finally:
         server.stop()
