@@ -138,15 +138,17 @@ class _Drain(threading.Thread):
             self.data += chunk
 
 
-def on_terminal(server: Server, *args: str) -> tuple[bytes, bytes, int]:
-    """``tether ARGS`` with standard output and error each on its own (raw) PTY."""
+def on_terminal(server: Server, *args: str, module: str = "tether.cli",
+                ) -> tuple[bytes, bytes, int]:
+    """``tether ARGS`` (or another ``module``'s command) with standard output and error
+    each on its own (raw) PTY."""
     pairs = [pty.openpty() for _ in range(2)]
     drains = []
     for master, slave in pairs:
         tty.setraw(slave)  # what the CLI wrote, byte for byte
         drains.append(_Drain(master))
     try:
-        proc = subprocess.run([PYTHON, "-m", "tether.cli", *args], stdin=subprocess.DEVNULL,
+        proc = subprocess.run([PYTHON, "-m", module, *args], stdin=subprocess.DEVNULL,
                               stdout=pairs[0][1], stderr=pairs[1][1], env=server.env(),
                               timeout=120, check=False)
     finally:

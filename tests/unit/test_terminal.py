@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from tether.protocol.terminal import (
     KEPT_IN_OUTPUT,
     UNSAFE_RANGES,
+    VisibleFormatter,
     is_unsafe,
     visible,
     visible_output,
@@ -198,3 +200,17 @@ def test_the_structural_check_sees_each_way_of_putting_text_in() -> None:
     for line in ["put(body, table(rows))", "add(main, h('h1', {}, t))", "if (a.data == b)",
                  "el.textContent === s", "term.write(data)"]:
         assert not TEXT_SINKS.search(line) and not HTML_SINKS.search(line), line
+
+
+def test_a_log_record_is_one_visible_line_and_a_traceback_keeps_its_breaks() -> None:
+    formatter = VisibleFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "closing %s: %s", (
+        "mi-0", "\x1b[2J\nWARNING forged line\u202e"), None)
+    assert formatter.format(record) == "WARNING closing mi-0: \\x1b[2J\\nWARNING forged line\\u202e"
+    try:
+        raise ValueError("bad \x1b]52;c;AA==\x07")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    text = formatter.format(record)
+    assert "\n" in text and not any(is_unsafe(ch) for ch in text.replace("\n", ""))
+    assert "bad \\x1b]52;c;AA==\\x07" in text

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import pwd
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TextIO
 
 from tether import __version__
 from tether.agent.backoff import DEFAULT_BASE, DEFAULT_CAP, Backoff
@@ -33,6 +32,7 @@ from tether.agent.state import (
     save_identity,
 )
 from tether.protocol.netaddr import plain_http_off_machine
+from tether.protocol.terminal import log_to_stderr, visible
 
 EXIT_REFUSED = 3
 EXIT_ALREADY_REGISTERED = 4
@@ -108,24 +108,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(message: str, file: TextIO = sys.stdout) -> None:
+    """Print one line for people, every unsafe character shown as an escape.
+
+    Messages quote what a server answered (a refusal, an error) and what the device
+    holds: a wrong URL or a hostile host must not clear the installer's screen or
+    write its clipboard. The agent writes to the terminal only through here.
+    """
+    print(visible(message), file=file)
+
+
 def _register(args: argparse.Namespace) -> int:
     if not args.activation_code:
-        print("tether-agent: --activation-code (or TETHER_ACTIVATION_CODE) is required",
+        _say("tether-agent: --activation-code (or TETHER_ACTIVATION_CODE) is required",
               file=sys.stderr)
         return 2
     existing = load_identity(args.state_dir)
     if existing is not None and not args.force:
-        print(f"tether-agent: already registered as {existing.node_id} with "
+        _say(f"tether-agent: already registered as {existing.node_id} with "
               f"{existing.server_url}; use --force to replace this identity", file=sys.stderr)
         return EXIT_ALREADY_REGISTERED
     if plain_http_off_machine(args.server):
         if not args.insecure:
-            print(f"tether-agent: {args.server} is plain HTTP off this machine: the credential "
+            _say(f"tether-agent: {args.server} is plain HTTP off this machine: the credential "
                   "and every command would cross the network readable. Use the server's "
                   "https:// URL (with --ca for its own CA), or pass --insecure to accept "
                   "that", file=sys.stderr)
             return 2
-        print(f"tether-agent: WARNING: --insecure: talking plain HTTP to {args.server}",
+        _say(f"tether-agent: WARNING: --insecure: talking plain HTTP to {args.server}",
               file=sys.stderr)
     try:
         ca = args.ca.read_bytes() if args.ca is not None else None
@@ -135,13 +145,13 @@ def _register(args: argparse.Namespace) -> int:
         identity = register(args.server, args.activation_id, args.activation_code,
                             args.name, existing, context)
     except OSError as exc:
-        print(f"tether-agent: cannot read --ca: {exc}", file=sys.stderr)
+        _say(f"tether-agent: cannot read --ca: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"tether-agent: {exc}", file=sys.stderr)
+        _say(f"tether-agent: {exc}", file=sys.stderr)
         return 2
     except RegistrationFailed as exc:
-        print(f"tether-agent: registration failed: {exc}", file=sys.stderr)
+        _say(f"tether-agent: registration failed: {exc}", file=sys.stderr)
         return EXIT_REFUSED if exc.kind == "refused" else EXIT_UNREACHABLE
     if ca is not None:
         save_ca(args.state_dir, ca)
@@ -149,22 +159,21 @@ def _register(args: argparse.Namespace) -> int:
         with contextlib.suppress(FileNotFoundError):
             (args.state_dir / CA_FILE).unlink()
     save_identity(args.state_dir, identity)
-    print(f"registered as {identity.node_id}")
+    _say(f"registered as {identity.node_id}")
     if existing is not None:
-        print(f"replaced {existing.node_id}; its credential no longer works")
+        _say(f"replaced {existing.node_id}; its credential no longer works")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(args.log_level)
     identity = load_identity(args.state_dir)
     if identity is None:
-        print(f"tether-agent: not registered (no identity in {args.state_dir}); "
+        _say(f"tether-agent: not registered (no identity in {args.state_dir}); "
               "run 'tether-agent register' first", file=sys.stderr)
         return EXIT_REFUSED
     if not args.reconnect_cap > 0:
-        print("tether-agent: --reconnect-cap must be a positive number of seconds",
+        _say("tether-agent: --reconnect-cap must be a positive number of seconds",
               file=sys.stderr)
         return 2
     run_as = None
@@ -172,10 +181,10 @@ def _run(args: argparse.Namespace) -> int:
         try:
             run_as = pwd.getpwnam(args.run_as)
         except KeyError:
-            print(f"tether-agent: no user {args.run_as!r}", file=sys.stderr)
+            _say(f"tether-agent: no user {args.run_as!r}", file=sys.stderr)
             return 2
         if os.getuid() != 0 and run_as.pw_uid != os.getuid():
-            print("tether-agent: --run-as needs the agent to run as root", file=sys.stderr)
+            _say("tether-agent: --run-as needs the agent to run as root", file=sys.stderr)
             return 2
     backoff = Backoff(base=min(DEFAULT_BASE, args.reconnect_cap), cap=args.reconnect_cap)
     agent = Agent(identity, args.state_dir, backoff, run_as,
@@ -183,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(agent.run_forever())
     except FatalLinkError as exc:
-        print(f"tether-agent: {exc}", file=sys.stderr)
+        _say(f"tether-agent: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 0
@@ -197,9 +206,9 @@ def _doctor(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     identity = load_identity(args.state_dir)
     if identity is None:
-        print(f"not registered (no identity in {args.state_dir})")
+        _say(f"not registered (no identity in {args.state_dir})")
         return 1
-    print(f"node {identity.node_id} registered with {identity.server_url}")
+    _say(f"node {identity.node_id} registered with {identity.server_url}")
     return 0
 
 

@@ -33,9 +33,19 @@ and available to the agent's ``doctor``.
 
 from __future__ import annotations
 
+import logging
 import re
 
-__all__ = ["KEPT_IN_OUTPUT", "UNSAFE_RANGES", "is_unsafe", "visible", "visible_output"]
+__all__ = [
+    "KEPT_IN_OUTPUT",
+    "UNSAFE_RANGES",
+    "VisibleFormatter",
+    "is_unsafe",
+    "log_to_stderr",
+    "visible",
+    "visible_lines",
+    "visible_output",
+]
 
 # Inclusive code point ranges shown as escapes. Category Cf as of Unicode 15.1,
 # minus ZWNJ/ZWJ, plus every control, the line/paragraph separators and surrogates.
@@ -126,3 +136,40 @@ def visible_output(data: bytes) -> bytes:
     if _OUTPUT.search(text) is None:
         return data
     return _OUTPUT.sub(_escape_output, text).encode("utf-8")
+
+
+def visible_lines(text: str) -> str:
+    """``text`` with each line made :func:`visible`, its own line breaks kept.
+
+    For multi-line text whose line breaks tether wrote itself (a traceback, a
+    doctor's report) and whose lines may quote a device or a server.
+    """
+    return "\n".join(visible(line) for line in text.split("\n"))
+
+
+class VisibleFormatter(logging.Formatter):
+    """A log formatter that shows every unsafe character of a record as an escape.
+
+    Log records quote what devices and clients sent (close reasons, invocation ids,
+    addresses, a server's refusal), and logs are read on terminals: ``tether server``
+    in the foreground, ``tail -f``, ``journalctl``. So a record is one visible line:
+    it cannot clear the screen, hide the lines above it, write the clipboard, or
+    start a line of its own that passes for the server's. A traceback keeps its line
+    breaks; each of its lines is made visible too.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return visible(super().formatMessage(record))
+
+    def formatException(self, ei: object) -> str:
+        return visible_lines(super().formatException(ei))  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return visible_lines(super().formatStack(stack_info))
+
+
+def log_to_stderr(level: str) -> None:
+    """Send every logger's records to stderr, one visible line each."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -7,7 +7,6 @@ a free port) and lets us print the real address once it is listening.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -16,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
+from tether.protocol.terminal import log_to_stderr
 from tether.server.access.client_address import is_trusted_proxy, parse_proxies
 from tether.server.admin_access import AdminAccess
 from tether.server.app import build_app
@@ -89,8 +89,7 @@ def _first_steps(settings: Settings, url: str, access: AdminAccess | None = None
 
 
 def serve(settings: Settings, log_level: str = "info") -> None:
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    log_to_stderr(log_level)  # uvicorn's records too (log_config=None): one visible line each
     sock = bind(settings.host, settings.port)
     # h11 rather than httptools: httptools accepts headers of any size (a 1 MB header was
     # taken whole); h11 stops at MAX_HEADER_BYTES. The cost is in docs/benchmarks.md.
@@ -102,7 +101,8 @@ def serve(settings: Settings, log_level: str = "info") -> None:
                             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                             ws="websockets-sansio", ws_max_size=WS_MAX_FRAME,
                             ws_ping_interval=None, ws_per_message_deflate=False,
-                            log_level=log_level, access_log=False, lifespan="on",
+                            log_level=log_level, log_config=None, access_log=False,
+                            lifespan="on",
                             ssl_certfile=settings.tls.cert if settings.tls else None,
                             ssl_keyfile=settings.tls.key if settings.tls else None)
     server = uvicorn.Server(config)

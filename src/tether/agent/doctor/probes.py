@@ -62,6 +62,7 @@ from tether.agent.link import MAX_FRAME, websocket_url
 from tether.agent.state import CA_FILE, IDENTITY_FILE, Identity, pinned_context
 from tether.protocol.errors import ProtocolError
 from tether.protocol.messages import SERVER_MESSAGES, Hello, Welcome, decode, encode
+from tether.protocol.terminal import visible_lines
 from tether.protocol.versions import PROTOCOL_VERSION
 
 __all__ = ["CLOCK_PATH", "DEFAULT_TIMEOUT", "iter_checks", "run"]
@@ -452,6 +453,7 @@ def run(state_dir: Path, *, as_json: bool = False, timeout: float = DEFAULT_TIME
     for result in iter_checks(state_dir, timeout, _pinned(state_dir)):
         results.append(result)
         if not as_json:
-            print(render_result(result), file=out, flush=True)
-    print(render_json(results) if as_json else render_summary(results), file=out)
+            # A check's detail quotes the server (a close reason, a refusal): shown, not obeyed.
+            print(visible_lines(render_result(result)), file=out, flush=True)
+    print(render_json(results) if as_json else visible_lines(render_summary(results)), file=out)
     return exit_code(results)
