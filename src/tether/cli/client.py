@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import pwd
 import ssl
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,8 +25,19 @@ def config_file() -> Path:
     whatever directory it ran in.
     """
     base = os.environ.get("XDG_CONFIG_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
+    root = Path(base) if base and os.path.isabs(base) else _home() / ".config"
     return root / "tether" / "cli.json"
+
+
+def _home() -> Path:
+    """The user's home, absolute: an empty or relative ``HOME`` would put the token under
+    the working directory (``HOME=relhome``) or at the root (``HOME=``), so it is taken
+    from the password database instead, as a login shell would set it."""
+    for home in (os.environ.get("HOME", ""), pwd.getpwuid(os.getuid()).pw_dir):
+        if home and os.path.isabs(home):
+            return Path(home)
+    raise ValueError("no absolute home directory to keep the login in: set HOME or "
+                     "XDG_CONFIG_HOME to an absolute path")
 
 
 class ApiFailure(Exception):
@@ -45,13 +59,23 @@ def load_login() -> tuple[str | None, str | None]:
 
 
 def save_login(server: str, token: str) -> Path:
+    """Write the login owner-only, through a new file of our own, then rename it in.
+
+    The temporary file is made fresh (``O_EXCL``, 0600, a random name): a fixed name
+    let a file planted there keep its own mode (0644, the token readable) or, as a
+    symlink, send the token wherever it pointed.
+    """
     path = config_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"server": server, "token": token}, f)
-    os.replace(tmp, path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cli.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"server": server, "token": token}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
 
 
