@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import re
@@ -214,3 +215,36 @@ def test_a_log_record_is_one_visible_line_and_a_traceback_keeps_its_breaks() -> 
     text = formatter.format(record)
     assert "\n" in text and not any(is_unsafe(ch) for ch in text.replace("\n", ""))
     assert "bad \\x1b]52;c;AA==\\x07" in text
+
+
+# The agent's own lines: what tether-agent prints quotes servers and devices too.
+AGENT = Path(__file__).resolve().parents[2] / "src" / "tether" / "agent"
+SAFE_ARGUMENTS = {"visible", "visible_lines", "render_json"}  # render_json: ASCII JSON
+
+
+def _unsafe_prints(tree: ast.AST) -> list[int]:
+    """Lines of ``print`` calls whose text is neither a constant nor made visible first."""
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "_say":
+            continue
+        for call in ast.walk(fn):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                    and call.func.id == "print"):
+                continue
+            arg = call.args[0] if call.args else None
+            parts = [arg.body, arg.orelse] if isinstance(arg, ast.IfExp) else [arg]
+            if not all(isinstance(p, ast.Constant) or (
+                    isinstance(p, ast.Call) and isinstance(p.func, ast.Name)
+                    and p.func.id in SAFE_ARGUMENTS) for p in parts):
+                found.append(call.lineno)
+    return sorted(set(found))
+
+
+def test_the_agent_prints_only_visible_text() -> None:
+    """tether-agent prints through ``_say`` (cli.py) or ``visible``; the child helper's
+    ``sys.stderr.write`` is its protocol with the agent, not a terminal."""
+    offenders = {str(path.relative_to(AGENT)): lines for path in sorted(AGENT.rglob("*.py"))
+                 if (lines := _unsafe_prints(ast.parse(path.read_text())))}
+    assert offenders == {}
+    assert _unsafe_prints(ast.parse("def f(x):\n    print(f'{x}')\n")) == [2]

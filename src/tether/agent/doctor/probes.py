@@ -62,7 +62,7 @@ from tether.agent.link import MAX_FRAME, websocket_url
 from tether.agent.state import CA_FILE, IDENTITY_FILE, Identity, pinned_context
 from tether.protocol.errors import ProtocolError
 from tether.protocol.messages import SERVER_MESSAGES, Hello, Welcome, decode, encode
-from tether.protocol.terminal import visible_lines
+from tether.protocol.terminal import visible, visible_lines
 from tether.protocol.versions import PROTOCOL_VERSION
 
 __all__ = ["CLOCK_PATH", "DEFAULT_TIMEOUT", "iter_checks", "run"]
@@ -448,7 +448,7 @@ def run(state_dir: Path, *, as_json: bool = False, timeout: float = DEFAULT_TIME
         return EXIT_USAGE
     results: list[CheckResult] = []
     if not as_json:
-        print(f"tether-agent {__version__} doctor: state directory {state_dir}", file=out,
+        print(visible(f"tether-agent {__version__} doctor: state directory {state_dir}"), file=out,
               flush=True)
     for result in iter_checks(state_dir, timeout, _pinned(state_dir)):
         results.append(result)
