@@ -41,7 +41,7 @@ def per_write(folder: Path, n: int) -> tuple[float, float]:
     for cp in checkpoints:
         renamed(folder / "renamed", cp)
     rename = (time.perf_counter() - start) / n
-    anchor = AnchorFile(folder / "audit-anchor")
+    anchor = AnchorFile(folder / "audit-anchor", KEY)
     start = time.perf_counter()
     for cp in checkpoints:
         anchor.write(cp)

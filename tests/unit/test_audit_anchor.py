@@ -16,7 +16,7 @@ KEY = b"k" * 32
 
 
 def anchored(path: Path, upto: int) -> None:
-    f = AnchorFile(path)
+    f = AnchorFile(path, KEY)
     for seq in range(1, upto + 1):
         f.write(sign_checkpoint(KEY, seq, f"{seq:064x}", 1700000000.0 + seq))
     f.close()
@@ -69,5 +69,27 @@ def test_a_symlink_in_its_place_is_not_followed(tmp_path: Path) -> None:
     target.write_text("precious\n")
     (tmp_path / "audit-anchor").symlink_to(target)
     with pytest.raises(OSError):
-        AnchorFile(tmp_path / "audit-anchor").write(sign_checkpoint(KEY, 1, "0" * 64, 0.0))
+        AnchorFile(tmp_path / "audit-anchor", KEY).write(sign_checkpoint(KEY, 1, "0" * 64, 0.0))
     assert target.read_text() == "precious\n"
+
+
+def test_a_later_record_in_a_slot_is_never_replaced_by_an_earlier_one(tmp_path: Path) -> None:
+    """Two processes append to one log (the server and ``tether admin recover``); the
+    one that committed first may write its anchor last. Its checkpoint must not take
+    the place of the later one, and each writer sees what the other wrote."""
+    path = tmp_path / "audit-anchor"
+    server, recover = AnchorFile(path, KEY), AnchorFile(path, KEY)
+    assert server.write(sign_checkpoint(KEY, 1, f"{1:064x}", 1.0))
+    assert recover.write(sign_checkpoint(KEY, 3, f"{3:064x}", 3.0))  # slot 1, over 1
+    assert server.read() == recover.read() == read_anchor(path, KEY)
+    assert server.read().seq == 3  # type: ignore[union-attr]
+    assert not server.write(sign_checkpoint(KEY, 1, f"{1:064x}", 4.0))  # late: left alone
+    assert server.write(sign_checkpoint(KEY, 2, f"{2:064x}", 5.0))  # the other slot: fine
+    assert read_anchor(path, KEY).seq == 3  # type: ignore[union-attr]
+    # A slot signed with another key (junk) does not hold a write back.
+    cp = sign_checkpoint(b"other", 99, "0" * 64, 0.0)
+    data = path.read_bytes()
+    path.write_bytes(data[:SLOT] + json.dumps(dataclasses.asdict(cp)).encode().ljust(SLOT))
+    assert server.read().seq == 2  # type: ignore[union-attr]
+    assert server.write(sign_checkpoint(KEY, 5, f"{5:064x}", 6.0))
+    assert read_anchor(path, KEY).seq == 5  # type: ignore[union-attr]

@@ -13,7 +13,9 @@ a crash in between leaves it one record behind (the chain still covers that
 record), never ahead of the database. If the database ends before the anchor when
 the server appends (records were cut while it ran or while it was down), the new
 record is chained on from the anchor, not from what is left, so the gap stays
-visible to every later verify.
+visible to every later verify. "The anchor" is the newer of this process's own and
+the file's, read again for every append and verify: ``tether admin recover``
+appends from another process and moves only the file.
 
 Refused and failed calls go through ``append_or_count``: identical repeats within
 a window become one record with a count (``access/audit_digest.py``).
@@ -82,11 +84,11 @@ class AuditLog:
             os.replace(anchor_path, kept)
             log.error("%s: %s; moved aside to %s, and the audit log anchored afresh at its "
                       "current head", anchor_path, exc, kept.name)
-            self.anchor_file = AnchorFile(anchor_path)
+            self.anchor_file = AnchorFile(anchor_path, key)
             await self.append(actor="server", action="audit anchor rejected",
                               outcome="failed", detail={"reason": str(exc), "kept_as": kept.name})
             return
-        self.anchor_file, self.anchor = AnchorFile(anchor_path), anchor
+        self.anchor_file, self.anchor = AnchorFile(anchor_path, key), anchor
         if anchor is None:
             async with self.engine.connect() as conn:
                 head = await self._head(conn)
@@ -123,15 +125,35 @@ class AuditLog:
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
         return await cls._head(conn)
 
+    def newest_anchor(self) -> Checkpoint | None:
+        """The later of this server's own anchor and the one now in DATA/audit-anchor.
+
+        Another process appending to this log with this data folder (``tether admin
+        recover``) moves the file, not this server's memory: its record is vouched
+        for only if the file is read again. A file that cannot be read, or holds
+        nothing signed with the key, leaves the anchor in memory (logged).
+        """
+        anchor = self.anchor
+        if self.anchor_file is not None:
+            try:
+                on_disk = self.anchor_file.read()
+            except OSError:
+                log.exception("could not read %s (the anchor in memory stands)",
+                              self.anchor_file.path)
+                on_disk = None
+            if on_disk is not None and (anchor is None or on_disk.seq > anchor.seq):
+                anchor = on_disk
+        return anchor
+
     def _chain_from(self, head: tuple[int, str]) -> tuple[int, str]:
         """The (seq, hash) a new record follows: the database's head, unless it was cut."""
-        anchor = self.anchor
+        anchor = self.newest_anchor()
         if anchor is None or head[0] > anchor.seq or head == (anchor.seq, anchor.hash):
             return head
-        log.error("the audit log in the database ends at record %d, but this server wrote "
-                  "record %d: records were removed behind its back; chaining on from record "
-                  "%d, so `tether audit verify` keeps showing the gap", head[0], anchor.seq,
-                  anchor.seq)
+        log.error("the audit log in the database ends at record %d, but record %d was "
+                  "written (DATA/audit-anchor): records were removed behind its back; "
+                  "chaining on from record %d, so `tether audit verify` keeps showing the "
+                  "gap", head[0], anchor.seq, anchor.seq)
         return anchor.seq, anchor.hash
 
     async def append(self, *, actor: str, action: str, outcome: str, target: str | None = None,
@@ -274,8 +296,9 @@ class AuditLog:
             after = rows[-1]["seq"]
 
     async def verify(self, checkpoint: Checkpoint | None = None) -> Verdict:
-        """The chain, against this server's anchor and ``checkpoint`` (an export's)."""
-        against = [(ANCHOR_NAME, self.anchor)] if self.anchor is not None else []
+        """The chain, against the newest anchor and ``checkpoint`` (an export's)."""
+        anchor = self.newest_anchor()
+        against = [(ANCHOR_NAME, anchor)] if anchor is not None else []
         if checkpoint is not None:
             against.append(("checkpoint", checkpoint))
         return verify(self.key, [r async for r in self.all()], checkpoints=against)

@@ -10,11 +10,21 @@ no longer parses (or no longer matches its mac); the other slot, one record behi
 is then the anchor. No fsync: the process dying loses nothing (the page cache
 outlives it); a power cut may leave an older anchor, which vouches for fewer
 records, never for more than the database had.
+
+More than one process writes the file: the server and ``tether admin recover``
+(or two recovers) append to one log with one data folder. So the file, not a
+process's memory, is the anchor: every read opens it afresh, and every write
+takes an exclusive ``flock`` and first reads the slot it would overwrite, leaving
+it alone when it already holds a later record (written by the other process
+between our commit and our write). Without that, the server's next append put its
+own, lower checkpoint over recover's, and a cut of recover's record went unseen.
+Replicas on one PostgreSQL database each have their own data folder, so each file
+only ever holds its own server's records.
 """
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import json
 import os
 import stat
@@ -30,16 +40,18 @@ class AnchorError(ValueError):
     """The file is not an anchor of this key (edited, or another server's)."""
 
 
+def _slot(data: bytes) -> Checkpoint | None:
+    """One slot's checkpoint; None for an empty or torn slot."""
+    text = data.strip(PAD)
+    try:
+        return Checkpoint.from_dict(json.loads(text)) if text else None
+    except ValueError:  # torn (or junk): json's errors are ValueErrors too
+        return None
+
+
 def _slots(data: bytes) -> list[Checkpoint | None]:
     """Each slot's checkpoint; None for an empty or torn slot."""
-    out: list[Checkpoint | None] = []
-    for offset in (0, SLOT):
-        text = data[offset:offset + SLOT].strip(PAD)
-        try:
-            out.append(Checkpoint.from_dict(json.loads(text)) if text else None)
-        except ValueError:  # torn (or junk): json's errors are ValueErrors too
-            out.append(None)
-    return out
+    return [_slot(data[offset:offset + SLOT]) for offset in (0, SLOT)]
 
 
 def read_anchor(path: Path, key: bytes) -> Checkpoint | None:
@@ -60,27 +72,66 @@ def read_anchor(path: Path, key: bytes) -> Checkpoint | None:
     return max(found, key=lambda cp: cp.seq)
 
 
+def newest_signed(data: bytes, key: bytes) -> Checkpoint | None:
+    """The newer of the slots signed with ``key``; unlike read_anchor, never raises.
+
+    For a server already running: a slot it cannot trust is ignored (its own
+    anchor in memory still holds), not a reason to stop appending.
+    """
+    signed = [cp for cp in _slots(data) if cp is not None and cp.signed_by(key)]
+    return max(signed, key=lambda cp: cp.seq, default=None)
+
+
+def _open(path: Path, flags: int) -> int:
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
+
+
 class AnchorFile:
-    """The anchor file, held open for writing."""
+    """The anchor file of one data folder, shared by every process that appends.
 
-    def __init__(self, path: Path) -> None:
+    Opened afresh for each read and write (about 10 us), so a file replaced or
+    recreated by another process is the one read.
+    """
+
+    def __init__(self, path: Path, key: bytes) -> None:
         self.path = path
-        self._fd: int | None = None
+        self.key = key
 
-    def write(self, checkpoint: Checkpoint) -> None:
+    def read(self) -> Checkpoint | None:
+        """The newest checkpoint signed with the key now in the file (None: none)."""
+        try:
+            fd = _open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return newest_signed(os.pread(fd, 2 * SLOT, 0), self.key)
+        finally:
+            os.close(fd)
+
+    def write(self, checkpoint: Checkpoint) -> bool:
+        """Put ``checkpoint`` in its slot, unless the slot holds a later record already.
+
+        False when it was left alone. The flock makes the check and the write one
+        step against every other process writing this file.
+        """
         body = json.dumps(checkpoint.as_dict(), sort_keys=True).encode("ascii") + b"\n"
         assert len(body) <= SLOT, body
-        if self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(f"{self.path} is not a regular file")
-            self._fd = fd
-        os.pwrite(self._fd, body.ljust(SLOT, b" "), (checkpoint.seq % 2) * SLOT)
+        offset = (checkpoint.seq % 2) * SLOT
+        fd = _open(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            there = _slot(os.pread(fd, SLOT, offset))
+            if there is not None and there.seq > checkpoint.seq and there.signed_by(self.key):
+                return False
+            os.pwrite(fd, body.ljust(SLOT, b" "), offset)
+            return True
+        finally:
+            os.close(fd)  # releases the flock
 
     def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        """Nothing is held open between writes; kept for the store's shutdown."""
