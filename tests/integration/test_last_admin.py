@@ -102,6 +102,38 @@ def test_the_last_admin_cannot_demote_itself(lone_admin: Server) -> None:
     assert admin["roles"] == ["admin"] and admin["statements"] == []
 
 
+def test_the_last_admin_cannot_leave_itself_only_a_token_about_to_expire(
+        lone_admin: Server) -> None:
+    """The red team's lockout on a timer: a 2 s token made, the permanent one revoked,
+    everyone 401 three seconds later. A token that outlives 24 h still counts."""
+    server = lone_admin
+    permanent = admin_token_id(server, server.token, "admin")
+    status, short = call(server, server.token, "POST", "/tokens",
+                         {"operator": "admin", "expires_in": 2})
+    assert status == 201
+    result = cli(server, short["token"], "tokens", "revoke", permanent)
+    assert result.returncode == 3 and "(last_admin)" in result.stderr, result
+    assert "lasts more than 24 hours" in result.stderr
+    status, body = call(server, server.token, "DELETE", f"/tokens/{permanent}")
+    assert status == 409 and body["error"] == "last_admin", body
+    assert "without --expires" in body["message"]
+    status, days = call(server, server.token, "POST", "/tokens",
+                        {"operator": "admin", "expires_in": 2 * 86400})
+    assert status == 201
+    try:
+        assert call(server, server.token, "DELETE", f"/tokens/{permanent}")[0] == 200
+        # Now the 2-day token is the lasting one: it may not go while the 2 s one is left.
+        status, body = call(server, days["token"], "DELETE", f"/tokens/{days['token_id']}")
+        assert status == 409 and "lasts more than 24 hours" in body["message"], body
+    finally:
+        status, fresh = call(server, days["token"], "POST", "/tokens", {"operator": "admin"})
+        assert status == 201
+        server.token = fresh["token"]  # the module's later tests act with it
+        (server.data_dir / "admin-token").write_text(fresh["token"] + "\n")
+        for token_id in (short["token_id"], days["token_id"]):
+            assert call(server, server.token, "DELETE", f"/tokens/{token_id}")[0] == 200
+
+
 def _admin_with_token(server: Server, token: str, name: str) -> str:
     assert call(server, token, "POST", "/operators", {"name": name, "roles": ["admin"]}
                 )[0] == 201

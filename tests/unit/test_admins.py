@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tether.server.access.admins import (
+    LASTING,
     OperatorState,
     TokenState,
     active_admins,
@@ -72,11 +73,39 @@ def test_one_valid_token_among_revoked_and_expired_is_enough() -> None:
 
 def test_lockout_names_the_way_out_only_when_no_admin_is_left() -> None:
     viewer, admin = OperatorState("v", ["viewer"], []), OperatorState("a", ["admin"], [])
-    assert lockout([viewer, admin], [TokenState("v"), TokenState("a")], NOW) is None
-    message = lockout([viewer, admin], [TokenState("v")], NOW)
+    before = ([viewer, admin], [TokenState("v"), TokenState("a")])
+    assert lockout(before, before, NOW) is None
+    message = lockout(before, ([viewer, admin], [TokenState("v")]), NOW)
     assert message is not None
     assert "tether operators create NAME --role admin" in message
     assert "tether tokens create --operator NAME" in message
+
+
+A, B = OperatorState("a", ["admin"], []), OperatorState("b", ["admin"], [])
+FOREVER, SOON = TokenState("a"), TokenState("a", expires_at=NOW + 2)
+DAY_AND_A_BIT = TokenState("a", expires_at=NOW + LASTING + 1)
+
+
+@pytest.mark.parametrize(("before", "after", "refused"), [
+    # The red team's lockout on a timer: a 2 s token made, then the permanent one revoked.
+    ([FOREVER, SOON], [SOON], "lasts more than 24 hours"),
+    ([FOREVER, TokenState("a", expires_at=NOW + LASTING)], [TokenState(
+        "a", expires_at=NOW + LASTING)], "lasts more than 24 hours"),  # exactly 24 h: not past
+    ([FOREVER, DAY_AND_A_BIT], [DAY_AND_A_BIT], None),  # outlives the margin: counts
+    ([FOREVER, SOON], [FOREVER], None),  # revoking the short one is fine
+    ([FOREVER], [], "valid token"),
+    # Every admin on short tokens already: a change only has to leave one that works now,
+    # so a leaked token can always be revoked; the last one still cannot.
+    ([SOON, TokenState("a", expires_at=NOW + 60)], [SOON], None),
+    ([SOON], [], "valid token"),
+    # Another admin's short token does not make up for the last lasting one.
+    ([FOREVER, TokenState("b", expires_at=NOW + 60)], [TokenState("b", expires_at=NOW + 60)],
+     "lasts more than 24 hours"),
+])
+def test_a_change_must_leave_an_admin_whose_token_lasts(
+        before: list[TokenState], after: list[TokenState], refused: str | None) -> None:
+    message = lockout(([A, B], before), ([A, B], after), NOW)
+    assert (message is None) if refused is None else (refused in (message or "")), message
 
 
 def test_a_policy_that_does_not_parse_grants_nothing() -> None:

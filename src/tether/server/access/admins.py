@@ -10,9 +10,19 @@ does not, and neither does an admin whose only token expired.
 
 A change that would leave no active admin (revoking the last admin token,
 disabling or demoting the last admin) is refused: ``lockout`` is the one check,
-applied by the store to the state *after* the change, inside the transaction
-that makes it (``store/operators.py``). Time alone can still end the last
-token's validity; ``tether admin recover`` is for that, and for a lost token.
+applied by the store to the states before and after the change, inside the
+transaction that makes it (``store/operators.py``).
+
+Expiry is part of the rule, because a token about to expire is a lockout on a
+timer: an admin who made itself a 2-second token and then revoked its permanent
+one was accepted, and locked everyone out 2 seconds later. So a change must also
+leave an active admin whose token *lasts*: never expires, or is still valid
+``LASTING`` (24 h) from now. The one exception is a server where no admin holds
+such a token already (every admin uses short-lived tokens): there a change only
+has to leave an admin whose token is valid now, so that revoking a leaked token
+is never refused for a state the change did not make. Time alone can still end
+the last token (an admin with only a 30-day token, 30 days on): the next start
+says so, and ``tether admin recover`` is for that, and for a lost token.
 """
 
 from __future__ import annotations
@@ -23,11 +33,13 @@ from typing import Any
 
 from tether.server.access.policy import PolicyError, effective_policy, parse_statements
 
-__all__ = ["LAST_ADMIN", "OperatorState", "TokenState", "active_admins",
+__all__ = ["LASTING", "LAST_ADMIN", "OperatorState", "State", "TokenState", "active_admins",
            "can_manage_operators", "lockout"]
 
 LAST_ADMIN = "last_admin"
 MANAGE = "operators:manage"
+# A token counts toward "an admin can still sign in tomorrow" if it is valid this long from now.
+LASTING = 24 * 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,16 +83,25 @@ def active_admins(operators: Iterable[OperatorState], tokens: Iterable[TokenStat
                      and can_manage_operators(op.roles, op.statements))
 
 
-def lockout(operators: Iterable[OperatorState], tokens: Iterable[TokenState],
-            now: float) -> str | None:
-    """Why the state after a change locks everyone out of managing operators, or None.
+State = tuple[Sequence[OperatorState], Sequence[TokenState]]
+
+
+def lockout(before: State, after: State, now: float) -> str | None:
+    """Why going from ``before`` to ``after`` locks everyone out of managing operators
+    (now, or once the remaining tokens expire), or None.
 
     The message says what to do instead, since the person reading it is the admin
     about to remove the last way in.
     """
-    if active_admins(operators, tokens, now):
-        return None
-    return ("refused: afterwards no enabled operator with operators:manage would hold a "
-            "valid token, and no one could manage operators again. Give another operator "
-            "admin rights and a token first (tether operators create NAME --role admin; "
-            "tether tokens create --operator NAME), then retry")
+    if not active_admins(*after, now):
+        return ("refused: afterwards no enabled operator with operators:manage would hold a "
+                "valid token, and no one could manage operators again. Give another "
+                "operator admin rights and a token first (tether operators create NAME "
+                "--role admin; tether tokens create --operator NAME), then retry")
+    if active_admins(*before, now + LASTING) and not active_admins(*after, now + LASTING):
+        return ("refused: afterwards no enabled operator with operators:manage would hold a "
+                f"token that lasts more than {LASTING / 3600:g} hours (one that never "
+                "expires, or expires later), so everyone would be locked out once the "
+                "remaining tokens expire. Give an admin such a token first (tether tokens "
+                "create --operator NAME, without --expires), then retry")
+    return None

@@ -91,18 +91,24 @@ class Operators:
     async def _guarded(self, change: Change) -> None:
         """Make ``change``, refusing it (``last_admin``) if it leaves no active admin.
 
-        The lock comes first: on PostgreSQL a table lock, on SQLite the change's own
-        write (SQLite takes its write lock at the first write, and our reads after it
-        see the newest state); the asyncio lock spares this process's writers the
-        database's busy wait. Rights can only be removed through here: a structural
-        test (tests/unit/test_admins.py) fails on an UPDATE anywhere else.
+        The lock comes first: on PostgreSQL a table lock, on SQLite ``BEGIN
+        IMMEDIATE``, so the state read before the change (the rule compares before
+        and after) is still the state when the change is made; the asyncio lock
+        spares this process's writers the database's busy wait. Rights can only be
+        removed through here: a structural test (tests/unit/test_admins.py) fails on
+        an UPDATE anywhere else.
         """
         now = time.time()
         async with self._lock, self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(sa.text(_PG_LOCK))
+            elif conn.dialect.name == "sqlite":
+                # The state before the change is read too: take the write lock first
+                # (the driver would only begin the transaction at the first write).
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            before = await _state(conn)
             await change(conn, now)
-            refusal = lockout(*await _state(conn), now)
+            refusal = lockout(before, await _state(conn), now)
             if refusal is not None:
                 raise OperatorError(LAST_ADMIN, refusal)  # rolls the change back
 
