@@ -8,7 +8,11 @@ any route can meet) and for the last-resort 500, which no route reaches on purpo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
+import re
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -195,3 +199,113 @@ def test_an_unexpected_exception_is_a_500_error_body_without_a_traceback(
     assert dict(start["headers"])[b"content-type"] == b"application/json"
     assert json.loads(body)["error"] == "internal_error"
     assert b"secret" not in body and b"Traceback" not in body
+
+
+# --- Methods: every 405 names all of its path's methods; HEAD is GET without a body ---
+
+def allow_of(doc_methods: Any) -> str:
+    """The Allow a path of the document must answer: its methods, HEAD with GET."""
+    methods = {m.upper() for m in doc_methods}
+    return ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+
+
+def test_a_405_allows_every_method_of_its_path(sqlite_server: Server) -> None:
+    """Starlette named only the first route's method (``Allow: POST`` on /activations,
+    which has GET too): every path of the document, asked with a method none has."""
+    doc = json.loads(call(sqlite_server, "GET", "/api/v1/openapi.json", token=False)[2])
+    several = 0
+    for path, item in doc["paths"].items():
+        concrete = re.sub(r"\{[^}]+\}", "x", path)
+        status, ctype, raw, headers = call(sqlite_server, "OPTIONS", concrete)
+        assert_error_body(status, ctype, raw, 405, "method_not_allowed")
+        assert headers["allow"] == allow_of(item), path
+        several += len(item) > 1
+    assert several >= 7  # /activations, /commands, /nodes/{node_id}, /operators, ...
+
+
+def head(server: Server, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("HEAD", path, headers={"Authorization": f"Bearer {server.token}"})
+        resp = conn.getresponse()
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        # HEAD has no body: whatever follows on the connection would be one.
+        conn.sock.settimeout(0.5)
+        try:
+            extra = conn.sock.recv(100)
+        except TimeoutError:
+            extra = b""
+        return resp.status, headers, extra
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/whoami", "/api/v1/openapi.json", "/console/",
+                                  "/api/v1/operators"])
+def test_head_is_get_without_a_body(sqlite_server: Server, path: str) -> None:
+    status, ctype, raw, _ = call(sqlite_server, "GET", path)
+    assert status == 200
+    head_status, headers, extra = head(sqlite_server, path)
+    assert (head_status, headers["content-type"]) == (200, ctype)
+    assert int(headers["content-length"]) == len(raw) and extra == b""
+
+
+def test_head_where_there_is_no_get_is_a_405(sqlite_server: Server) -> None:
+    status, headers, extra = head(sqlite_server, "/api/v1/registrations")
+    assert (status, headers["allow"], extra) == (405, "POST", b"")
+
+
+def test_the_console_refuses_other_methods_with_allow(sqlite_server: Server) -> None:
+    status, ctype, raw, headers = call(sqlite_server, "POST", "/console/", b"{}")
+    assert_error_body(status, ctype, raw, 405, "method_not_allowed")
+    assert headers["allow"] == "GET, HEAD"
+
+
+def test_the_document_says_what_head_and_options_do(sqlite_server: Server) -> None:
+    doc = json.loads(call(sqlite_server, "GET", "/api/v1/openapi.json", token=False)[2])
+    assert "HEAD" in doc["info"]["description"] and "OPTIONS" in doc["info"]["description"]
+
+
+# --- Bytes that are not HTTP: answered by the h11 protocol (http_guard.py), not a route ---
+
+def raw_exchange(server: Server, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` on a fresh connection; the last answer before the server closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        with contextlib.suppress(OSError):  # a reset once the answer is out is fine
+            sock.sendall(data)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    rest = b"".join(chunks)
+    while True:  # answers one after another, each with its Content-Length
+        head_bytes, _, rest = rest.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        size = int(headers.get("content-length", len(rest)))
+        body, rest = rest[:size], rest[size:]
+        if not rest:
+            return int(lines[0].split()[1]), headers, body
+
+
+HOST = b"Host: x\r\n"
+POST = b"POST /api/v1/commands HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"GET /api/v1/nodes/\xff HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET /api/v1/whoami HTTP/1.1\r\n" + HOST + b"Authorization: Bearer a\x00b\r\n\r\n", 400),
+    (POST + b"Content-Length: -1\r\n\r\n", 400),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400),
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    (b"GET /api/v1/whoami?" + b"a" * 300_000 + b" HTTP/1.1\r\n" + HOST + b"\r\n", 431),
+], ids=["raw-ff-in-path", "nul-in-header", "negative-length", "bad-chunk-size",
+        "garbage-line", "http2-preface", "head-too-large"])
+def test_bytes_that_are_not_http_get_an_error_body(sqlite_server: Server, data: bytes,
+                                                  expected: int) -> None:
+    """uvicorn answered these itself, text/plain "Invalid HTTP request received."."""
+    status, headers, body = raw_exchange(sqlite_server, data)  # (PRI * is a 404 first)
+    code = {400: "bad_request", 431: "head_too_large"}[expected]
+    assert_error_body(status, headers.get("content-type", ""), body, expected, code)
+    assert headers["connection"] == "close" and int(headers["content-length"]) == len(body)

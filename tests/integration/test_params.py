@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,3 +141,59 @@ def test_the_reviews_node_filters_are_refused_past_their_columns(sqlite_server: 
         status, ctype, raw, _ = call(sqlite_server, "GET",
                                      f"/api/v1/nodes?{name}={'a' * 60_000}")
         assert_error_body(status, ctype, raw, 422, "invalid_request")
+
+
+# --- Numbers: both bounds, and finite (the review: ?since=nan and ?since=1e999 were 200) ---
+
+def numbers(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for branch in schema.get("anyOf", []):
+        yield from numbers(branch)
+    if schema.get("type") in ("number", "integer"):
+        yield schema
+
+
+def test_every_number_in_the_document_has_both_bounds(document: dict[str, Any]) -> None:
+    found = [(method, path, p["name"], s) for method, path, p in parameters(document)
+             for s in numbers(p["schema"])]
+    assert [f[:3] for f in found if "minimum" not in f[3] or "maximum" not in f[3]] == []
+    assert any(f[3]["type"] == "number" for f in found)  # since, wait
+
+
+def test_every_number_a_route_takes_is_bounded_and_finite(tmp_path: Path) -> None:
+    """The routes themselves (WebSocket ones too): a float without params.number's
+    finiteness, or a number without both bounds, fails here."""
+    app = build_app(Settings.for_data_dir(tmp_path)).app
+    problems, floats = [], 0
+    for route in routes(app.routes):
+        for field in fields(route.dependant):
+            kinds = set(typing.get_args(field.field_info.annotation)
+                        or {field.field_info.annotation})
+            if not kinds & {int, float}:
+                continue
+            meta = field.field_info.metadata
+            if not (any(hasattr(m, "ge") or hasattr(m, "gt") for m in meta)
+                    and any(hasattr(m, "le") or hasattr(m, "lt") for m in meta)):
+                problems.append(f"{route.path} {field.name}: not bounded at both ends")
+            if float in kinds:
+                floats += 1
+                if not any(getattr(m, "allow_inf_nan", True) is False for m in meta):
+                    problems.append(f"{route.path} {field.name}: NaN and inf allowed")
+    assert problems == []
+    assert floats >= 2
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+def test_a_non_finite_number_is_a_422_on_every_route(sqlite_server: Server,
+                                                     document: dict[str, Any],
+                                                     value: str) -> None:
+    tried = 0
+    for method, path, p in parameters(document):
+        if p["in"] != "query" or not any(s["type"] == "number" for s in numbers(p["schema"])):
+            continue
+        url = re.sub(r"{\w+}", "x", path) + f"?{p['name']}={value}"
+        body = b"{}" if method in ("POST", "PATCH") else None
+        status, ctype, raw, _ = call(sqlite_server, method, url, body)
+        message = assert_error_body(status, ctype, raw, 422, "invalid_request")
+        assert message.startswith(p["name"] + ":"), (method, path, message)
+        tried += 1
+    assert tried >= 2  # GET /audit since, GET /commands/{command_id} wait

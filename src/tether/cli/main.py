@@ -36,6 +36,7 @@ from tether.server.config import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_REGISTRATIONS_PER_ACTIVATION,
     DEFAULT_REGISTRATIONS_PER_ADDRESS,
+    DEFAULT_SEND_TIMEOUT,
     DEFAULT_SESSION_IDLE_TIMEOUT,
     DEFAULT_SESSION_MAX_DURATION,
 )
@@ -138,6 +139,10 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    default=DEFAULT_BODY_TIMEOUT,
                    help="...and its body within this after the head (default "
                         f"{DEFAULT_BODY_TIMEOUT:g})")
+    s.add_argument("--send-timeout", type=float, metavar="SECONDS",
+                   default=DEFAULT_SEND_TIMEOUT,
+                   help="a client must take what the server has written for it within "
+                        f"this (default {DEFAULT_SEND_TIMEOUT:g}; beyond: dropped)")
     s.add_argument("--heads-per-address", type=int, metavar="N",
                    default=DEFAULT_HEADS_PER_ADDRESS,
                    help="connections from one address (IPv6: /64) still sending their "
@@ -360,7 +365,8 @@ def _serve(args: argparse.Namespace) -> int:
         agent_byte_rate=args.agent_byte_rate, agent_byte_burst=args.agent_byte_burst,
         handshakes_per_address=args.handshakes_per_address,
         hello_timeout=args.hello_timeout, header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout, heads_per_address=args.heads_per_address,
+        body_timeout=args.body_timeout, send_timeout=args.send_timeout,
+        heads_per_address=args.heads_per_address,
         trusted_proxies=tuple(args.trusted_proxy),
         credential_max_age=args.credential_max_age,
         session_idle_timeout=args.session_idle_timeout,

@@ -118,6 +118,12 @@ async def rotate_old_credentials(s: ServerState) -> None:
         await s.dispatcher.start_rotation(live[node_id])
 
 
+# What the document does not list one by one (tests/integration/test_error_bodies.py).
+METHODS = ("Every path answers HEAD wherever it answers GET: the same status and headers, "
+           "no body. OPTIONS is not served: like any method a path does not list, it is "
+           "405 with an `Allow` header naming every method the path has.")
+
+
 def build_app(settings: Settings) -> AgentFront:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,7 +138,8 @@ def build_app(settings: Settings) -> AgentFront:
         await s.store.close()
 
     app = FastAPI(title="tether", version=__version__, lifespan=lifespan,
-                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
+                  description=METHODS, openapi_url="/api/v1/openapi.json",
+                  docs_url="/api/v1/docs", redoc_url=None)
     errors.install(app)
     app.include_router(fleet.router)  # before routes: /nodes/search is not a node id
     app.include_router(router)
@@ -165,6 +172,11 @@ class AgentFront:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.proxies.proxies and scope["type"] in ("http", "websocket"):
             scope = self.proxies.rewrite(scope)
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            # HEAD is GET without the body (RFC 9110), wherever GET is: the routes see
+            # a GET, and uvicorn, whose own scope still says HEAD, sends no body bytes
+            # (its h11 protocol drops them; the headers, Content-Length included, stay).
+            scope = {**scope, "method": "GET"}
         if scope["type"] == "websocket" and scope["path"] == AGENT_WS_PATH:
             s: ServerState = self.app.state.tether
             await serve_agent(WebSocket(scope, receive, send), s.settings, s.store, s.registry,

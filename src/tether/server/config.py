@@ -35,6 +35,11 @@ DEFAULT_REGISTRATIONS_PER_ACTIVATION = 30
 # largest body (1 MiB) in 30 s needs 35 kB/s.
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
+# An answer the client has stopped taking: once bytes wait for it, it must take them
+# all within this, or the connection is dropped (a public wheel of several MB, never
+# read, held a descriptor indefinitely). A client on a slow link takes some every
+# few hundred milliseconds.
+DEFAULT_SEND_TIMEOUT = 30.0
 # Connections from one address (IPv6: one /64) still sending their request head. A
 # burst of reconnects from a site behind one NAT stays under it (the swarm benchmark
 # dials 128 at once from one address); a slow-header attacker holds at most this many.
@@ -81,6 +86,7 @@ class Settings:
     max_request_body: int = 1024 * 1024
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
     heads_per_address: int = DEFAULT_HEADS_PER_ADDRESS
     # Proxies (CIDR networks) whose X-Forwarded-For names the client; none by default,
     # loopback included (access/client_address.py).

@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import http
+import sys
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -38,7 +40,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tether.server.access.client_address import UNKNOWN
 from tether.server.access.throttle import AddressCount
-from tether.server.api.errors import error_body
+from tether.server.api.errors import code_for, error_body
 
 __all__ = ["HttpGuard", "HttpLimits", "Phase", "Watch", "guarded_h11"]
 
@@ -68,6 +70,7 @@ class HttpLimits:
     header_timeout: float
     body_timeout: float
     heads_per_address: int
+    send_timeout: float = 30.0
 
     def timeout(self, phase: Phase) -> float | None:
         return {Phase.HEAD: self.header_timeout, Phase.BODY: self.body_timeout}.get(phase)
@@ -121,11 +124,33 @@ class Watch:
         return self.deadline is not None and now >= self.deadline
 
 
+def raw_error(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 answer with an ErrorBody, closing the connection.
+
+    For the refusals made below the application (a deadline, bytes that are not
+    HTTP), where no ASGI response exists; the same body as every other error.
+    """
+    body = error_body(code_for(status), message)
+    reason = http.HTTPStatus(status).phrase.encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n"
+            % (status, reason, len(body))) + body
+
+
 def _timeout_response(phase: Phase, timeout: float) -> bytes:
     what = "request head" if phase is Phase.HEAD else "request body"
-    body = error_body("request_timeout", f"the {what} did not arrive within {timeout:g} s")
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body)) + body
+    return raw_error(408, f"the {what} did not arrive within {timeout:g} s")
+
+
+def malformed_response(error: BaseException | None) -> bytes:
+    """The answer to bytes h11 cannot parse (uvicorn's was a text/plain 400).
+
+    h11's own reason is not repeated (some quote the request); 431 when the head
+    grew past its limit, as h11 suggests, else 400.
+    """
+    if getattr(error, "error_status_hint", 400) == 431:
+        return raw_error(431, "the request head is too large")
+    return raw_error(400, "the request is not valid HTTP/1.1")
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -134,11 +159,19 @@ class GuardedH11Protocol(H11Protocol):
     guard: ClassVar[HttpGuard]
     _watch: Watch
     _timer: asyncio.TimerHandle | None
+    _stall: asyncio.TimerHandle | None
+    _buffer_limits: tuple[int, int]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._timer = None
+        self._stall = None
         self._watch = self.guard.watch(self.client[0] if self.client else UNKNOWN)
+        # Writing "pauses" as soon as the kernel takes less than was written, and
+        # resumes only once nothing waits: so pause_writing/resume_writing say exactly
+        # when this connection holds bytes its client has not taken (the stall deadline).
+        self._buffer_limits = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0)
         self._follow(Phase.HEAD)
 
     def data_received(self, data: bytes) -> None:
@@ -152,11 +185,53 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._follow(Phase.CLOSED)
+        self._unstall()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """Bytes h11 cannot parse: an ErrorBody instead of uvicorn's text/plain 400.
+
+        uvicorn calls this inside its ``except h11.RemoteProtocolError``, so the error
+        is the one being handled. ``cycle`` is the request before (the bad bytes
+        followed its answer) or this one's (they came in its body): while its answer
+        is under way, nothing more can be said, and the connection is just closed.
+        """
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started or cycle.response_complete:
+            self.transport.write(malformed_response(sys.exc_info()[1]))
+        if cycle is not None:
+            cycle.disconnected = True  # the application's answer, if any, goes nowhere
+        self.transport.close()
+
+    def pause_writing(self) -> None:
+        """The client has not taken all we wrote: it must, within ``send_timeout``."""
+        super().pause_writing()
+        if self._stall is None:
+            self._stall = self.loop.call_later(self.guard.limits.send_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        """A client that stopped reading: drop the connection and what it left unread.
+
+        ``close()`` would wait for the buffer to drain, indefinitely (asyncio closes a
+        transport only once its writes are out); ``abort()`` does not.
+        """
+        self._stall = None
+        self.transport.abort()
 
     def _observed(self) -> Phase:
         """Where h11 says the request is (after uvicorn handled the latest bytes)."""
         if self.transport.get_protocol() is not self:  # upgraded to a WebSocket
+            # Its own flow control from here on, with the usual buffer limits.
+            self.transport.set_write_buffer_limits(*reversed(self._buffer_limits))
             return Phase.HANDLING
         state = self.conn.their_state
         if state is h11.IDLE:

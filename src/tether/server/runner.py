@@ -40,7 +40,7 @@ def bind(host: str, port: int) -> socket.socket:
 def http_guard(settings: Settings) -> HttpGuard:
     proxies = parse_proxies(settings.trusted_proxies)
     return HttpGuard(HttpLimits(settings.header_timeout, settings.body_timeout,
-                                settings.heads_per_address),
+                                settings.heads_per_address, settings.send_timeout),
                      exempt=lambda host: is_trusted_proxy(host, proxies))
 
 

@@ -112,7 +112,7 @@ async def refuse_stream(conn: HTTPConnection, code: str, reason: str) -> None:
 
 
 @router.get("/audit", response_model=list[models.AuditRecord], responses=ERRORS)
-async def list_audit(s: State, who: Who, since: float | None = None,
+async def list_audit(s: State, who: Who, since: params.TimeQuery = None,
                      actor: params.AuditQuery = None, target: params.AuditQuery = None,
                      action: params.AuditQuery = None,
                      limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,

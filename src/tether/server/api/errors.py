@@ -3,10 +3,10 @@
 ``error`` is a stable name scripts can switch on; ``message`` is for people. Every
 refusal the server makes goes through ``error_body``: routes' ``ApiError``, request
 validation, Starlette's own 400/404/405, the body limit (limits.py), the HTTP head
-and body timeouts (http_guard.py) and, last, any exception nothing else caught
-(500, details in the server's log only). So no answer is ever text/plain or
-FastAPI's ``{"detail": ...}``, and none repeats more of the request than a short
-excerpt: a 422 once echoed a whole 1 MiB body back.
+and body timeouts and the bytes that are not HTTP at all (http_guard.py) and, last,
+any exception nothing else caught (500, details in the server's log only). So no
+answer is ever text/plain or FastAPI's ``{"detail": ...}``, and none repeats more of
+the request than a short excerpt: a 422 once echoed a whole 1 MiB body back.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # What an error message may quote of the request, and how long a message may be at
@@ -29,7 +30,8 @@ MAX_PROBLEMS = 5
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 408: "request_timeout", 413: "body_too_large",
                 415: "unsupported_media_type", 422: "invalid_request",
-                429: "too_many_requests", 500: "internal_error", 503: "unavailable"}
+                429: "too_many_requests", 431: "head_too_large", 500: "internal_error",
+                503: "unavailable"}
 
 
 class ApiError(Exception):
@@ -89,12 +91,39 @@ async def validation_error_handler(_request: Request, exc: Exception) -> Respons
     return error_response(422, code_for(422), validation_message(exc.errors()))
 
 
-async def http_error_handler(_request: Request, exc: Exception) -> Response:
+def allowed_methods(request: Request) -> str | None:
+    """The ``Allow`` of a 405: every method of the path the request's route serves.
+
+    FastAPI makes one route per method, and Starlette's 405 names only the first
+    route that matched the path (``Allow: POST`` on /activations, which has GET
+    too). Here the routes sharing the matched one's path are joined; HEAD comes with
+    GET (the front door answers it, app.py). None when no route matched (a mounted
+    app's own 405 keeps its own ``Allow``).
+    """
+    route = request.scope.get("route")
+    contexts = list(iter_route_contexts(request.app.routes))
+    path = next((c.path for c in contexts if c.original_route is route), None)
+    if path is None:
+        return None
+    methods = {m for c in contexts if c.path == path for m in (c.methods or ())}
+    if not methods:
+        return None
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals: no such route (404), wrong method (405), bad body (400)."""
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allow = allowed_methods(request)
+        if allow is not None:
+            headers["Allow"] = allow
     return error_response(exc.status_code, code_for(exc.status_code), excerpt(detail),
-                          exc.headers)
+                          headers or None)
 
 
 async def internal_error_handler(_request: Request, _exc: Exception) -> Response:
@@ -117,9 +146,11 @@ def install(app: FastAPI) -> None:
 
 
 # Every operation may meet these, whatever its own code does: a malformed request
-# (400), a path or method that is not there (404, 405), a body or query that does not
-# fit (422), a limit (429), and a fault (500). Bodies may also be too large (413).
-DOCUMENTED = (400, 404, 405, 422, 429, 500)
+# (400, from the route or, for bytes that are not HTTP, http_guard.py), a path or
+# method that is not there (404, 405), a head or body that came too slowly (408), a
+# body or query that does not fit (422), a limit (429), a request head too large
+# (431), and a fault (500). Bodies may also be too large (413).
+DOCUMENTED = (400, 404, 405, 408, 422, 429, 431, 500)
 
 
 def document(app: FastAPI) -> None:

@@ -8,13 +8,19 @@ answer is the 422 ``invalid_request`` ErrorBody of ``api/errors.py``, which neve
 echoes the value. The bounds are the columns' (or the identifiers' own length), so
 nothing that could be stored is refused.
 
+Numbers are bounded at both ends, and a float is finite: ``?since=nan`` and
+``?since=1e999`` were accepted (Python's float() takes them) and compared against
+every audit record. ``number`` makes the Query of every numeric parameter.
+
 Guard: ``tests/integration/test_params.py`` fails any string parameter of any route
-(WebSocket routes included) without a ``maxLength``, and any list without ``maxItems``.
+(WebSocket routes included) without a ``maxLength``, any list without ``maxItems``,
+any number without both a ``minimum`` and a ``maximum``, and any float a route takes
+without ``number``'s finiteness; and it sends NaN and infinities to each.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path, Query
 
@@ -39,3 +45,17 @@ TextQuery = Annotated[str | None, Query(max_length=TEXT)]
 AddressQuery = Annotated[str | None, Query(max_length=ADDRESS)]
 AuditQuery = Annotated[str | None, Query(max_length=AUDIT)]
 WordQuery = Annotated[str | None, Query(max_length=WORD)]
+
+# The largest integer a parameter may be (a version, an offset): a signed 64-bit
+# column's; and the latest time one may name (Unix seconds, the year 5138).
+MAX_INT = 2**63 - 1
+MAX_TIME = 1e11
+
+
+def number(ge: float, le: float) -> Any:
+    """The Query of a numeric parameter: both bounds, and finite (no NaN, no inf)."""
+    return Query(ge=ge, le=le, allow_inf_nan=False)
+
+
+TimeQuery = Annotated[float | None, number(0, MAX_TIME)]
+VersionQuery = Annotated[int | None, number(0, MAX_INT)]

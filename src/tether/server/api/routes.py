@@ -303,8 +303,8 @@ async def list_commands(s: State, who: Who,
 @router.get("/commands/{command_id}", response_model=models.CommandDetail, responses=ERRORS,
             tags=["commands"])
 async def show_command(command_id: params.IdPath, s: State, who: Who, request: Request,
-                       after: Annotated[int | None, Query(ge=0)] = None,
-                       wait: Annotated[float, Query(ge=0, le=60)] = 0,
+                       after: params.VersionQuery = None,
+                       wait: Annotated[float, params.number(0, 60)] = 0,
                        invocations: bool = True,
                        ) -> dict[str, Any]:
     """With ``after`` and ``wait``, answer once the command changed past version ``after``.

@@ -181,7 +181,8 @@ async def terminate_session(session_id: params.IdPath, s: State, who: Who, reque
 
 @router.websocket("/sessions/{session_id}/stream")
 async def session_stream(websocket: WebSocket, session_id: params.IdPath,
-                         offset: Annotated[int, Query(ge=0)] = 0) -> None:
+                         offset: Annotated[int, params.number(0, params.MAX_INT)] = 0,
+                         ) -> None:
     """One channel of the session. See docs/protocol.md, "Operator streams"."""
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
     await websocket.accept(subprotocol="tether" if "tether" in offered else None)
