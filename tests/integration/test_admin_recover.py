@@ -102,3 +102,61 @@ def test_a_recover_record_cut_off_the_end_is_caught_by_the_running_server(
     server.start()
     code, verdict = verify(server)
     assert (code, verdict["state"], verdict["seq"]) == (1, "tampered", seq + 1), verdict
+
+
+def operators_named(server: Server) -> list[str]:
+    listed = server.cli("operators", "list")
+    return [o["name"] for o in listed]
+
+
+def audit_count(server: Server) -> int:
+    with database(server) as run:
+        ((count,),) = run("SELECT count(*) FROM audit_log")
+    return int(count)
+
+
+def test_recover_refuses_a_name_with_a_final_newline(sqlite_server: Server) -> None:
+    """``re.match`` with ``$`` let ``admin\\n`` through: an enabled admin that looks
+    like ``admin`` in a listing, and that the API's own pattern would refuse."""
+    before = audit_count(sqlite_server)
+    for name in ("admin\n", "newadmin\n", "a\nb"):
+        result = recover(sqlite_server, "--operator", name)
+        assert result.returncode == 2 and "is not an operator name" in result.stderr, result
+    assert not [n for n in operators_named(sqlite_server) if "\n" in n]
+    assert audit_count(sqlite_server) == before
+
+
+def test_recover_checks_the_token_file_before_changing_anything(sqlite_server: Server) -> None:
+    """DATA/admin-token a directory: it crashed with a traceback after the record and
+    the token were in the database, and left a .part copy of the token behind."""
+    server = sqlite_server
+    token_file = server.data_dir / "admin-token"
+    saved = token_file.read_text()
+    tokens = len(server.cli("tokens", "list"))
+    before = audit_count(server)
+    token_file.unlink()
+    token_file.mkdir()
+    try:
+        result = recover(server)
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr
+        assert f"{token_file} is not a file" in result.stderr
+        assert "nothing was changed" in result.stderr
+        assert audit_count(server) == before
+        assert len(server.cli("tokens", "list")) == tokens
+        assert not list(server.data_dir.glob(".admin-token*"))
+        assert token_file.is_dir()
+    finally:
+        token_file.rmdir()
+        token_file.write_text(saved)
+
+
+def test_recover_with_a_database_it_cannot_reach_says_so_in_one_line(
+        sqlite_server: Server) -> None:
+    result = recover(sqlite_server,
+                     database_url="postgresql://nobody:s3cret-pw@127.0.0.1:1/tether")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("tether: cannot open the database: ") and "s3cret" not in line
+    assert "nothing was changed" in line

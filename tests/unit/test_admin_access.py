@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.server.admin_access import AdminAccess, recover_command
+from tether.server.admin_access import AdminAccess, recover_command, replace_secret_file
 from tether.server.config import Settings
 from tether.server.runner import _first_steps
 
@@ -59,3 +59,15 @@ def test_the_recover_hint_never_prints_a_database_url(tmp_path: Path) -> None:
     hint = recover_command(Settings.for_data_dir(tmp_path, secret))
     assert hint == f"tether admin recover --data-dir {tmp_path} --database-url URL"
     assert "hunter2" not in hint
+
+
+def test_a_token_file_that_cannot_be_replaced_leaves_no_copy_behind(tmp_path: Path) -> None:
+    """The new token is written beside the file first; if the rename fails (the file is
+    a directory), that copy of the secret goes too."""
+    (tmp_path / "admin-token").mkdir()
+    with pytest.raises(OSError):
+        replace_secret_file(tmp_path / "admin-token", "tth_secret")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-token"]
+    replace_secret_file(tmp_path / "token", "tth_secret")
+    assert (tmp_path / "token").read_text() == "tth_secret\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-token", "token"]

@@ -15,9 +15,11 @@ takes the second writer, PostgreSQL locks the operators' tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import re
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +70,7 @@ def _refusal(settings: Settings, operator: str) -> str | None:
     """Why this user cannot recover this server from here, or None."""
     from tether.server.api.models import OPERATOR_NAME
 
-    if re.match(OPERATOR_NAME, operator) is None:
+    if re.fullmatch(OPERATOR_NAME, operator) is None:  # match's $ lets a final \n through
         return f"{operator!r} is not an operator name (letters, digits, . _ @ -)"
     data = settings.data_dir
     if not data.is_dir():
@@ -80,6 +82,14 @@ def _refusal(settings: Settings, operator: str) -> str | None:
                 "a server that has started")
     if not os.access(settings.audit_key_file, os.R_OK):
         return f"cannot read {settings.audit_key_file}: run it as the server's user"
+    token_file = settings.admin_token_file
+    with contextlib.suppress(FileNotFoundError):
+        # Checked now, not found out after the record and the token are in the database.
+        # (A symlink is fine: the new file replaces the link, not what it points to.)
+        mode = token_file.lstat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            return (f"{token_file} is not a file (a directory?): move it away and run "
+                    "recover again; nothing was changed")
     if settings.database_url.startswith("sqlite"):
         db = Path(settings.database_url.split(":///", 1)[1])
         if not db.is_file():
@@ -120,6 +130,14 @@ class RecoverError(Exception):
     """Recovery refused or failed; the message says why."""
 
 
+def _first_line(exc: BaseException) -> str:
+    """A database error in one short line: the driver's own words (never the URL,
+    which may hold a password), not SQLAlchemy's traceback-sized text."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return (lines[0] if lines else type(cause).__name__)[:300]
+
+
 async def _append(store: Store, **record: Any) -> None:
     """Append to the audit log, again if the running server appended the same record
     number at the same moment (on SQLite the two processes' appends can meet: one
@@ -147,7 +165,13 @@ async def _recover(settings: Settings, name: str) -> dict[str, Any]:
         key = bytes.fromhex(settings.audit_key_file.read_text().strip())
     except ValueError:
         raise RecoverError(f"{settings.audit_key_file} does not hold an audit key") from None
-    store = await open_store(settings.database_url)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store = await open_store(settings.database_url)
+    except (SQLAlchemyError, OSError, ImportError) as exc:  # ImportError: mysql://, say
+        raise RecoverError(f"cannot open the database: {_first_line(exc)}; check "
+                           "--database-url (the server's own); nothing was changed") from None
     try:
         # With the anchor file: the record moves the anchor as the server's own do, so a
         # log cut back to before it no longer verifies (store/audit.py).
@@ -164,7 +188,32 @@ async def _recover(settings: Settings, name: str) -> dict[str, Any]:
                           target=name, source="local",
                           detail={"error": exc.code, "message": str(exc)})
             raise RecoverError(str(exc)) from None
-        replace_secret_file(settings.admin_token_file, token)
+        try:
+            replace_secret_file(settings.admin_token_file, token)
+        except OSError as exc:
+            raise RecoverError(await _unwritten(store, settings, done, actor, exc)) from None
         return done
     finally:
         await store.close()
+
+
+async def _unwritten(store: Store, settings: Settings, done: dict[str, Any], actor: str,
+                     exc: OSError) -> str:
+    """The token was minted but its file could not be written (the checks before came
+    true too late: the disk filled, the folder changed): revoke it, since no one will
+    ever see it, unless it is the only admin token (then it is harmless, its secret
+    lost), and record that. The message for the person running recover."""
+    from tether.server.store.operators import OperatorError
+
+    try:
+        await store.operators.revoke_token(done["token_id"])
+        revoked = True
+    except OperatorError:
+        revoked = False
+    await _append(store, actor=actor, action="admin recover", outcome="failed",
+                  target=done["operator"], source="local",
+                  detail={"error": "token_file", "message": str(exc)[:300],
+                          "token_id": done["token_id"], "revoked": revoked})
+    return (f"could not write {settings.admin_token_file} ({exc.strerror or exc}); the token "
+            f"{done['token_id']} was {'revoked' if revoked else 'never shown'}; fix that "
+            "and run recover again")

@@ -30,7 +30,8 @@ from tether.cli.output import json_line, out
 from tether.cli.stream import CHUNK, StreamClosed, control_of, open_stream, start_session
 from tether.partfile import PartFile, PartRefused
 
-REMOTE = re.compile(r"^(mi-[0-9a-f]{17}):(.+)$")
+# The path as typed, a final newline included (match with $ dropped it: another file).
+REMOTE = re.compile(r"(mi-[0-9a-f]{17}):(.+)", re.DOTALL)
 # Errors after which trying again cannot help: the device said no.
 RETRYABLE = ("link was lost", "is not connected", "could not reach", "connection to the tether",
              "did not open the channel in time")
@@ -49,7 +50,7 @@ def _digest(path: Path) -> str:
 
 
 def run(client: Client, args: argparse.Namespace) -> int:
-    src, dst = REMOTE.match(args.source), REMOTE.match(args.destination)
+    src, dst = REMOTE.fullmatch(args.source), REMOTE.fullmatch(args.destination)
     if bool(src) == bool(dst):
         raise ValueError("one of SOURCE and DESTINATION is NODE:PATH (mi-...:/path), the "
                          "other a local path")

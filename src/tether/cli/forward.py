@@ -30,12 +30,12 @@ from tether.cli.stream import (
     start_session,
 )
 
-SPEC = re.compile(r"^(\d{1,5}):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+SPEC = re.compile(r"(\d{1,5}):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
 
 
 def parse_spec(spec: str) -> tuple[int, str, int]:
     """``LOCAL_PORT:HOST:PORT`` (HOST may be ``[v6]``); LOCAL_PORT 0 picks a free port."""
-    m = SPEC.match(spec)
+    m = SPEC.fullmatch(spec)
     if not m:
         raise ValueError(f"forward spec is LOCAL_PORT:HOST:PORT (e.g. 8080:localhost:80), "
                          f"not {spec!r}")

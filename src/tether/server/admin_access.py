@@ -34,8 +34,13 @@ def replace_secret_file(path: Path, secret: str) -> None:
     part = path.with_name(f".{path.name}.{os.getpid()}.part")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(part)
-    write_secret_file(part, secret)
-    os.replace(part, path)
+    try:
+        write_secret_file(part, secret)
+        os.replace(part, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(part)  # no stray copy of the secret left behind
+        raise
 
 
 def recover_command(settings: Settings) -> str:
