@@ -1,9 +1,10 @@
 """Slow HTTP clients are cut off, and one address cannot hold many heads (issue 12 #9).
 
 Real server, real sockets: a client sending one header line a second (slowloris), a
-body a byte a second, a kept-alive connection dripping its next request, and a
+body a byte a second, a kept-alive connection dripping its next request, a
 hundred slow connections from one loopback address (127.0.0.2) while another
-(127.0.0.1) calls ``whoami``.
+(127.0.0.1) calls ``whoami``, and clients that ask for a large public answer and
+never read it (a slow read).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 from harness import Agent, Server
 
-HEADER_TIMEOUT, BODY_TIMEOUT, HEADS = 3.0, 3.0, 8
+HEADER_TIMEOUT, BODY_TIMEOUT, HEADS, SEND_TIMEOUT = 3.0, 3.0, 8, 2.0
 ATTACKER = "127.0.0.2"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -31,7 +32,8 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("http-limits") / "data", extra=[
         "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
-        "--heads-per-address", str(HEADS), "--trusted-proxy", "127.0.0.3"]).start()
+        "--heads-per-address", str(HEADS), "--send-timeout", str(SEND_TIMEOUT),
+        "--trusted-proxy", "127.0.0.3"]).start()
     yield srv
     srv.stop()
 
@@ -192,3 +194,56 @@ def test_agents_still_connect_through_the_guarded_head(server: Server, tmp_path:
         assert server.node(agent.node_id)["ping_status"] == "Online"
     finally:
         agent.stop()
+
+
+# A slow read (R1's note): a complete, unauthenticated request for a large public answer
+# (the OpenAPI document, 80 kB; an agent wheel is larger), asked 40 times on one
+# connection and never read. The server's writes wait on the client; before the send
+# deadline, they waited for ever, each such connection holding a descriptor.
+OPENAPI = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: t\r\n\r\n"
+READER = "127.0.0.4"
+
+
+def small_window(server: Server) -> socket.socket:
+    """A connection whose receive buffer is 4 kB, so the kernel cannot take the answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.bind((READER, 0))
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def test_an_answer_never_read_is_dropped_after_the_send_timeout(server: Server) -> None:
+    before = open_fds(server)
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(small_window(server)) for _ in range(5)]
+        for sock in socks:
+            sock.sendall(OPENAPI * 40)
+        start = time.monotonic()
+        while open_fds(server) < before + len(socks):  # accepted, answering, stuck
+            assert time.monotonic() - start < SEND_TIMEOUT, "never held"
+            time.sleep(0.05)  # polling interval of a deadline-bound poll
+        while open_fds(server) > before:
+            assert time.monotonic() - start < SEND_TIMEOUT + 5, open_fds(server) - before
+            time.sleep(0.1)  # polling interval of a deadline-bound poll
+        took = time.monotonic() - start
+        for sock in socks:  # what the kernel held is there, then the end: far from 40
+            got = read_answer(sock)
+            assert got.startswith(b"HTTP/1.1 200 ") and got.count(b"HTTP/1.1 200 ") < 40
+    assert took >= SEND_TIMEOUT - 0.5, took
+
+
+def test_a_slow_reader_that_keeps_reading_gets_every_answer(server: Server) -> None:
+    """The deadline is on a stall, not on the whole answer: three documents at about
+    80 kB/s take longer than the send timeout, and all arrive."""
+    with small_window(server) as sock:
+        sock.sendall(OPENAPI * 3 + b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: t\r\n"
+                     b"Connection: close\r\n\r\n")
+        start, data = time.monotonic(), b""
+        while chunk := sock.recv(8192):
+            data += chunk
+            time.sleep(0.1)  # the client's pace, not a synchronisation
+        took = time.monotonic() - start
+    assert data.count(b"HTTP/1.1 200 ") == 4 and data.endswith(b"}"), data[-200:]
+    assert took > SEND_TIMEOUT, took

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
+import h11
 import pytest
 
-from tether.server.http_guard import TRANSITIONS, HttpGuard, HttpLimits, Phase, Watch
+from tether.server.http_guard import (
+    TRANSITIONS,
+    HttpGuard,
+    HttpLimits,
+    Phase,
+    Watch,
+    malformed_response,
+    raw_error,
+)
 
 LIMITS = HttpLimits(header_timeout=10.0, body_timeout=30.0, heads_per_address=2)
 
@@ -89,3 +100,33 @@ def test_illegal_transitions_fail_loudly(start: Phase) -> None:
 def test_closed_is_final_and_every_phase_can_close() -> None:
     assert TRANSITIONS[Phase.CLOSED] == frozenset()
     assert all(Phase.CLOSED in TRANSITIONS[p] for p in Phase if p is not Phase.CLOSED)
+
+
+def parse(answer: bytes) -> tuple[int, dict[str, str], dict[str, str]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert int(headers["content-length"]) == len(body)
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def test_an_answer_below_the_application_is_an_error_body_that_closes() -> None:
+    status, headers, body = parse(raw_error(408, "too slow"))
+    assert (status, headers["content-type"], headers["connection"]) == (
+        408, "application/json", "close")
+    assert body == {"error": "request_timeout", "message": "too slow"}
+
+
+@pytest.mark.parametrize(("error", "status", "code"), [
+    (h11.RemoteProtocolError("illegal request line: b'\\x1b[2J'"), 400, "bad_request"),
+    (h11.RemoteProtocolError("Receive buffer too long", error_status_hint=431), 431,
+     "head_too_large"),
+    (h11.RemoteProtocolError("Transfer-Encoding: gzip", error_status_hint=501), 400,
+     "bad_request"),
+    (None, 400, "bad_request"),
+])
+def test_bytes_that_are_not_http_are_answered_without_h11s_words(
+        error: h11.RemoteProtocolError | None, status: int, code: str) -> None:
+    answer = malformed_response(error)
+    assert parse(answer)[0] == status and parse(answer)[2]["error"] == code
+    assert b"illegal" not in answer and b"gzip" not in answer  # h11 may quote the request
