@@ -5,8 +5,8 @@ get past authentication and reach the route's own code): no answer may be a
 5xx, and every answer must match what the document says about it. The
 operations are walked in one test (schemathesis's pytest plugin does not load
 on this pytest), each failure kept with its operation and reproduction. A second
-test runs the schemathesis command line with its fuzzing and stateful phases and
-every check (negative data, wrong methods, missing auth among them).
+test runs the schemathesis command line with its coverage, fuzzing and stateful
+phases and every check (negative data, wrong methods, missing auth among them).
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ def test_every_route_answers_within_its_document(fuzzed_server: Server) -> None:
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
 
 
-# The schemathesis command line, as the review ran it: generated requests per
-# operation (fuzzing), then sequences that feed one answer's ids into the next call
-# (stateful), every check it has. About 40 s on the CI machine.
+# The schemathesis command line, as the review ran it: each operation's edges (coverage:
+# every method a path lacks, OPTIONS among them, boundary values, the longest lists),
+# generated requests per operation (fuzzing), then sequences that feed one answer's ids
+# into the next call (stateful), every check it has. About 40 s on the CI machine.
 CLI_EXAMPLES = 10
 CONFIG = """\
 [parameters]
@@ -76,13 +77,13 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 """
 
 
-def test_schemathesis_fuzzing_and_stateful_with_every_check(fuzzed_server: Server,
-                                                           tmp_path: Path) -> None:
+def test_schemathesis_coverage_fuzzing_and_stateful_with_every_check(
+        fuzzed_server: Server, tmp_path: Path) -> None:
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
     argv = [str(Path(sys.executable).with_name("schemathesis")),
             "--config-file", str(tmp_path / "schemathesis.toml"), "--no-color", "run",
             fuzzed_server.url + "/api/v1/openapi.json",
-            "--phases", "fuzzing,stateful", "--checks", "all",
+            "--phases", "coverage,fuzzing,stateful", "--checks", "all",
             "--max-examples", str(CLI_EXAMPLES), "--seed", "12",
             "--generation-database", "none", "--workers", "2", "--request-timeout", "30",
             "--output-truncate", "true",
@@ -91,4 +92,4 @@ def test_schemathesis_fuzzing_and_stateful_with_every_check(fuzzed_server: Serve
                             env=clean_env())
     report = result.stdout.split("=== WARNINGS ===")[0]  # the failures, before the advice
     assert result.returncode == 0, report[-20_000:] + result.stderr[-5000:]
-    assert "Stateful" in result.stdout and "Fuzzing" in result.stdout
+    assert all(phase in result.stdout for phase in ("Coverage", "Fuzzing", "Stateful"))
