@@ -332,3 +332,51 @@ def test_heavy_valid_messages_are_paced_by_bytes_not_closed(server: Server,
     assert max(calls) < 2.0, calls  # the CLI's own start-up dominates
     stored = server.node(hostile.node_id)["inventory"]  # each was stored, in order
     assert stored["computer_name"] == "heavy-4" and len(stored["interfaces"]) == 64
+
+
+def test_reconnecting_gets_no_fresh_byte_budget(server: Server, tmp_path: Path) -> None:
+    """An agent dialing again after each heavy inventory is paced as if it had stayed on
+    one link: it got a fresh burst with each connection (142 inventories of 1.2 MB in
+    17 s, 87 MiB/s against 1 MiB/s: issue 12 #12, red team H2). While its node is in
+    debt, another connection is refused with 4008 before anything is written for it."""
+    hostile = Agent(server, tmp_path / "redial").register()
+    # Each inside the burst, so only a budget kept across links paces them at all.
+    frames = [inventory_frame(f"redial-{i}", interfaces=60, addresses=32) for i in range(6)]
+    cost = max(len(f) for f in frames) * BYTE_WEIGHT["inventory"]
+    total = sum(len(f) for f in frames) * BYTE_WEIGHT["inventory"]
+    assert cost < BYTE_BURST and total > BYTE_BURST + 2 * BYTE_RATE
+
+    @contextlib.contextmanager
+    def link() -> Iterator[ClientConnection]:
+        """A link of the hostile node (protocol 1: a ping is answered, once read)."""
+        with connect(ws_url(server), compression=None, max_size=None) as ws:
+            ws.send(hello_from(hostile, protocol=1))
+            ws.recv(timeout=30)  # welcome
+            yield ws
+
+    def pong(ws: ClientConnection) -> None:
+        ws.send(encode(Ping()))
+        while not isinstance(decode(ws.recv(timeout=30), SERVER_MESSAGES), Pong):
+            pass
+
+    start = time.monotonic()
+    for frame in frames:
+        with link() as ws:
+            ws.send(frame)
+            pong(ws)  # the frame was read: hang up, and dial again
+    paced = time.monotonic() - start
+    floor = (total - BYTE_BURST) / BYTE_RATE
+    assert paced >= floor * 0.9, (paced, floor)
+    assert server.node(hostile.node_id)["inventory"]["computer_name"] == "redial-5"
+
+    with link() as ws:  # deep in debt: two inventories of 2 MB weighed, after a marker
+        ws.send(inventory_frame("marker"))
+        for i in range(2):
+            ws.send(inventory_frame(f"heavy-{i}", interfaces=64, addresses=64))
+        server.wait_node(hostile.node_id, lambda n: n["inventory"]["computer_name"] == "marker")
+        with connect(ws_url(server), compression=None) as again:
+            again.send(hello_from(hostile))
+            assert close_code(again) == CloseCode.RATE_LIMITED
+            assert "dial again later" in (again.close_reason or ""), again.close_reason
+        pong(ws)  # the first link was left alone, and is read at the byte rate
+    assert server.node(hostile.node_id)["inventory"]["computer_name"] == "heavy-1"

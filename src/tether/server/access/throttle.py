@@ -115,11 +115,19 @@ class TokenBucket:
     frames), so only a runaway or hostile peer ever meets it.
     """
 
+    # One per node, kept across its connections (gateway/registry.py): slots keep
+    # each one to a few dozen bytes.
+    __slots__ = ("burst", "last", "rate", "tokens")
+
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
         self.burst = burst
         self.tokens = burst
         self.last = now
+
+    def full(self, now: float) -> bool:
+        """Refilled to the burst by ``now``: no different from a new bucket."""
+        return self.tokens + (now - self.last) * self.rate >= self.burst
 
     def take(self, now: float) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
@@ -141,11 +149,17 @@ class BytePacer:
     ``rate`` 0 turns pacing off.
     """
 
+    __slots__ = ("burst", "last", "rate", "tokens")
+
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
         self.burst = burst
         self.tokens = burst
         self.last = now
+
+    def full(self, now: float) -> bool:
+        """Refilled to the burst by ``now`` (or off): no different from a new pacer."""
+        return self.rate <= 0 or self.tokens + (now - self.last) * self.rate >= self.burst
 
     def charge(self, cost: float, now: float) -> float:
         """Take ``cost`` bytes; the seconds to wait before reading more (0: none)."""

@@ -34,7 +34,7 @@ from tether.protocol.versions import check_version
 from tether.server.access.throttle import BytePacer, TokenBucket
 from tether.server.config import Settings
 from tether.server.dispatch.dispatcher import Dispatcher
-from tether.server.gateway.registry import AgentConnection, Registry
+from tether.server.gateway.registry import AgentBudget, AgentConnection, Registry
 from tether.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,10 @@ def _count(bucket: TokenBucket, conn: AgentConnection, settings: Settings) -> No
 # benchmarks.md, "Heavy agent messages"), far more per byte than an output slice, which
 # is copied once. Unlisted types cost 1.
 BYTE_WEIGHT: dict[str, int] = {Inventory.TYPE: 8}
+# What a connection costs its node's byte budget: a link's presence written twice and
+# its deliverable invocations queried, about what 64 KiB of inventory costs. So past
+# the burst a node connects at most rate / cost times a second (16 at the defaults).
+CONNECT_COST = 64 * 1024
 
 
 async def _pace(pacer: BytePacer, frame: str | bytes, message: Message,
@@ -111,6 +115,35 @@ async def _pace(pacer: BytePacer, frame: str | bytes, message: Message,
         conn.received()
 
 
+def _new_budget(settings: Settings) -> AgentBudget:
+    now = time.monotonic()
+    return AgentBudget(TokenBucket(settings.agent_message_rate, settings.agent_message_burst,
+                                   now),
+                       BytePacer(settings.agent_byte_rate, settings.agent_byte_burst, now))
+
+
+def _admit(hello: Hello, registry: Registry, settings: Settings) -> AgentBudget:
+    """The node's budget, charged for this connection; refused (4008) while in debt.
+
+    Refused, not paced: holding the connection would hold a handshake slot of its
+    address, and a refusal costs no more than a wrong credential does (one lookup,
+    no write). It is not charged, so the agent's next dial after its backoff finds
+    the debt paid.
+    """
+    budget = registry.budget(hello.node_id, lambda: _new_budget(settings))
+    now = time.monotonic()
+    wait = budget.bytes.charge(0, now)  # the debt left, in seconds
+    if wait <= 0:
+        budget.bytes.charge(CONNECT_COST, now)
+    else:
+        registry.keep_budget(hello.node_id, budget, now)
+        # The same words every time: a refusal repeated is counted, not recorded anew.
+        raise Refused(CloseCode.RATE_LIMITED, "this node sent more than its "
+                      f"{settings.agent_byte_rate:,.0f} bytes a second; dial again later",
+                      hello.node_id)
+    return budget
+
+
 def _welcome(hello: Hello, settings: Settings) -> Welcome:
     return Welcome(protocol=hello.protocol, server_version=__version__,
                    keepalive_interval=settings.keepalive_interval,
@@ -128,6 +161,7 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         return
     try:
         hello = await _handshake(ws, store, settings.hello_timeout)
+        budget = None if hello.probe else _admit(hello, registry, settings)
     except ProtocolError as exc:
         log.info("agent from %s refused: %s", peer, exc)
         if isinstance(exc, Refused):
@@ -143,14 +177,13 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
             await ws.send_text(encode(_welcome(hello, settings)))
             await ws.close(CloseCode.NORMAL, "probe answered")
         return
-    conn = AgentConnection(hello.node_id, peer, ws, hello.protocol)
+    assert budget is not None
+    conn = AgentConnection(hello.node_id, peer, ws, hello.protocol, budget)
     old = registry.add(conn)
     if old is not None:
         old.close(CloseCode.REPLACED, "replaced by a newer connection from the same node")
     conn.send(_welcome(hello, settings))
-    bucket = TokenBucket(settings.agent_message_rate, settings.agent_message_burst,
-                         time.monotonic())
-    pacer = BytePacer(settings.agent_byte_rate, settings.agent_byte_burst, time.monotonic())
+    bucket, pacer = budget.messages, budget.bytes
     try:
         await dispatcher.node_connected(conn)
         while not conn.closing:
@@ -186,6 +219,7 @@ async def serve_agent(ws: WebSocket, settings: Settings, store: Store, registry:
         conn.close(1011, "internal server error")
     finally:
         conn.close_channels("the node's link was lost")
+        registry.keep_budget(conn.node_id, budget, time.monotonic())
         if registry.remove(conn):
             await dispatcher.node_disconnected(conn)
         conn.close(CloseCode.NORMAL, "")
