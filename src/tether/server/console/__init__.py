@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from importlib import resources
 
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -44,10 +43,6 @@ class Console:
                 message = {**message, "headers": [*message.get("headers", []), *HEADERS]}
             await send(message)
 
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
-            # StaticFiles' own 405 has no Allow (RFC 9110 wants one); the ErrorBody
-            # comes from api/errors.py like every other.
-            raise HTTPException(405, headers={"Allow": "GET, HEAD"})
         await self.files(scope, receive, with_headers)
 
 
