@@ -309,3 +309,24 @@ def test_bytes_that_are_not_http_get_an_error_body(sqlite_server: Server, data: 
     code = {400: "bad_request", 431: "head_too_large"}[expected]
     assert_error_body(status, headers.get("content-type", ""), body, expected, code)
     assert headers["connection"] == "close" and int(headers["content-length"]) == len(body)
+
+
+UPGRADE = (b"GET /api/v1/agent/ws HTTP/1.1\r\n" + HOST
+           + b"Upgrade: websocket\r\nConnection: Upgrade\r\n")
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (UPGRADE + b"Sec-WebSocket-Version: 13\r\n\r\n", 400),
+    (UPGRADE + b"Sec-WebSocket-Key: \x1b[2Jzz\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
+    (UPGRADE + KEY + b"Sec-WebSocket-Version: 99\r\n\r\n", 400),
+    (UPGRADE + KEY + b"Sec-WebSocket-Version: 13\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+     431),
+], ids=["no-key", "escape-in-key", "other-version", "header-too-long"])
+def test_a_refused_websocket_handshake_is_an_error_body(sqlite_server: Server, data: bytes,
+                                                        expected: int) -> None:
+    """websockets refused these in text/plain, quoting the header it disliked."""
+    status, headers, body = raw_exchange(sqlite_server, data)
+    code = {400: "bad_request", 431: "head_too_large"}[expected]
+    assert_error_body(status, headers.get("content-type", ""), body, expected, code)
+    assert b"\x1b" not in body and b"zz" not in body

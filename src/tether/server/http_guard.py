@@ -37,12 +37,15 @@ from typing import ClassVar
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 from tether.server.access.client_address import UNKNOWN
 from tether.server.access.throttle import AddressCount
 from tether.server.api.errors import code_for, error_body
 
-__all__ = ["HttpGuard", "HttpLimits", "Phase", "Watch", "guarded_h11"]
+__all__ = ["ErrorBodyWebSocketProtocol", "HttpGuard", "HttpLimits", "Phase", "Watch",
+           "guarded_h11"]
 
 
 class Phase(enum.Enum):
@@ -170,8 +173,10 @@ class GuardedH11Protocol(H11Protocol):
         # Writing "pauses" as soon as the kernel takes less than was written, and
         # resumes only once nothing waits: so pause_writing/resume_writing say exactly
         # when this connection holds bytes its client has not taken (the stall deadline).
+        # (A plain transport pauses above ``high``, a TLS one from ``high`` on: 0 and 1,
+        # or TLS would start paused, and nothing would ever resume it.)
         self._buffer_limits = transport.get_write_buffer_limits()
-        transport.set_write_buffer_limits(high=0)
+        transport.set_write_buffer_limits(high=1 if self.scheme == "https" else 0, low=0)
         self._follow(Phase.HEAD)
 
     def data_received(self, data: bytes) -> None:
@@ -273,3 +278,39 @@ def guarded_h11(guard: HttpGuard) -> type[H11Protocol]:
 
     Guarded.guard = guard
     return Guarded
+
+
+class ErrorBodyWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, whose refused handshakes are ErrorBodies too.
+
+    websockets refuses a bad upgrade (no or a malformed ``Sec-WebSocket-Key``, another
+    version) in text/plain, quoting the header it disliked; the status and the headers
+    it needs (``Upgrade``, ``Sec-WebSocket-Version`` on a 426) stay, the words go.
+    """
+
+    def handle_connect(self, event: Request) -> None:
+        response = self.conn.accept(event)  # deciding only: nothing is sent yet
+        if response.status_code == 101:
+            super().handle_connect(event)
+            return
+        self.request, self.response = event, response
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        status = int(response.status_code)
+        response.body = error_body(code_for(status), "the WebSocket handshake was refused "
+                                   f"({status} {response.reason_phrase})")
+        for name, value in (("Content-Type", "application/json"),
+                            ("Content-Length", str(len(response.body)))):
+            del response.headers[name]
+            response.headers[name] = value
+        self.conn.send_response(response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
+
+    def handle_handshake_exception(self) -> None:
+        """A handshake request websockets could not parse: 400, or its 414/431."""
+        self.handshake_complete = self.close_sent = True
+        queued = b"".join(self.conn.data_to_send())
+        status = int(queued.split()[1]) if queued.startswith(b"HTTP/1.1 4") else 400
+        status = status if status in (414, 431) else 400
+        self.transport.write(raw_error(status, "the WebSocket handshake is not valid HTTP/1.1"))
+        self.transport.close()

@@ -20,7 +20,12 @@ from tether.server.access.client_address import is_trusted_proxy, parse_proxies
 from tether.server.admin_access import AdminAccess
 from tether.server.app import build_app
 from tether.server.config import Settings
-from tether.server.http_guard import HttpGuard, HttpLimits, guarded_h11
+from tether.server.http_guard import (
+    ErrorBodyWebSocketProtocol,
+    HttpGuard,
+    HttpLimits,
+    guarded_h11,
+)
 
 # An output frame carries at most 64 KiB of output; JSON escaping can grow it.
 WS_MAX_FRAME = 2 * 1024 * 1024
@@ -94,12 +99,13 @@ def serve(settings: Settings, log_level: str = "info") -> None:
     # h11 rather than httptools: httptools accepts headers of any size (a 1 MB header was
     # taken whole); h11 stops at MAX_HEADER_BYTES. The cost is in docs/benchmarks.md.
     # Our h11 protocol adds the head and body deadlines and the per-address cap
-    # (http_guard.py). Proxy headers are ours too (access/client_address.py): uvicorn's
+    # (http_guard.py), where the WebSocket protocol's refused handshakes become
+    # ErrorBodies too. Proxy headers are ours too (access/client_address.py): uvicorn's
     # would trust X-Forwarded-For from loopback.
     front = build_app(settings)
     config = uvicorn.Config(front, http=guarded_h11(http_guard(settings)), proxy_headers=False,
                             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-                            ws="websockets-sansio", ws_max_size=WS_MAX_FRAME,
+                            ws=ErrorBodyWebSocketProtocol, ws_max_size=WS_MAX_FRAME,
                             ws_ping_interval=None, ws_per_message_deflate=False,
                             log_level=log_level, log_config=None, access_log=False,
                             lifespan="on",

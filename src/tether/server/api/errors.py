@@ -29,7 +29,8 @@ MAX_MESSAGE = 2000
 MAX_PROBLEMS = 5
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 408: "request_timeout", 413: "body_too_large",
-                415: "unsupported_media_type", 422: "invalid_request",
+                414: "uri_too_long", 415: "unsupported_media_type", 422: "invalid_request",
+                426: "upgrade_required",
                 429: "too_many_requests", 431: "head_too_large", 500: "internal_error",
                 503: "unavailable"}
 
