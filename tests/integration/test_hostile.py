@@ -300,6 +300,49 @@ def test_over_long_agent_strings_and_numbers_never_break_the_link_or_an_invocati
     assert "internal server error" not in log and "Traceback" not in log
 
 
+def test_nul_and_impossible_sizes_end_the_same_on_both_databases(
+        any_server: Server, tmp_path: Path) -> None:
+    """U+0000 in descriptive text is stored as U+FFFD on SQLite and PostgreSQL alike
+    (SQLite kept it; PostgreSQL refused the row: the inventory dropped, the result
+    "could not store" without its exit code, a traceback each); in an address it is
+    refused (4000). A result claiming more output than the cap allows ends Failed at
+    once (it stayed InProgress, unacknowledged, waiting for bytes that could never come:
+    issue 12 #11, red team H8)."""
+    server = any_server
+    hostile = Agent(server, tmp_path / "nul").register()
+    node = hostile.node_id
+    with connect(ws_url(server), compression=None) as ws:
+        ws.send(hello_from(hostile))
+        ws.recv(timeout=30)  # welcome
+        ws.send(inventory_frame("a\x00b", os_name="x\x00"))
+        cmd = server.cli("run", "--no-wait", "--target", node, "--", "true")
+        inv = next_command(ws)
+        ws.send(encode(Accepted(inv.invocation_id)))
+        ws.send(encode(Result(inv.invocation_id, "Failed", 0, 0, exit_code=3,
+                              reason="a\x00b")))
+        await_ack(ws, inv.invocation_id)
+        got = server.cli("commands", "show", cmd["command_id"])["invocations"][0]
+        assert (got["status"], got["exit_code"], got["reason"]) == ("Failed", 3, "a\ufffdb")
+        stored = server.node(node)["inventory"]
+        assert (stored["computer_name"], stored["os_name"]) == ("a\ufffdb", "x\ufffd")
+
+        cmd = server.cli("run", "--no-wait", "--target", node, "--", "true")
+        inv = next_command(ws)
+        ws.send(encode(Accepted(inv.invocation_id)))
+        ws.send(encode(Result(inv.invocation_id, "Success", 2**63 - 1, 0, exit_code=0)))
+        await_ack(ws, inv.invocation_id)
+        got = server.cli("commands", "show", cmd["command_id"])["invocations"][0]
+        assert got["status"] == "Failed" and got["stdout_size"] == 0, got
+        assert f"reported {2**63 - 1} bytes of stdout" in got["reason"], got
+        assert "output cap" in got["reason"], got
+
+        ws.send(inventory_frame(primary_address="10.0.0.1\x00"))
+        assert close_code(ws) == CloseCode.MALFORMED
+        assert "U+0000" in (ws.close_reason or "")
+    log = "\n".join(server.output.lines) if server.output else ""
+    assert "Traceback" not in log and "could not store" not in log
+
+
 def test_heavy_valid_messages_are_paced_by_bytes_not_closed(server: Server,
                                                              tmp_path: Path) -> None:
     """Inventories at every cap, each ~130 kB (counted 8 times): past the byte burst

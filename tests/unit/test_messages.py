@@ -51,6 +51,7 @@ from tether.protocol.limits import (
     INT32,
     MODE,
     OUTPUT_CAP,
+    REPLACEMENT,
     SECONDS,
     TRUNCATED_MARK,
     Flag,
@@ -85,7 +86,9 @@ GARBAGE_CODES = {CloseCode.MALFORMED, CloseCode.UNKNOWN_TYPE}
 node_ids = st.text("0123456789abcdef", min_size=17, max_size=17).map(lambda h: "mi-" + h)
 # Within the smallest bound of a string (tether.protocol.limits); the bounds
 # themselves are tested field by field below.
-texts = st.text(max_size=40)  # no lone surrogates: see the module docstring
+# No lone surrogates (see the module docstring) and no U+0000: a valid message holds
+# only what a text column can (see test_every_text_field_holds_only_what_a_column_can).
+texts = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
 opt_texts = st.none() | texts
 ints = st.integers(int(INT32.lo), int(INT32.hi))
 positive_floats = st.floats(min_value=0.0, exclude_min=True, max_value=SECONDS.hi,
@@ -93,9 +96,10 @@ positive_floats = st.floats(min_value=0.0, exclude_min=True, max_value=SECONDS.h
 non_negative = st.integers(min_value=0, max_value=2**63 - 1)
 
 addresses = st.builds(Address, address=texts, prefixlen=st.integers(0, 128),
-                      family=st.sampled_from(["inet", "inet6"]) | st.text(max_size=16),
+                      family=st.sampled_from(["inet", "inet6"]) | texts.map(lambda t: t[:16]),
                       peer=opt_texts)
-interfaces = st.builds(Interface, name=texts, flags=st.lists(texts, max_size=5),
+interfaces = st.builds(Interface, name=texts,
+                       flags=st.lists(texts.map(lambda t: t[:32]), max_size=5),
                        addresses=st.lists(addresses, max_size=4))
 
 channels = st.integers(1, 2**32 - 1)
@@ -755,3 +759,62 @@ def test_an_inventory_past_its_caps_keeps_its_first_interfaces_and_addresses() -
     assert isinstance(iface_cap, Items) and isinstance(addr_cap, Items)
     assert [i.name for i in inv.interfaces] == [f"veth{i}" for i in range(iface_cap.max_items)]
     assert all(len(i.addresses) == addr_cap.max_items for i in inv.interfaces)
+
+
+# --- characters a text column cannot hold (issue 12 #11, red team H8) ----------------
+
+TEXTS = [(owner, field) for owner, field in BOUNDED
+         if isinstance(FIELD_LIMITS[owner][field], Text)]
+# The payloads that are bytes, not text for a column: output kept as blobs, the script
+# and its directory handed to a file and the kernel. A new one is a decision made here.
+RAW = {("Output", "data"), ("Command", "script"), ("Command", "workdir")}
+
+
+def test_only_the_byte_payloads_keep_nul() -> None:
+    raw = set()
+    for owner, field in TEXTS:
+        limit = FIELD_LIMITS[owner][field]
+        assert isinstance(limit, Text)
+        if limit.raw:
+            raw.add((owner, field))
+            assert limit.over is Over.REFUSE, (owner, field)  # a payload is never cut
+    assert raw == RAW
+
+
+@pytest.mark.parametrize(("owner", "field"), TEXTS, ids=[f"{o}.{f}" for o, f in TEXTS])
+@settings(max_examples=5, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_text_field_holds_only_what_a_column_can(owner: str, field: str,
+                                                        data: st.DataObject) -> None:
+    """U+0000 (PostgreSQL's text refuses it, SQLite keeps it) and a lone surrogate (no
+    UTF-8 at all) are refused where a long value is refused and replaced by U+FFFD where
+    a long value is cut; only the raw payloads keep U+0000."""
+    limit = FIELD_LIMITS[owner][field]
+    assert isinstance(limit, Text)
+    for bad in ("\x00", "\ud800", "\udfff"):
+        frame, read = _frame_with(owner, field, f"a{bad}b", data.draw)
+        if owner == "Output" and field != "encoding":  # "a\x00b" is no base64 either
+            frame = json.dumps(dict(json.loads(frame), encoding="utf-8"))
+        if limit.raw and bad == "\x00":
+            assert read(decode(frame, ALL_MESSAGES)) == "a\x00b"
+        elif limit.over is Over.REFUSE or limit.raw:
+            assert "U+0000 or a lone surrogate" in _malformed(frame).reason or (
+                field in ("node_id", "status", "stream", "encoding"))  # refused anyway
+        else:
+            assert read(decode(frame, ALL_MESSAGES)) == f"a{REPLACEMENT}b"
+    if limit.over is Over.TRUNCATE:  # cut first, then replaced: still within the bound
+        frame, read = _frame_with(owner, field, "\x00" * (limit.max_chars + 1), data.draw)
+        kept = read(decode(frame, ALL_MESSAGES))
+        assert len(kept) == limit.max_chars and kept.endswith(TRUNCATED_MARK)
+        assert "\x00" not in kept
+
+
+def test_regression_nul_in_agent_strings_stored_differently_by_each_database() -> None:
+    """Red team H8: ``computer_name "a\\x00b"`` was stored with the NUL by SQLite and
+    refused by PostgreSQL (the inventory dropped, a traceback each); a reason with one
+    made the result "could not store", losing its exit code."""
+    inv = decode(json.dumps(dict(INVENTORY, computer_name="a\x00b")), ALL_MESSAGES)
+    assert isinstance(inv, Inventory) and inv.computer_name == f"a{REPLACEMENT}b"
+    res = decode(json.dumps(dict(RESULT, reason="a\x00b")), ALL_MESSAGES)
+    assert isinstance(res, Result) and res.reason == f"a{REPLACEMENT}b"
+    _malformed(json.dumps(dict(INVENTORY, primary_address="10.0.0.1\x00")))

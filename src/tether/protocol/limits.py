@@ -21,6 +21,18 @@ Over its limit a field is either
   included, and is shown with its first ones.
 
 String lengths count characters (code points), as ``VARCHAR(n)`` does.
+
+Characters no text column can hold: U+0000 (PostgreSQL's ``text`` refuses it,
+SQLite keeps it, so the two databases would differ) and a lone surrogate (it
+has no UTF-8, so neither database nor the next peer could take it). In a
+field refused past its length they are refused too; in a field cut past its
+length each becomes U+FFFD (``REPLACEMENT``), so a device whose hostname or
+error message carries one still connects and both databases store the same
+string. Only a field marked ``raw`` keeps U+0000: the payloads that are
+bytes, not text to a column (output slices, kept as blobs; the script and
+its working directory, which go to a file and the kernel), and even there a
+lone surrogate is refused, as it could never be sent on.
+
 docs/protocol.md ("Limits") is kept true to this table.
 """
 
@@ -28,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from typing import Union
 
@@ -36,6 +49,7 @@ __all__ = [
     "FLAG",
     "INT32",
     "REASON",
+    "REPLACEMENT",
     "TRUNCATED_MARK",
     "Flag",
     "Items",
@@ -43,10 +57,15 @@ __all__ = [
     "Over",
     "Span",
     "Text",
+    "storable_text",
     "truncate_text",
+    "unstorable",
 ]
 
 TRUNCATED_MARK = " [truncated]"
+REPLACEMENT = "\ufffd"
+# U+0000 and the surrogates: what a text column cannot hold (see the docstring).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class Over(enum.Enum):
@@ -60,6 +79,7 @@ class Text:
 
     max_chars: int
     over: Over = Over.REFUSE
+    raw: bool = False  # bytes, not text for a column: U+0000 is kept
 
     def __post_init__(self) -> None:
         if self.over is Over.TRUNCATE and self.max_chars <= len(TRUNCATED_MARK):
@@ -123,8 +143,8 @@ STREAM = Text(16)                           # and one of STREAMS (messages.py)
 KIND = Text(32)
 # Output slices carry at most 64 KiB of raw output: as text, at most 64 Ki
 # characters; as base64, 4/3 of that.
-OUTPUT_DATA = Text(96 * 1024)
-SCRIPT = Text(256 * 1024)                   # the API's MAX_SCRIPT
+OUTPUT_DATA = Text(96 * 1024, raw=True)
+SCRIPT = Text(256 * 1024, raw=True)         # the API's MAX_SCRIPT
 OUTPUT_CAP = Span(0, 1024**3)               # the API's largest output_cap
 
 # The inventory: at most 64 interfaces of at most 32 addresses each (2,048 in
@@ -150,8 +170,10 @@ FIELD_LIMITS: Mapping[str, Mapping[str, Limit]] = {
                       primary_address=ADDRESS),
     "Ping": {},
     "Pong": {},
+    # workdir: raw, so a server that stored one with U+0000 (SQLite did) cannot make
+    # the agent refuse the command on every connection; the agent fails it instead.
     "Command": dict(invocation_id=ID, command_id=ID, script=SCRIPT, timeout=SECONDS,
-                    output_cap=OUTPUT_CAP, workdir=PATH),
+                    output_cap=OUTPUT_CAP, workdir=Text(PATH.max_chars, raw=True)),
     "Accepted": dict(invocation_id=ID),
     "Output": dict(invocation_id=ID, stream=STREAM, offset=SIZE, data=OUTPUT_DATA,
                    encoding=Text(16)),
@@ -178,3 +200,23 @@ def truncate_text(value: str, limit: Text) -> str:
     if len(value) <= limit.max_chars:
         return value
     return value[:limit.max_chars - len(TRUNCATED_MARK)] + TRUNCATED_MARK
+
+
+def unstorable(value: str, raw: bool = False) -> bool:
+    """Whether ``value`` holds a character a text column cannot (``raw``: a surrogate)."""
+    if value.isascii():  # the common case, one pass in C
+        return not raw and "\x00" in value
+    if raw:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    return _UNSTORABLE.search(value) is not None
+
+
+def storable_text(value: str) -> str:
+    """``value`` with each character a text column cannot hold replaced by U+FFFD."""
+    if value.isascii() and "\x00" not in value:
+        return value
+    return _UNSTORABLE.sub(REPLACEMENT, value)

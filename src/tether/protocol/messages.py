@@ -29,7 +29,9 @@ from tether.protocol.limits import (
     Over,
     Span,
     Text,
+    storable_text,
     truncate_text,
+    unstorable,
 )
 
 STREAMS = ("stdout", "stderr")
@@ -493,10 +495,10 @@ def _check(value: Any, tp: Any, where: str, limit: Limit) -> Any:
                 if limit.over is Over.REFUSE:
                     raise ValueError(f"{where} is longer than {limit.max_chars} characters")
                 value = truncate_text(value, limit)
-            try:  # a lone surrogate (from a \ud800 escape) could never be sent on again
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"{where} is not valid Unicode") from None
+            if unstorable(value, limit.raw):  # U+0000, a lone surrogate: see limits.py
+                if limit.over is Over.REFUSE or limit.raw:
+                    raise ValueError(f"{where} holds U+0000 or a lone surrogate")
+                value = storable_text(value)
     else:  # pragma: no cover - a new annotation without a checker is a bug here
         raise TypeError(f"no checker for {tp!r}")
     if not ok:

@@ -15,6 +15,7 @@ from typing import Any
 
 from tether.protocol.errors import CloseCode, ProtocolError
 from tether.protocol.ids import new_uuid
+from tether.protocol.limits import REASON, truncate_text
 from tether.protocol.messages import (
     Accepted,
     Cancel,
@@ -210,12 +211,29 @@ class Dispatcher:
                               message.offset, data)
 
     async def _result(self, conn: AgentConnection, message: Result) -> None:
-        command_id = (await self._owned(conn, message.invocation_id)).command_id
+        owner = await self._owned(conn, message.invocation_id)
+        command_id = owner.command_id
         keys = {s: output_key(command_id, conn.node_id, s) for s in ("stdout", "stderr")}
         have = {s: self.outputs.size(key) for s, key in keys.items()}
         size = {"stdout": message.stdout_size, "stderr": message.stderr_size}
         truncated = {"stdout": message.stdout_truncated, "stderr": message.stderr_truncated}
-        if message.output_evicted:
+        status, exit_code, reason = message.status, message.exit_code, message.reason
+        beyond = [s for s in size if size[s] > owner.output_cap]
+        if beyond:
+            # Output past the cap is refused (_output), so these bytes can never arrive:
+            # waiting for them left the invocation InProgress until its expiry. It ends
+            # now, Failed, with what did arrive.
+            stream = beyond[0]
+            status, exit_code = InvocationStatus.FAILED.value, None
+            reason = truncate_text(
+                f"the node reported {size[stream]} bytes of {stream}, more than the "
+                f"{owner.output_cap}-byte output cap; it reported {message.status}, exit "
+                f"code {message.exit_code}", REASON)
+            log.warning("result for %s: %s", message.invocation_id, reason)
+            for s in size:
+                truncated[s] = truncated[s] or have[s] < size[s]
+                size[s] = min(size[s], have[s])
+        elif message.output_evicted:
             # The device lost part of the output; keep what did arrive, say it is cut.
             for s in size:
                 truncated[s] = truncated[s] or have[s] < size[s]
@@ -226,10 +244,10 @@ class Dispatcher:
             return
         inline = self._inline(keys, size)
         await self.writer.write("results", dict(
-            b_inv=message.invocation_id, b_status=message.status, b_ended_at=time.time(),
-            b_exit_code=message.exit_code, b_stdout_size=size["stdout"],
+            b_inv=message.invocation_id, b_status=status, b_ended_at=time.time(),
+            b_exit_code=exit_code, b_stdout_size=size["stdout"],
             b_stderr_size=size["stderr"], b_stdout_truncated=truncated["stdout"],
-            b_stderr_truncated=truncated["stderr"], b_reason=message.reason,
+            b_stderr_truncated=truncated["stderr"], b_reason=reason,
             b_stdout_inline=inline["stdout"], b_stderr_inline=inline["stderr"]))
         # Stored (or already terminal, then dropped): either way the agent may forget it.
         conn.send(ResultAck(message.invocation_id))

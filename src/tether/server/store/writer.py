@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from tether.protocol.limits import REASON, truncate_text
 from tether.server.store.store import Store
 
@@ -129,10 +131,16 @@ class GroupWriter:
                 started = time.monotonic()
                 try:
                     await self.store.apply(batch)
-                except Exception:
+                except Exception as exc:
                     # One bad row must not fail its neighbours: write them one by one.
-                    log.exception("group write of %d rows failed; writing them singly",
-                                  len(batch))
+                    # The database's refusal in one line: a value it cannot hold is an
+                    # agent's doing, and one traceback per message would flood the log.
+                    if isinstance(exc, DBAPIError):
+                        log.error("group write of %d rows failed (%s); writing them singly",
+                                  len(batch), refusal(exc))
+                    else:
+                        log.exception("group write of %d rows failed; writing them singly",
+                                      len(batch))
                     await self._write_singly(taken)
                     continue
                 took = time.monotonic() - started
