@@ -154,6 +154,11 @@ def build_app(settings: Settings) -> AgentFront:
     return AgentFront(app, settings)
 
 
+def _holds_nul(scope: Scope) -> bool:
+    """Whether the decoded path or the query (``%00``) carries U+0000."""
+    return "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+
+
 class AgentFront:
     """ASGI front door: the agents' WebSocket goes straight to its handler.
 
@@ -172,6 +177,16 @@ class AgentFront:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.proxies.proxies and scope["type"] in ("http", "websocket"):
             scope = self.proxies.rewrite(scope)
+        if scope["type"] in ("http", "websocket") and _holds_nul(scope):
+            # No parameter takes U+0000 and PostgreSQL's text refuses it (a 500 once):
+            # refused here, once, for every route and stream.
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            refusal = errors.error_response(400, "invalid_request", "the request's path or "
+                                            "query holds U+0000, which no parameter takes")
+            await refusal(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["method"] == "HEAD":
             # HEAD is GET without the body (RFC 9110), wherever GET is: the routes see
             # a GET, and uvicorn, whose own scope still says HEAD, sends no body bytes

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from tether.protocol.limits import unstorable
 from tether.server.access.policy import ACTIONS
 from tether.server.api.errors import excerpt
 from tether.server.config import (
@@ -31,28 +32,26 @@ Resource = Annotated[str, StringConstraints(
 MAX_SCRIPT = 256 * 1024
 
 
-def lone_surrogate_at(value: object, path: str = "") -> str | None:
-    """Where in decoded JSON a string holds a lone surrogate (``"\\ud800"``), or None.
+def unstorable_at(value: object, path: str = "") -> str | None:
+    """Where in decoded JSON a string holds what no text column stores, or None.
 
-    JSON may escape one; Python decodes it into a string that no UTF-8 encoder takes,
-    so it would fail later, in the database or in the answer, as a 500.
+    JSON may escape a lone surrogate (``"\\ud800"``), which no UTF-8 encoder takes,
+    or U+0000, which PostgreSQL's text refuses: either failed later, in the database
+    or in the answer, as a 500. What counts is ``protocol.limits.unstorable``, the rule
+    agents' messages follow too.
     """
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "body"
-        return None
+        return (path or "body") if unstorable(value) else None
     if isinstance(value, dict):
         for key, item in value.items():
             name = str(key).encode("utf-8", "backslashreplace").decode()  # printable, always
             where = f"{path}.{name}" if path else name
-            found = lone_surrogate_at(key, where) or lone_surrogate_at(item, where)
+            found = unstorable_at(key, where) or unstorable_at(item, where)
             if found:
                 return found
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            found = lone_surrogate_at(item, f"{path}[{i}]")
+            found = unstorable_at(item, f"{path}[{i}]")
             if found:
                 return found
     return None
@@ -62,19 +61,20 @@ class RequestBody(BaseModel):
     """The base of every request body (and every model inside one).
 
     Numbers must be finite (JSON from Python's decoder may carry NaN, Infinity, or
-    1e999, which is infinity) and text valid Unicode. One base, not a check per
-    field: a structural test (tests/integration/test_error_bodies.py) fails for a
-    route whose body model does not derive from it.
+    1e999, which is infinity) and text storable (valid Unicode, no U+0000). One base,
+    not a check per field: a structural test (tests/integration/test_error_bodies.py)
+    fails for a route whose body model does not derive from it.
     """
 
     model_config = ConfigDict(allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        where = lone_surrogate_at(data)
+    def _storable_text(cls, data: Any) -> Any:
+        where = unstorable_at(data)
         if where is not None:
-            raise ValueError(f"{excerpt(where, 100)} is not valid Unicode (a lone surrogate)")
+            raise ValueError(f"{excerpt(where, 100)} holds U+0000 or a lone surrogate, "
+                             "which no text column stores")
         return data
 
 
