@@ -168,6 +168,9 @@ class Browser:
         page.goto(f"{url}/")
         page.wait_for_selector("#token")
         seen["signin_url"] = page.url
+        # Signed out, no nav bar and no "Sign out" (header's display: flex overrode hidden).
+        expect(page.locator("header#top")).to_be_hidden()
+        seen["signed_out_header"] = page.get_by_role("button", name="Sign out").is_visible()
         self.shot("signin")
         page.fill("#token", token)
         page.get_by_role("button", name="Sign in").click()
@@ -348,6 +351,13 @@ def sign_in_only(url: str, token: str, shots: Path) -> dict[str, Any]:
         b.page.reload()
         b.page.wait_for_selector("#search")
         seen["operator_after_reload"] = b.page.locator("#operator").inner_text()
+        # A disabled button looks disabled: "Previous" on the first page beside "Sign out".
+        seen["buttons"] = b.page.evaluate("""() => Object.fromEntries(
+            [["disabled", "#main button[disabled]"], ["enabled", "#signout"]].map(([k, sel]) => {
+              const el = document.querySelector(sel), st = getComputedStyle(el);
+              return [k, {text: el.innerText, opacity: st.opacity, cursor: st.cursor,
+                          color: st.color}];
+            }))""")
     return b.result(seen)
 
 
@@ -672,6 +682,11 @@ def test_header_names_the_signed_in_operator(console: Console, tmp_path: Path) -
     operator = console.operator()
     assert result["seen"]["operator_shown"] == operator, result["seen"]
     assert result["seen"]["operator_after_reload"] == operator, result["seen"]
+    assert result["seen"]["signed_out_header"] is False, result["seen"]
+    disabled, enabled = result["seen"]["buttons"]["disabled"], result["seen"]["buttons"]["enabled"]
+    assert disabled["text"] == "Previous" and enabled["text"] == "Sign out", result["seen"]
+    assert float(disabled["opacity"]) < 0.6 <= float(enabled["opacity"]), result["seen"]
+    assert disabled["cursor"] == "not-allowed" != enabled["cursor"], result["seen"]
 
 
 if __name__ == "__main__":
