@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tether.protocol.invocation import command_for
 from tether.server.config import Settings
 from tether.server.runner import _first_steps
 from tether.server.tls import TlsFiles
@@ -19,12 +20,37 @@ def register_line(banner: str) -> str:
     return line
 
 
+def test_a_command_is_named_bare_only_when_path_finds_this_installation(tmp_path: Path) -> None:
+    """``./scripts/serve`` installs into .venv, off PATH: a bare name answered
+    "command not found". Relative to the current folder when under it, else absolute."""
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "tether-agent").write_text("#!/bin/sh\n")
+    (venv_bin / "tether-agent").chmod(0o755)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "tether-agent").write_text("#!/bin/sh\n")
+    (other / "tether-agent").chmod(0o755)
+    assert command_for("tether-agent", venv_bin, tmp_path, path="") == ".venv/bin/tether-agent"
+    assert command_for("tether-agent", venv_bin, tmp_path, path=str(other)) \
+        == ".venv/bin/tether-agent"  # PATH finds another installation's: not this one
+    assert command_for("tether-agent", venv_bin, other, path="") \
+        == str(venv_bin / "tether-agent")
+    assert command_for("tether-agent", venv_bin, tmp_path, path=str(venv_bin)) == "tether-agent"
+    (tmp_path / "tether-agent").write_text("#!/bin/sh\n")
+    assert command_for("tether-agent", tmp_path, tmp_path, path="") == "./tether-agent"
+    assert command_for("tether", venv_bin, tmp_path, path="") == "tether"  # not installed
+
+
 def test_loopback_server_registers_a_local_agent_and_says_how_to_reach_others(
         tmp_path: Path) -> None:
     settings = Settings.for_data_dir(tmp_path, host="127.0.0.1")
     banner = _first_steps(settings, "http://127.0.0.1:8720")
-    assert register_line(banner) == ("tether-agent register --server http://127.0.0.1:8720 "
+    agent, state = command_for("tether-agent"), f"--state-dir {tmp_path / 'agent'}"
+    assert register_line(banner) == (f"{agent} register --server http://127.0.0.1:8720 {state} "
                                      "--activation-id ID --activation-code CODE")
+    assert f"{agent} run {state}" in banner.splitlines()[-1]
+    assert f"{command_for('tether')} activation create" in banner
     assert "--tls auto" in banner
     assert f"TETHER_TOKEN=$(cat {settings.admin_token_file})" in banner
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional, TextIO
@@ -31,6 +32,7 @@ from tether.agent.state import (
     save_ca,
     save_identity,
 )
+from tether.protocol.invocation import command_for
 from tether.protocol.netaddr import plain_http_off_machine
 from tether.protocol.terminal import log_to_stderr, visible
 
@@ -159,10 +161,28 @@ def _register(args: argparse.Namespace) -> int:
         with contextlib.suppress(FileNotFoundError):
             (args.state_dir / CA_FILE).unlink()
     save_identity(args.state_dir, identity)
-    _say(f"registered as {identity.node_id}")
+    _say(f"registered as {identity.node_id} with {identity.server_url}")
     if existing is not None:
         _say(f"replaced {existing.node_id}; its credential no longer works")
+    for line in _next_steps(args.state_dir, identity.node_id):
+        _say(line)
     return 0
+
+
+def _next_steps(state_dir: Path, node_id: str) -> list[str]:
+    """What to type after ``register``: the exact ``run`` line, with the same state directory.
+
+    A bare "registered as mi-..." left a first user guessing the next command, and a
+    ``run`` without the ``--state-dir`` given to ``register`` looks in
+    /var/lib/tether-agent and answers "not registered".
+    """
+    run = f"{command_for('tether-agent')} run"
+    if state_dir != DEFAULT_STATE_DIR:
+        run += f" --state-dir {shlex.quote(str(state_dir))}"
+    return ["next, start the agent (it stays in the foreground; Ctrl-C stops it):",
+            f"  {run}",
+            f"then, on the operator's side, 'tether nodes list' shows {node_id} Online and "
+            f"'tether run --target {node_id} -- uptime' runs a command on it"]
 
 
 def _run(args: argparse.Namespace) -> int:

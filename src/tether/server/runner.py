@@ -7,6 +7,7 @@ a free port) and lets us print the real address once it is listening.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -14,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from tether.protocol.invocation import command_for
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
 from tether.protocol.terminal import log_to_stderr
 from tether.server.access.client_address import is_trusted_proxy, parse_proxies
@@ -71,22 +73,27 @@ def _first_steps(settings: Settings, url: str, access: AdminAccess | None = None
         url = f"{scheme}://SERVER:{rest.rsplit(':', 1)[1]}"
     register = ("tether-agent register --server {url}{extra} "
                 "--activation-id ID --activation-code CODE")
+    tether, agent = command_for("tether"), command_for("tether-agent")
+    state = f"--state-dir {shlex.quote(str(settings.data_dir / 'agent'))}"  # no root needed
     operator = f"export TETHER_SERVER={url} TETHER_TOKEN={token}"
     device: list[str]
     if settings.tls is not None and settings.tls.ca is not None:
         operator += f" TETHER_CA={settings.tls.ca}"
         device = [f"# on the device, with a copy of {settings.tls.ca} (compare its fingerprint):",
-                  register.format(url=url, extra=" --ca ca.pem")]
+                  register.format(url=url, extra=" --ca ca.pem"), "tether-agent run"]
     elif settings.tls is not None or not is_loopback_host(settings.host):
         extra = "" if settings.tls is not None else " --insecure"
-        device = ["# on the device:", register.format(url=url, extra=extra)]
+        device = ["# on the device:", register.format(url=url, extra=extra), "tether-agent run"]
     else:
         device = ["# on this machine (for devices elsewhere, serve TLS: --host 0.0.0.0 "
-                  "--tls auto --tls-name NAME):", register.format(url=url, extra="")]
+                  "--tls auto --tls-name NAME):",
+                  f"{agent} register --server {url} {state} "
+                  "--activation-id ID --activation-code CODE",
+                  f"{agent} run {state}"]
     lines = [f"Web console: {url}/ (sign in with {sign_in})",
              "To register a first device:", operator,
-             "tether activation create            # prints an activation id and code",
-             *device, "tether-agent run"]
+             f"{tether} activation create            # prints an activation id and code",
+             *device]
     if wildcard:
         lines.append("# SERVER: this machine's name or address as devices reach it"
                      + (" (one the certificate names: --tls-name)" if settings.tls else ""))
