@@ -344,7 +344,10 @@ def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
 
 
 def sign_in_only(url: str, token: str, shots: Path) -> dict[str, Any]:
-    """Sign in, and what the header then shows (also after a reload of the page)."""
+    """Sign in, and what the header then shows (also after a reload of the page); how a
+    disabled button looks; the run page's default timeouts."""
+    from playwright.sync_api import expect
+
     seen: dict[str, Any] = {}
     with Browser(shots) as b:
         b.sign_in(url, token, seen)
@@ -358,6 +361,15 @@ def sign_in_only(url: str, token: str, shots: Path) -> dict[str, Any]:
               return [k, {text: el.innerText, opacity: st.opacity, cursor: st.cursor,
                           color: st.color}];
             }))""")
+        # The run page's timeouts are the server's defaults (the CLI's too), not its own.
+        b.page.goto(f"{url}/console/#/run")
+        for field in ("#timeout", "#delivery"):
+            expect(b.page.locator(field)).not_to_have_value("")
+        seen["run_defaults"] = [b.page.locator(f).input_value() for f in ("#timeout", "#delivery")]
+        seen["served_defaults"] = b.page.evaluate("""async () => {
+            const doc = await (await fetch("/api/v1/openapi.json")).json();
+            const p = doc.components.schemas.CommandRequest.properties;
+            return [p.timeout.default, p.delivery_timeout.default]; }""")
     return b.result(seen)
 
 
@@ -687,6 +699,10 @@ def test_header_names_the_signed_in_operator(console: Console, tmp_path: Path) -
     assert disabled["text"] == "Previous" and enabled["text"] == "Sign out", result["seen"]
     assert float(disabled["opacity"]) < 0.6 <= float(enabled["opacity"]), result["seen"]
     assert disabled["cursor"] == "not-allowed" != enabled["cursor"], result["seen"]
+    # One default: the server's (config.py), which the CLI's "1h" matches, not 600 s.
+    served = result["seen"]["served_defaults"]
+    assert served == [3600, 3600], served
+    assert [float(v) for v in result["seen"]["run_defaults"]] == served, result["seen"]
 
 
 if __name__ == "__main__":

@@ -6,14 +6,34 @@ function targetsOf(text) {
   return text.split(/[\s,]+/).map((t) => t.trim()).filter(Boolean);
 }
 
+// A field of seconds as a body member, or nothing (the server's default) when empty.
+function seconds(name, input) {
+  return input.value === "" ? {} : { [name]: Number(input.value) };
+}
+
+// The defaults of POST /commands, as the server states them in its OpenAPI document,
+// so the console, the CLI and the API have one default each (config.py's), not three.
+let defaults = null;
+export async function serverDefaults() {
+  if (!defaults) {
+    defaults = get("/openapi.json").then((doc) => {
+      const p = doc.components.schemas.CommandRequest.properties;
+      return { timeout: p.timeout.default, delivery_timeout: p.delivery_timeout.default };
+    }).catch(() => { defaults = null; return {}; });
+  }
+  return defaults;
+}
+
 export function render(main, _m, params) {
   const targets = h("textarea", { id: "targets", rows: 3, "aria-label": "Targets" },
     params.getAll("target").join("\n"));
   const preview = h("div", { id: "preview", class: "muted" });
   const script = h("textarea", { id: "script", rows: 10, class: "mono", "aria-label": "Script",
     placeholder: "#!/bin/sh is implied: uptime; ip -brief address" });
-  const timeout = h("input", { type: "number", id: "timeout", value: 600, min: 1 });
-  const delivery = h("input", { type: "number", id: "delivery", value: 3600, min: 1 });
+  // Both start as the server's defaults (the ones POST /commands and the CLI use), read
+  // from its OpenAPI document; left empty, the server's default applies all the same.
+  const timeout = h("input", { type: "number", id: "timeout", min: 1, placeholder: "the server's default" });
+  const delivery = h("input", { type: "number", id: "delivery", min: 1, placeholder: "the server's default" });
   const comment = h("input", { type: "text", id: "comment", size: 50 });
   const problem = h("div");
   let typing = null;
@@ -39,7 +59,7 @@ export function render(main, _m, params) {
     try {
       const cmd = await post("/commands?invocations=false", {
         targets: targetsOf(targets.value), script: script.value,
-        timeout: Number(timeout.value), delivery_timeout: Number(delivery.value),
+        ...seconds("timeout", timeout), ...seconds("delivery_timeout", delivery),
         comment: comment.value || null });
       location.hash = `#/commands/${cmd.command_id}`;
     } catch (err) {
@@ -55,5 +75,9 @@ export function render(main, _m, params) {
     "(a few nodes at a time) is not available yet."),
   problem, h("button", { class: "primary", type: "submit" }, "Run")));
   showPreview();
+  serverDefaults().then((d) => {
+    if (!timeout.value && d.timeout) timeout.value = d.timeout;
+    if (!delivery.value && d.delivery_timeout) delivery.value = d.delivery_timeout;
+  });
   return () => clearTimeout(typing);
 }
