@@ -148,12 +148,24 @@ def commands_show(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_node(c: Client, command_id: str) -> str:
+    """The node a command ran on, when it ran on one: ``commands output ID`` needs no more."""
+    nodes: list[str] = [i["node_id"] for i in c.get(f"/commands/{command_id}")["invocations"]]
+    if len(nodes) != 1:
+        raise ValueError(f"command {command_id} ran on {len(nodes)} nodes: name one, as in "
+                         f"'tether commands output {command_id} {nodes[0] if nodes else 'NODE'}'")
+    return nodes[0]
+
+
 def commands_output(c: Client, args: argparse.Namespace) -> int:
+    """Both streams to where they belong, or the one ``--stream`` names to standard
+    output (the place ``> file`` and ``| grep`` read)."""
+    node = args.node_id or _one_node(c, args.command_id)
     streams = [args.stream] if args.stream else ["stdout", "stderr"]
     for stream in streams:
-        data = c.request("GET", f"/commands/{args.command_id}/invocations/{args.node_id}/"
+        data = c.request("GET", f"/commands/{args.command_id}/invocations/{node}/"
                          f"{stream}", raw=True)
-        device_output(data, err=stream == "stderr", raw=args.raw)
+        device_output(data, err=stream == "stderr" and not args.stream, raw=args.raw)
     return 0
 
 

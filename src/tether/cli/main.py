@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tether.server.tls import TlsFiles
 from tether.cli import access, admin, commands, fleet, sessions
 from tether.cli.client import ApiFailure, Client, load_login, save_login
-from tether.cli.output import fail, out
+from tether.cli.output import closed_pipe, fail, out
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
 from tether.server.config import (
     DEFAULT_AGENT_BYTE_BURST,
@@ -295,8 +295,10 @@ def _parser() -> argparse.ArgumentParser:
     cs.set_defaults(handler=commands.commands_show)
     co = cmds.add_parser("output", help="a node's whole output")
     co.add_argument("command_id")
-    co.add_argument("node_id")
-    co.add_argument("--stream", choices=["stdout", "stderr"])
+    co.add_argument("node_id", nargs="?", help="the node (needed only when the command "
+                    "ran on more than one)")
+    co.add_argument("--stream", choices=["stdout", "stderr"], help="only this stream, "
+                    "written to standard output (so '> file' captures it)")
     co.add_argument("--raw", action="store_true", help="write the output's bytes to a "
                     "terminal as they are, escape sequences included (default: shown, not "
                     "obeyed; a pipe or a file always gets the exact bytes)")
@@ -393,6 +395,13 @@ def _login(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # every command's output, read by '| head' and closed
+        return closed_pipe()
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.area == "server":
         return _serve(args)
@@ -415,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     except ApiFailure as exc:
         fail(f"{exc} ({exc.code})" if exc.code not in ("unreachable",) else str(exc))
         return EXIT_API
+    except BrokenPipeError:
+        raise
     except (ValueError, OSError) as exc:
         fail(str(exc))
         return 2

@@ -21,6 +21,8 @@ override. The ways out:
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -89,8 +91,26 @@ def device_output(data: bytes, *, err: bool = False, raw: bool = False) -> None:
     stream.flush()
     if not raw and stream.isatty():
         data = visible_output(data)
-    stream.buffer.write(data)
+    # A large write can be short (a pipe whose reader went away takes part of it, and
+    # only the next write fails): write until all of it went, or it raises.
+    rest = memoryview(data)
+    while rest:
+        rest = rest[stream.buffer.write(rest):]
     stream.flush()
+
+
+def closed_pipe() -> int:
+    """The reader of our output went away (``tether ... | head``): stop quietly.
+
+    Every command ends here on a BrokenPipeError (``main`` catches it once), so none
+    prints ``[Errno 32] Broken pipe``. Standard output is pointed at /dev/null first:
+    the interpreter's last flush at exit would otherwise fail again and print
+    "Exception ignored". The exit status is that of a process killed by SIGPIPE.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def recording(text: str) -> None:

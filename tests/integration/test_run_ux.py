@@ -1,0 +1,93 @@
+"""``tether run`` and ``tether commands`` in daily use (issue 13): the CLI through its real
+entry point (``python -m tether.cli``) against a real server and real agents.
+
+Most of this is the CLI's own behaviour, so one SQLite server serves the module; the
+server-side part (``--online-only`` resolves targets in SQL) runs on both backends.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import PYTHON, Agent, Server
+
+
+@pytest.fixture
+def node(sqlite_server: Server, tmp_path: Path) -> Iterator[Agent]:
+    """One Online agent on the module's SQLite server."""
+    agent = Agent(sqlite_server, tmp_path / "agent").register().start().connected()
+    yield agent
+    agent.stop()
+
+
+def cid_of(result: subprocess.CompletedProcess[str]) -> str:
+    found = re.search(r"command (\S+) on \d+ node\(s\)", result.stderr)
+    assert found, result.stderr
+    return found.group(1)
+
+
+def tether(server: Server, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The CLI as a shell runs it, its streams as bytes."""
+    return subprocess.run([PYTHON, "-m", "tether.cli", *args], capture_output=True,
+                          env=server.env(), timeout=60)
+
+
+# -- item: commands output ---------------------------------------------------------------
+
+def test_output_needs_no_node_when_the_command_ran_on_one(sqlite_server: Server,
+                                                          node: Agent) -> None:
+    ran = sqlite_server.cli_raw("run", "--target", node.node_id, "--",
+                                "echo to-out; echo to-err >&2")
+    assert ran.returncode == 0, ran.stderr
+    cid = cid_of(ran)
+
+    both = tether(sqlite_server, "commands", "output", cid)
+    assert both.returncode == 0, both.stderr
+    assert (both.stdout, both.stderr) == (b"to-out\n", b"to-err\n")
+
+    # --stream stderr goes to standard output, where '> err.txt' takes it.
+    err = tether(sqlite_server, "commands", "output", cid, "--stream", "stderr")
+    assert (err.returncode, err.stdout, err.stderr) == (0, b"to-err\n", b"")
+    named = tether(sqlite_server, "commands", "output", cid, node.node_id, "--stream",
+                   "stdout")
+    assert (named.returncode, named.stdout) == (0, b"to-out\n")
+
+
+def test_output_of_a_command_on_several_nodes_asks_for_one(sqlite_server: Server,
+                                                           node: Agent, tmp_path: Path) -> None:
+    other = Agent(sqlite_server, tmp_path / "other").register().start().connected()
+    try:
+        ran = sqlite_server.cli_raw("run", "--target", node.node_id, "--target",
+                                    other.node_id, "--", "true")
+        assert ran.returncode == 0, ran.stderr
+        cid = cid_of(ran)
+        asked = tether(sqlite_server, "commands", "output", cid)
+        assert asked.returncode == 2
+        assert b"ran on 2 nodes: name one" in asked.stderr, asked.stderr
+        assert asked.stdout == b""
+    finally:
+        other.stop()
+
+
+def test_a_closed_pipe_ends_quietly(sqlite_server: Server, node: Agent) -> None:
+    """``tether ... | head``: the reader goes, the CLI stops without a word."""
+    ran = sqlite_server.cli_raw("run", "--target", node.node_id, "--",
+                                "head -c 3000000 /dev/zero | tr '\\000' a")
+    assert ran.returncode == 0, ran.stderr[-500:]
+    cid = cid_of(ran)
+    # 3 MB cannot all wait in the pipe: the writes after the close fail.
+    proc = subprocess.Popen([PYTHON, "-m", "tether.cli", "commands", "output", cid],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=sqlite_server.env())
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b"a" * 10
+    proc.stdout.close()  # what head does once it has its lines
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == b"", err
