@@ -67,12 +67,14 @@ def cancel(server: Server, command_id: str) -> Command:
 
 
 def output(server: Server, command_id: str, node_id: str, stream: str) -> bytes:
-    """``tether commands output ID NODE --stream S``, bytes exactly as printed."""
+    """``tether commands output ID NODE --stream S``, bytes exactly as printed (to
+    standard output, whichever stream S is)."""
     result = subprocess.run(
         [PYTHON, "-m", "tether.cli", "commands", "output", command_id, node_id,
          "--stream", stream], capture_output=True, env=server.env(), timeout=120)
     assert result.returncode == 0, result.stderr
-    return result.stdout if stream == "stdout" else result.stderr
+    assert result.stderr == b"", result.stderr
+    return result.stdout
 
 
 def wait_command(server: Server, command_id: str, predicate: Callable[[Command], bool],
