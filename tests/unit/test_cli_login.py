@@ -54,5 +54,5 @@ def test_a_planted_temporary_file_neither_keeps_its_mode_nor_redirects_the_token
     assert json.loads(path.read_text())["token"] == "tok-secret"
     monkeypatch.delenv("TETHER_SERVER", raising=False)
     monkeypatch.delenv("TETHER_TOKEN", raising=False)
-    assert load_login() == ("http://127.0.0.1:1", "tok-secret")
+    assert load_login() == ("http://127.0.0.1:1", "tok-secret", None)
     assert sorted(p.name for p in folder.iterdir()) == [".cli.tmp", "cli.json", "cli.tmp"]

@@ -14,6 +14,7 @@ import urllib.request
 from typing import Any, Optional
 
 from tether.agent.state import Identity
+from tether.protocol.trust import verify_hint
 
 TIMEOUT = 30.0
 
@@ -54,13 +55,7 @@ def register(server_url: str, activation_id: str, activation_code: str,
         raise _refusal(exc) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        hint = ""
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            hint = ("; the certificate is not for this name or address: dial a name it has, "
-                    "or add this one (tether server --tls-name)"
-                    if "mismatch" in str(reason.verify_message) else
-                    "; if the server uses its own CA (tether server --tls auto), pin it with "
-                    "--ca ca.pem")
+        hint = verify_hint(reason, "--ca ca.pem")
         raise RegistrationFailed(
             "unreachable", f"could not reach the tether server at {url}: {reason}{hint}"
         ) from None

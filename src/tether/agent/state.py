@@ -14,6 +14,8 @@ import ssl
 from pathlib import Path
 from typing import Optional
 
+from tether.protocol.trust import pinned_context as pinned_context  # re-exported
+
 DEFAULT_STATE_DIR = Path("/var/lib/tether-agent")
 IDENTITY_FILE = "identity.json"
 # The CA the server's certificate must chain to, pinned at registration (--ca).
@@ -62,16 +64,6 @@ def save_identity(state_dir: Path, identity: Identity) -> None:
     ensure_private_dir(state_dir)
     write_private(state_dir / IDENTITY_FILE,
                   json.dumps(dataclasses.asdict(identity), indent=2).encode())
-
-
-def pinned_context(pem: bytes) -> ssl.SSLContext:
-    """Trust exactly this CA (host names still checked); ValueError if it is not one."""
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise ValueError("not a PEM CA certificate (no BEGIN CERTIFICATE block)")
-    try:
-        return ssl.create_default_context(cadata=pem.decode("ascii"))
-    except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"not a PEM CA certificate: {exc}") from None
 
 
 def tls_context(state_dir: Path, server_url: str) -> Optional[ssl.SSLContext]:

@@ -15,6 +15,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tether.protocol.trust import pinned_context, verify_hint
+
+# How the operator CLI is told a CA, for the hint after CERTIFICATE_VERIFY_FAILED.
+CA_PIN = "'tether login --server URL --ca ca.pem' (or TETHER_CA=ca.pem)"
+
 
 def config_file() -> Path:
     """Where ``tether login`` keeps the server and token: ``$XDG_CONFIG_HOME/tether/cli.json``.
@@ -47,30 +52,41 @@ class ApiFailure(Exception):
         super().__init__(message)
 
 
-def load_login() -> tuple[str | None, str | None]:
+def load_login() -> tuple[str | None, str | None, bytes | None]:
+    """Server, token and pinned CA (PEM): the environment's, else the saved login's.
+
+    The CA saved by ``tether login --ca`` is used only with the server it was saved
+    with (TETHER_SERVER naming another server does not inherit it); TETHER_CA, read
+    by ``Client``, overrides it.
+    """
     server, token = os.environ.get("TETHER_SERVER"), os.environ.get("TETHER_TOKEN")
-    if server and token:
-        return server, token
     try:
-        saved = json.loads(config_file().read_text())
+        saved = {} if server and token else json.loads(config_file().read_text())
     except (FileNotFoundError, ValueError):
         saved = {}
-    return server or saved.get("server"), token or saved.get("token")
+    server = server or saved.get("server")
+    ca = saved.get("ca") if server == saved.get("server") else None
+    return server, token or saved.get("token"), ca.encode() if isinstance(ca, str) else None
 
 
-def save_login(server: str, token: str) -> Path:
+def save_login(server: str, token: str, ca: bytes | None = None) -> Path:
     """Write the login owner-only, through a new file of our own, then rename it in.
 
     The temporary file is made fresh (``O_EXCL``, 0600, a random name): a fixed name
     let a file planted there keep its own mode (0644, the token readable) or, as a
-    symlink, send the token wherever it pointed.
+    symlink, send the token wherever it pointed. A CA given to ``login --ca`` is kept
+    in the same file (its PEM, not its path): one rename replaces server, token and
+    trust together, and moving or deleting the original later changes nothing.
     """
     path = config_file()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".cli.", suffix=".tmp", dir=path.parent)
+    login: dict[str, str] = {"server": server, "token": token}
+    if ca is not None:
+        login["ca"] = ca.decode("ascii")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump({"server": server, "token": token}, f)
+            json.dump(login, f)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -80,19 +96,39 @@ def save_login(server: str, token: str) -> Path:
 
 
 class Client:
-    def __init__(self, server: str, token: str, timeout: float = 90.0) -> None:
+    def __init__(self, server: str, token: str, timeout: float = 90.0,
+                 ca: bytes | None = None) -> None:
         if not server.startswith(("http://", "https://")):
             raise ValueError(f"server URL must start with http:// or https://, got {server!r}")
         self.base = server.rstrip("/") + "/api/v1"
         self.token = token
         self.timeout = timeout
+        self.saved_ca = ca
+
+    @property
+    def server(self) -> str:
+        return self.base.removesuffix("/api/v1")
+
+    def trusted_ca(self) -> tuple[bytes, str | None] | None:
+        """The CA this client pins (PEM) and its file, if it has one (TETHER_CA; the
+        copy saved by ``tether login --ca`` lives inside the login file, which is no
+        file to hand to a device); None: the system's trust store.
+        """
+        env = os.environ.get("TETHER_CA")
+        if env:
+            return Path(env).read_bytes(), env
+        return (self.saved_ca, None) if self.saved_ca is not None else None
 
     @functools.cached_property
     def context(self) -> ssl.SSLContext:
         """The TLS context, made on first use: loading the CA store costs about 90 ms,
         which a call to an http:// server (loopback, a proxy in front) need not pay.
-        A server on tether's private CA (tether server --tls auto): TETHER_CA=ca.pem."""
-        return ssl.create_default_context(cafile=os.environ.get("TETHER_CA") or None)
+        A server on tether's private CA (tether server --tls auto): TETHER_CA=ca.pem
+        or ``tether login --ca ca.pem``."""
+        env = os.environ.get("TETHER_CA")
+        if env or self.saved_ca is None:
+            return ssl.create_default_context(cafile=env or None)
+        return pinned_context(self.saved_ca)
 
     def request(self, method: str, path: str, body: Any = None,
                 query: dict[str, Any] | None = None, raw: bool = False) -> Any:
@@ -114,8 +150,9 @@ class Client:
         except urllib.error.HTTPError as exc:
             raise _failure(exc) from None
         except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
             raise ApiFailure(0, "unreachable", f"could not reach the tether server at "
-                             f"{self.base}: {getattr(exc, 'reason', exc)}") from None
+                             f"{self.base}: {reason}{verify_hint(reason, CA_PIN)}") from None
         return payload if raw else json.loads(payload)
 
     def get(self, path: str, **query: Any) -> Any:

@@ -8,6 +8,8 @@ from typing import Any
 from tether.cli.client import Client
 from tether.cli.output import out, print_json, table, when
 from tether.cli.parsing import parse_duration, parse_tags
+from tether.protocol import trust
+from tether.protocol.netaddr import plain_http_off_machine
 
 
 def activation_create(c: Client, args: argparse.Namespace) -> int:
@@ -21,10 +23,43 @@ def activation_create(c: Client, args: argparse.Namespace) -> int:
     out(f"activation code: {act['activation_code']}")
     out(f"registrations:   up to {act['registration_limit']}, until "
         f"{when(act['expires_at'])}")
-    out("The code is shown once; the server keeps only its hash. On a device:")
-    out(f"  tether-agent register --server {c.base.removesuffix('/api/v1')} "
-        f"--activation-id {act['activation_id']} --activation-code {act['activation_code']}")
+    out("The code is shown once; the server keeps only its hash.")
+    for line in device_lines(c, act):
+        out(line)
     return 0
+
+
+def device_lines(c: Client, act: dict[str, Any]) -> list[str]:
+    """What to run on a device, for how this server is reached.
+
+    A server on tether's private CA (``--tls auto``) says so in its answer, with the
+    CA's fingerprint: the device then needs ``--ca ca.pem`` and a way to check that
+    the copy it holds is that CA. A server with its own certificate that this CLI
+    reaches through a CA of its own (TETHER_CA, ``login --ca``) needs the same CA on
+    the device. Plain HTTP off this machine needs the agent's ``--insecure``.
+    """
+    server = c.server
+
+    def register(flag: str = "") -> str:
+        return (f"  tether-agent register --server {server}{flag} --activation-id "
+                f"{act['activation_id']} --activation-code {act['activation_code']}")
+
+    fingerprint: str | None = act.get("private_ca_fingerprint")
+    ours = c.trusted_ca() if server.startswith("https://") else None
+    our_fingerprint = trust.fingerprint(ours[0]) if ours else None
+    if server.startswith("https://") and (fingerprint or our_fingerprint):
+        where = ("the server's DATA/tls/ca.pem" if fingerprint else "the CA this CLI trusts")
+        if ours and ours[1] and (our_fingerprint == fingerprint or not fingerprint):
+            where += f" (here: {ours[1]})"
+        return [f"On a device, with a copy of {where} as ca.pem, check that it is the "
+                "server's CA:",
+                "  openssl x509 -noout -fingerprint -sha256 -in ca.pem",
+                f"  (it must print {fingerprint or our_fingerprint}), then:",
+                register(" --ca ca.pem")]
+    if plain_http_off_machine(server):
+        return ["On a device (plain HTTP: the credential and commands cross the network "
+                "readable):", register(" --insecure")]
+    return ["On a device:", register()]
 
 
 def activation_list(c: Client, args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from tether.cli import access, admin, commands, fleet, sessions
 from tether.cli.client import ApiFailure, Client, load_login, save_login
 from tether.cli.output import closed_pipe, fail, out
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
+from tether.protocol.trust import pinned_context
 from tether.server.config import (
     DEFAULT_AGENT_BYTE_BURST,
     DEFAULT_AGENT_BYTE_RATE,
@@ -205,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--server", required=True, metavar="URL")
     lg.add_argument("--token", help="the token (default: read it from standard input or a "
                                     "prompt, so it stays out of your shell history)")
+    lg.add_argument("--ca", type=Path, metavar="FILE",
+                    help="pin this CA (PEM) for an https:// server, e.g. the ca.pem of "
+                         "'tether server --tls auto'; kept with the login (TETHER_CA, if "
+                         "set, still overrides it)")
 
     act = sub.add_parser("activation", help="create, list and revoke activations").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -388,9 +393,22 @@ def _login(args: argparse.Namespace) -> int:
     if not token:
         token = (getpass.getpass("operator token: ") if sys.stdin.isatty()
                  else sys.stdin.readline()).strip()
-    who = Client(args.server, token).get("/whoami")
-    path = save_login(args.server, token)
-    out(f"logged in to {args.server} as {who['operator']}; saved in {path} (owner-only)")
+    ca = None
+    if args.ca is not None:
+        if not args.server.startswith("https://"):
+            raise ValueError("--ca is for an https:// server")
+        try:
+            ca = args.ca.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read --ca: {exc}") from None
+        pinned_context(ca)  # a file that is no CA is refused before anything is saved
+    client = Client(args.server, token, ca=ca)
+    if ca is not None:  # checked with exactly the CA that will be saved
+        client.context = pinned_context(ca)
+    who = client.get("/whoami")
+    path = save_login(args.server, token, ca)
+    out(f"logged in to {args.server} as {who['operator']}; saved in {path} (owner-only"
+        + (", with the CA" if ca is not None else "") + ")")
     return 0
 
 
@@ -412,7 +430,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         if args.area == "login":
             return _login(args)
-        server, token = load_login()
+        server, token, ca = load_login()
         if not server or not token:
             fail("no server to talk to: set TETHER_SERVER and TETHER_TOKEN or run "
                  "'tether login --server URL'")
@@ -420,7 +438,7 @@ def _main(argv: list[str] | None) -> int:
         handler: Handler = args.handler
         if getattr(args, "script", None) and args.script[0] == "--":
             args.script = args.script[1:]
-        return handler(Client(server, token), args)
+        return handler(Client(server, token, ca=ca), args)
     except ApiFailure as exc:
         fail(f"{exc} ({exc.code})" if exc.code not in ("unreachable",) else str(exc))
         return EXIT_API

@@ -122,6 +122,11 @@ class Activation(BaseModel):
 
 class CreatedActivation(Activation):
     activation_code: str = Field(description="shown once; the server keeps only its hash")
+    private_ca_fingerprint: str | None = Field(
+        default=None, description="SHA-256 fingerprint (AB:CD:...) of tether's private CA "
+        "when the server runs with --tls auto: devices pin that CA (tether-agent register "
+        "--ca ca.pem) and compare this fingerprint; null when the server has no CA of its "
+        "own (plain HTTP, its own certificate files, a proxy in front)")
 
 
 class NodeFields(BaseModel):

@@ -102,7 +102,9 @@ async def create_activation(body: models.ActivationRequest, s: State,
         tags=body.tags, name_prefix=body.name_prefix)
     note(request, target=row["activation_id"], limit=body.registration_limit,
          tags=body.tags)
-    return {**row, "activation_code": code}
+    tls = s.settings.tls  # how devices must dial: the CLI prints the line that works
+    return {**row, "activation_code": code,
+            "private_ca_fingerprint": tls.fingerprint() if tls else None}
 
 
 @router.get("/activations", response_model=list[models.Activation], responses=ERRORS,

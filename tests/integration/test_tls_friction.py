@@ -1,0 +1,197 @@
+"""The first minutes on a TLS server, as an operator pastes them (issue 13).
+
+Real processes only: a ``tether server --tls auto`` on loopback, the ``tether``
+CLI and ``tether-agent`` through their real entry points, ``openssl`` for the
+fingerprint check a device is told to run. Each test pastes what the tools
+print and checks that it works as printed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_tls import EXIT_UNREACHABLE, TlsServer, node_id_of
+
+from harness import PYTHON, Agent, clean_env
+
+EXIT_USAGE, EXIT_API = 2, 3
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    srv = TlsServer(tmp_path_factory.mktemp("tls"), "--tls", "auto").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def other_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    """Another server with a private CA of its own: a CA that is not ``tls_server``'s."""
+    srv = TlsServer(tmp_path_factory.mktemp("other"), "--tls", "auto").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[Agent]]:
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.stop()
+
+
+def tether(*args: str, env: dict[str, str], stdin: str | None = None,
+           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The operator CLI through its entry point (``python -m tether.cli``)."""
+    return subprocess.run([PYTHON, "-m", "tether.cli", *args], capture_output=True,
+                          text=True, env=env, input=stdin, timeout=120, cwd=cwd)
+
+
+def pasted(line: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run a printed command line as a shell would split it; ``tether-agent`` is the
+    agent's entry point (``python -m tether.agent``), ``openssl`` the system's."""
+    argv = shlex.split(line)
+    if argv[0] == "tether-agent":
+        argv = [PYTHON, "-m", "tether.agent", *argv[1:]]
+    return subprocess.run([*argv, *extra], capture_output=True, text=True, cwd=cwd,
+                          env=clean_env(), timeout=60)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# -- 1. activation create prints the device line that works ----------------------
+
+def test_activation_create_prints_the_ca_line_and_its_check(
+        tls_server: TlsServer, tmp_path: Path) -> None:
+    made = tether("activation", "create", env=tls_server.env())
+    assert made.returncode == 0, made.stderr
+    lines = [line.strip() for line in made.stdout.splitlines()]
+    [check] = [line for line in lines if line.startswith("openssl ")]
+    [reg] = [line for line in lines if line.startswith("tether-agent register")]
+    assert check == "openssl x509 -noout -fingerprint -sha256 -in ca.pem"
+    assert " --ca ca.pem " in reg, reg
+    assert f"https://127.0.0.1:{tls_server.port} " in reg, reg
+    assert tls_server.fingerprint in made.stdout, made.stdout
+    assert str(tls_server.ca) in made.stdout  # where the copy comes from, on this machine
+
+    # On the device: a copy of the CA as ca.pem; the check prints the fingerprint said.
+    device = tmp_path / "device"
+    device.mkdir()
+    shutil.copy(tls_server.ca, device / "ca.pem")
+    checked = pasted(check, device)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip().endswith("=" + tls_server.fingerprint), checked.stdout
+
+    # The register line, as pasted (plus a state directory this test may write).
+    done = pasted(reg, device, "--state-dir", str(device / "state"))
+    node_id = node_id_of(done)
+    assert node_id in {n["node_id"] for n in tls_server.cli("nodes", "list")}
+    assert (device / "state" / "ca.pem").read_bytes() == tls_server.ca.read_bytes()
+
+    # The answer says so too, for scripts (and the OpenAPI document names the field).
+    act = tls_server.cli("activation", "create")
+    assert act["private_ca_fingerprint"] == tls_server.fingerprint
+
+
+def test_the_old_line_without_ca_is_what_failed(tls_server: TlsServer, tmp_path: Path) -> None:
+    """The line without ``--ca`` (what was printed before) fails as the issue quotes."""
+    activation_id, code = tls_server.activation()
+    result = pasted(f"tether-agent register --server {tls_server.url} --activation-id "
+                    f"{activation_id} --activation-code {code}", tmp_path,
+                    "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == EXIT_UNREACHABLE, result.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr
+
+
+# -- 2. tether login --ca ---------------------------------------------------------
+
+def login_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """No TETHER_SERVER/TOKEN/CA: only what ``tether login`` saved (in tmp_path)."""
+    return clean_env(XDG_CONFIG_HOME=str(tmp_path / "config"), **extra)
+
+
+def test_login_with_ca_keeps_it_for_later_calls(tls_server: TlsServer, other_server: TlsServer,
+                                                tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    shutil.copy(tls_server.ca, ca)
+    env = login_env(tmp_path)
+    done = tether("login", "--server", tls_server.url, "--ca", str(ca),
+                  stdin=tls_server.token + "\n", env=env)
+    assert done.returncode == 0, done.stderr
+    saved = tmp_path / "config" / "tether" / "cli.json"
+    assert mode(saved) == 0o600 and mode(saved.parent) == 0o700
+    assert json.loads(saved.read_text())["ca"] == ca.read_text()
+    ca.unlink()  # a copy was kept: the original may go
+
+    who = tether("whoami", env=env)
+    assert who.returncode == 0, who.stderr
+    assert "admin" in who.stdout
+    listed = tether("nodes", "list", "--json", env=env)
+    assert listed.returncode == 0 and isinstance(json.loads(listed.stdout), list)
+
+    # activation create on that login: the CA is inside the login file, which is no
+    # file to copy to a device, so the line names the server's ca.pem instead.
+    made = tether("activation", "create", env=env)
+    assert made.returncode == 0, made.stderr
+    assert " --ca ca.pem " in made.stdout and tls_server.fingerprint in made.stdout
+    assert "cli.json" not in made.stdout
+
+    # TETHER_CA still overrides the saved CA: another server's CA is refused.
+    other = tether("whoami", env=login_env(tmp_path, TETHER_CA=str(other_server.ca)))
+    assert other.returncode == EXIT_API, other.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in other.stderr
+
+    # A login to another server without --ca drops the saved CA with the old login.
+    again = tether("login", "--server", other_server.url, "--token", other_server.token,
+                   env=login_env(tmp_path, TETHER_CA=str(other_server.ca)))
+    assert again.returncode == 0, again.stderr
+    assert "ca" not in json.loads(saved.read_text())
+
+
+def test_login_without_the_ca_fails_with_the_hint_and_saves_nothing(
+        tls_server: TlsServer, tmp_path: Path) -> None:
+    env = login_env(tmp_path)
+    result = tether("login", "--server", tls_server.url, "--token", tls_server.token, env=env)
+    assert result.returncode == EXIT_API, result.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr
+    assert "tether login --server URL --ca ca.pem" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "config" / "tether" / "cli.json").exists()
+
+
+def test_cli_ssl_error_gets_the_agents_hint(tls_server: TlsServer) -> None:
+    """TETHER_SERVER/TETHER_TOKEN without the CA: the same advice the agent gives."""
+    env = clean_env(TETHER_SERVER=tls_server.url, TETHER_TOKEN=tls_server.token)
+    result = tether("nodes", "list", env=env)
+    assert result.returncode == EXIT_API, result.stderr
+    assert "if the server uses its own CA (tether server --tls auto), pin it with" \
+        in result.stderr, result.stderr
+    assert "TETHER_CA=ca.pem" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["not-a-ca", "missing", "http"])
+def test_login_ca_usage_errors(tls_server: TlsServer, tmp_path: Path, kind: str) -> None:
+    bad = tmp_path / "bad.pem"
+    if kind == "not-a-ca":
+        bad.write_text("hello\n")
+    url = tls_server.url.replace("https://", "http://") if kind == "http" else tls_server.url
+    if kind == "http":
+        shutil.copy(tls_server.ca, bad)
+    env = login_env(tmp_path)
+    result = tether("login", "--server", url, "--token", tls_server.token, "--ca", str(bad),
+                    env=env)
+    assert result.returncode == EXIT_USAGE, (result.returncode, result.stderr)
+    expected = {"not-a-ca": "not a PEM CA certificate", "missing": "cannot read --ca",
+                "http": "--ca is for an https:// server"}[kind]
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "config" / "tether" / "cli.json").exists()
