@@ -66,6 +66,8 @@ import pytest
 from pppnet import DEVICE_ADDR, PppNetwork, clean_env
 from test_cellular import NODE_ID, Cellular, start_online
 
+from tether.protocol.script_line import script_line
+
 pytestmark = pytest.mark.netns
 
 CHROMIUM = "/usr/bin/chromium"
@@ -754,6 +756,12 @@ def test_device_and_operator_strings_are_text_on_every_page(
         assert [ch for ch in INVISIBLE if ch in text] == [], (name, text)
         assert text.count(SHOWN) >= count, (name, count, text)
     assert f"activation:{SHOWN_ID}" in seen["audit"]["text"], seen["audit"]["text"]
+    # What ran, in the command tables: the script's line (cut at 120 characters, inside
+    # the markup here), then the comment (issue 13).
+    line = script_line(f"echo '{HOSTILE}'")
+    assert line.endswith("…") and not any(ch in line for ch in INVISIBLE), line
+    for name in ("node", "commands"):
+        assert f"{line}\ndeploy {SHOWN}" in seen[name]["text"], (name, seen[name])
     # The device's reason (test_cli_escaping.REASON: ESC, OSC 52, an isolate) too.
     assert "oops\\x1b[1A\\x1b[2K\\x1b]52;c;aGk=\\x07\\u2066done" in seen["command"]["text"]
     assert [src.rsplit("/", 1)[-1] for src in seen["header_scripts"]] == ["app.js"], seen

@@ -183,6 +183,9 @@ class CommandSummary(BaseModel):
     command_id: str
     status: str
     comment: str | None
+    script_line: str = Field(default="", description=(
+        "what ran, in one line: the script's first line that is not blank or #!, at most "
+        "120 characters, ' …' after it when more lines follow (protocol/script_line.py)"))
     targets: list[str]
     created_at: float
     created_by: str

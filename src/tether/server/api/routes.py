@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from tether import __version__
+from tether.protocol.script_line import script_line
 from tether.protocol.statuses import InvocationStatus, command_status
 from tether.server.access.client_address import client_host
 from tether.server.access.policy import Node, RetagRefusal, new_node_refusal, retag_refusal
@@ -233,7 +234,7 @@ async def rotate_credential(node_id: params.NodeIdPath, s: State, who: Who,
 
 def _summary(command: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
     typed = {InvocationStatus(k): v for k, v in counts.items()}
-    return {**command, "counts": counts,
+    return {**command, "counts": counts, "script_line": script_line(command["script"]),
             "status": command_status(typed, command["cancel_requested"]).value}
 
 

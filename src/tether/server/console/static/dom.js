@@ -83,6 +83,13 @@ export function tags(map) {
   return Object.entries(map || {}).map(([k, v]) => h("span", { class: "tag" }, `${k}=${v}`));
 }
 
+// What ran, for a table of commands: the script's line (the server cuts it,
+// protocol/script_line.py) and, under it, the comment.
+export function whatRan(c) {
+  return h("td", { class: "what-ran" }, h("div", { class: "mono script-line" }, c.script_line || ""),
+    c.comment ? h("div", { class: "muted comment" }, c.comment) : null);
+}
+
 export function table(headers, rows) {
   return h("table", {},
     h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))),

@@ -1,6 +1,6 @@
 // One node: what it is, every interface (point-to-point ones included), what ran there.
 import { get, query } from "../api.js";
-import { add, ago, h, status, table, tags, when } from "../dom.js";
+import { add, ago, h, status, table, tags, whatRan, when } from "../dom.js";
 import { address } from "./fleet.js";
 
 export async function render(main, [nodeId]) {
@@ -42,7 +42,7 @@ export async function render(main, [nodeId]) {
     ? table(["Command", "Status", "Script / comment", "By", "When"], cmds.value.map((c) =>
       h("tr", { class: "link", onclick: () => { location.hash = `#/commands/${c.command_id}`; } },
         h("td", { class: "mono" }, c.command_id.slice(0, 8)), h("td", {}, status(c.status)),
-        h("td", {}, c.comment || ""), h("td", {}, c.created_by), h("td", {}, when(c.created_at)))))
+        whatRan(c), h("td", {}, c.created_by), h("td", {}, when(c.created_at)))))
     : h("p", { class: "muted" }, cmds.reason.message));
   add(main, h("h2", {}, "Sessions"), sess.status === "fulfilled"
     ? table(["Session", "Kind", "Operator", "Status", "Started", "Ended"], sess.value.map((s) =>
