@@ -91,3 +91,38 @@ def test_a_closed_pipe_ends_quietly(sqlite_server: Server, node: Agent) -> None:
     proc.stderr.close()
     assert proc.wait(timeout=60) == 141, err
     assert err == b"", err
+
+
+# -- item: how an invocation ended, and what the cap cut ---------------------------------
+
+def test_a_timeout_says_what_killed_the_script(sqlite_server: Server, node: Agent) -> None:
+    ran = sqlite_server.cli_raw("run", "--timeout", "1s", "--target", node.node_id, "--",
+                                "echo started; sleep 30")
+    assert ran.returncode == 1, ran.stderr
+    said = f"=== {node.node_id}  TimedOut  killed by SIGTERM after the 1 s timeout\n"
+    assert ran.stdout == said + "started\n"
+    shown = sqlite_server.cli_raw("commands", "show", cid_of(ran))
+    assert shown.returncode == 0, shown.stderr
+    (row,) = [line for line in shown.stdout.splitlines() if line.startswith(node.node_id)]
+    assert "TimedOut  killed by SIGTERM after the 1 s timeout" in row
+    assert "exit -15" not in shown.stdout and "ran longer" not in shown.stdout
+
+
+def test_a_cut_output_is_said_in_show_and_output(sqlite_server: Server, node: Agent) -> None:
+    ran = sqlite_server.cli_raw("run", "--output-cap", "100", "--target", node.node_id, "--",
+                                "head -c 500 /dev/zero | tr '\\000' a; echo small >&2")
+    assert ran.returncode == 0, ran.stderr
+    cid = cid_of(ran)
+    mark = "stdout was cut at the output cap (100 bytes)"
+
+    shown = sqlite_server.cli_raw("commands", "show", cid)
+    assert f"--- {node.node_id}: {mark}\n" in shown.stdout, shown.stdout
+    assert "stderr was cut" not in shown.stdout
+
+    got = tether(sqlite_server, "commands", "output", cid)
+    assert got.stdout == b"a" * 100  # the bytes stay exact; the mark is on stderr
+    assert got.stderr == b"small\n" + f"tether: {mark}\n".encode()
+    only = tether(sqlite_server, "commands", "output", cid, "--stream", "stdout")
+    assert (only.stdout, only.stderr) == (b"a" * 100, f"tether: {mark}\n".encode())
+    uncut = tether(sqlite_server, "commands", "output", cid, "--stream", "stderr")
+    assert (uncut.stdout, uncut.stderr) == (b"small\n", b"")

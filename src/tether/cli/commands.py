@@ -8,6 +8,7 @@ whether every invocation succeeded (0) or not (1).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import Any
@@ -71,7 +72,7 @@ def run(c: Client, args: argparse.Namespace) -> int:
             for inv in command["invocations"]]})
     else:
         for inv in command["invocations"]:
-            _print_invocation(inv, outputs[inv["node_id"]], args.raw)
+            _print_invocation(inv, outputs[inv["node_id"]], args.raw, command["timeout"])
         out(f"command {cid}: {command['status']} ({_counts(command)})", err=True)
     return 0 if command["status"] == "Success" else 1
 
@@ -110,15 +111,43 @@ def _counts(command: dict[str, Any]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(command["counts"].items()))
 
 
-def _print_invocation(inv: dict[str, Any], outputs: dict[str, bytes], raw: bool) -> None:
-    exit_code = inv["exit_code"] if inv["exit_code"] is not None else "-"
-    extra = f": {inv['reason']}" if inv["reason"] else ""
-    out(f"=== {inv['node_id']}  {inv['status']}  exit {exit_code}{extra}")
+def ending(inv: dict[str, Any], timeout: float) -> tuple[str, str | None]:
+    """How an invocation ended, in words, and what its reason adds to them: the one
+    place the CLI says it (``run``'s headers, ``commands show``'s rows).
+
+    A negative exit code is the signal that killed the script: a TimedOut ``exit -15``
+    is ``killed by SIGTERM after the 2 s timeout`` (which is the agent's reason, said
+    once). ``-`` when there is no exit code (never started, still running).
+    """
+    code, reason = inv["exit_code"], inv["reason"]
+    if code is None:
+        return "-", reason
+    if code >= 0:
+        return f"exit {code}", reason
+    try:
+        killed = f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        killed = f"killed by signal {-code}"
+    if inv["status"] == "TimedOut":
+        return f"{killed} after the {timeout:g} s timeout", None
+    return killed, reason
+
+
+def cut(inv: dict[str, Any], streams: tuple[str, ...] = ("stdout", "stderr")) -> list[str]:
+    """What the output cap cut off, a line a stream (the server's ``*_truncated``)."""
+    return [f"{s} was cut at the output cap ({inv[f'{s}_size']} bytes)"
+            for s in streams if inv[f"{s}_truncated"]]
+
+
+def _print_invocation(inv: dict[str, Any], outputs: dict[str, bytes], raw: bool,
+                      timeout: float) -> None:
+    said, reason = ending(inv, timeout)
+    extra = f": {reason}" if reason else ""
+    out(f"=== {inv['node_id']}  {inv['status']}  {said}{extra}")
     device_output(outputs["stdout"], raw=raw)
     device_output(outputs["stderr"], err=True, raw=raw)
-    for stream in ("stdout", "stderr"):
-        if inv[f"{stream}_truncated"]:
-            out(f"--- {stream} was cut at the output cap ({inv[f'{stream}_size']} bytes)")
+    for line in cut(inv):
+        out(f"--- {line}")
 
 
 def commands_list(c: Client, args: argparse.Namespace) -> int:
@@ -142,30 +171,43 @@ def commands_show(c: Client, args: argparse.Namespace) -> int:
     if cmd["comment"]:
         out(f"comment:  {cmd['comment']}")
     out(f"targets:  {' '.join(cmd['targets'])}")
-    table(["NODE", "STATUS", "EXIT", "STARTED", "ENDED", "REASON"],
-          [[i["node_id"], i["status"], i["exit_code"], when(i["started_at"]),
-            when(i["ended_at"]), i["reason"]] for i in cmd["invocations"]])
+    rows = []
+    for i in cmd["invocations"]:
+        said, reason = ending(i, cmd["timeout"])
+        rows.append([i["node_id"], i["status"], said, when(i["started_at"]),
+                     when(i["ended_at"]), reason])
+    table(["NODE", "STATUS", "EXIT", "STARTED", "ENDED", "REASON"], rows)
+    for i in cmd["invocations"]:
+        for line in cut(i):
+            out(f"--- {i['node_id']}: {line}")
     return 0
 
 
-def _one_node(c: Client, command_id: str) -> str:
+def _one_node(command: dict[str, Any]) -> str:
     """The node a command ran on, when it ran on one: ``commands output ID`` needs no more."""
-    nodes: list[str] = [i["node_id"] for i in c.get(f"/commands/{command_id}")["invocations"]]
+    nodes: list[str] = [i["node_id"] for i in command["invocations"]]
+    cid = command["command_id"]
     if len(nodes) != 1:
-        raise ValueError(f"command {command_id} ran on {len(nodes)} nodes: name one, as in "
-                         f"'tether commands output {command_id} {nodes[0] if nodes else 'NODE'}'")
+        raise ValueError(f"command {cid} ran on {len(nodes)} nodes: name one, as in "
+                         f"'tether commands output {cid} {nodes[0] if nodes else 'NODE'}'")
     return nodes[0]
 
 
 def commands_output(c: Client, args: argparse.Namespace) -> int:
     """Both streams to where they belong, or the one ``--stream`` names to standard
-    output (the place ``> file`` and ``| grep`` read)."""
-    node = args.node_id or _one_node(c, args.command_id)
-    streams = [args.stream] if args.stream else ["stdout", "stderr"]
+    output (the place ``> file`` and ``| grep`` read). A stream the output cap cut is
+    said on standard error, after the bytes, so a file of the output stays exact."""
+    command = c.get(f"/commands/{args.command_id}")
+    node = args.node_id or _one_node(command)
+    streams = (args.stream,) if args.stream else ("stdout", "stderr")
     for stream in streams:
         data = c.request("GET", f"/commands/{args.command_id}/invocations/{node}/"
                          f"{stream}", raw=True)
         device_output(data, err=stream == "stderr" and not args.stream, raw=args.raw)
+    for inv in command["invocations"]:
+        if inv["node_id"] == node:
+            for line in cut(inv, streams):
+                out(f"tether: {line}", err=True)
     return 0
 
 
