@@ -40,6 +40,9 @@ def test_a_command_is_named_bare_only_when_path_finds_this_installation(tmp_path
     (tmp_path / "tether-agent").write_text("#!/bin/sh\n")
     assert command_for("tether-agent", tmp_path, tmp_path, path="") == "./tether-agent"
     assert command_for("tether", venv_bin, tmp_path, path="") == "tether"  # not installed
+    # started as typed from the scripts folder: its sibling, relative as typed
+    assert command_for("tether-agent", cwd=tmp_path, path="",
+                       argv0=str(venv_bin / "tether")) == ".venv/bin/tether-agent"
 
 
 def test_loopback_server_registers_a_local_agent_and_says_how_to_reach_others(

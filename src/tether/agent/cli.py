@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "directory (owner-only permissions).")
     r.add_argument("--server", required=True, metavar="URL",
                    help="the tether server, e.g. http://tether.internal:8720")
-    r.add_argument("--activation-id", required=True, metavar="ID")
+    r.add_argument("--activation-id", metavar="ID", default=os.environ.get("TETHER_ACTIVATION_ID"),
+                   help="the activation's id (or set TETHER_ACTIVATION_ID; "
+                        "'tether activation create --env' prints both)")
     r.add_argument("--activation-code", metavar="CODE",
                    default=os.environ.get("TETHER_ACTIVATION_CODE"),
                    help="the activation code (or set TETHER_ACTIVATION_CODE to keep it out "
@@ -121,6 +123,10 @@ def _say(message: str, file: TextIO = sys.stdout) -> None:
 
 
 def _register(args: argparse.Namespace) -> int:
+    if not args.activation_id:
+        _say("tether-agent: --activation-id (or TETHER_ACTIVATION_ID) is required",
+              file=sys.stderr)
+        return 2
     if not args.activation_code:
         _say("tether-agent: --activation-code (or TETHER_ACTIVATION_CODE) is required",
               file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import Any
 
 from tether.cli.client import Client
@@ -18,6 +19,10 @@ def activation_create(c: Client, args: argparse.Namespace) -> int:
     act = c.post("/activations", body)
     if args.json:
         print_json(act)
+        return 0
+    if args.env:  # for eval: the agent's register reads both, the code kept off its argv
+        out(f"export TETHER_ACTIVATION_ID={shlex.quote(act['activation_id'])} "
+            f"TETHER_ACTIVATION_CODE={shlex.quote(act['activation_code'])}")
         return 0
     out(f"activation id:   {act['activation_id']}")
     out(f"activation code: {act['activation_code']}")

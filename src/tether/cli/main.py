@@ -220,6 +220,9 @@ def _parser() -> argparse.ArgumentParser:
     ac.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                     help="tag given to every node it registers (repeatable)")
     ac.add_argument("--name", metavar="PREFIX", help="prefix for the registered nodes' names")
+    ac.add_argument("--env", action="store_true",
+                    help="print only 'export TETHER_ACTIVATION_ID=... TETHER_ACTIVATION_CODE=...',"
+                         " for eval before 'tether-agent register' on the same machine")
     _json(ac)
     ac.set_defaults(handler=fleet.activation_create)
     al = act.add_parser("list", help="list activations")

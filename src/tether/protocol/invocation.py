@@ -11,20 +11,31 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import sys
 import sysconfig
 from pathlib import Path
 from typing import Optional
 
+SCRIPTS = ("tether", "tether-agent")
+
 
 def command_for(name: str, scripts_dir: Optional[Path] = None, cwd: Optional[Path] = None,
-                path: Optional[str] = None) -> str:
+                path: Optional[str] = None, argv0: Optional[str] = None) -> str:
     """The shell word that runs this installation's ``name`` (``tether``, ``tether-agent``).
 
-    ``scripts_dir``, ``cwd`` and ``path`` (a PATH value) default to this process's;
-    tests pass their own. A script that is not installed (running from a source tree)
-    is named bare: there is nothing better to say.
+    The folder is the one this process was started from as typed (``argv0``, default
+    ``sys.argv[0]``: ``.venv/bin/tether`` stays relative, as the reader typed it) when
+    that is one of our scripts, else the interpreter's scripts folder. ``scripts_dir``,
+    ``cwd`` and ``path`` (a PATH value) default to this process's; tests pass their own.
+    A script that is not installed (running from a source tree) is named bare: there
+    is nothing better to say.
     """
-    mine = (scripts_dir or Path(sysconfig.get_path("scripts"))) / name
+    if scripts_dir is None:
+        invoked = Path(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else ""))
+        scripts_dir = (invoked.parent if invoked.name in SCRIPTS
+                       and (invoked.parent / name).exists()
+                       else Path(sysconfig.get_path("scripts")))
+    mine = scripts_dir / name
     if not mine.exists():
         return name
     found = shutil.which(name, path=path)
