@@ -7,8 +7,11 @@ those out sends a first user into an error on their first device.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
+from tether.agent.cli import _next_steps
+from tether.agent.state import DEFAULT_STATE_DIR
 from tether.protocol.invocation import command_for
 from tether.server.config import Settings
 from tether.server.runner import _first_steps
@@ -80,3 +83,16 @@ def test_a_certificate_of_a_public_ca_needs_nothing_more(tmp_path: Path) -> None
     settings = Settings.for_data_dir(tmp_path, host="0.0.0.0", tls=tls)
     line = register_line(_first_steps(settings, "https://fleet.example:8720"))
     assert "--insecure" not in line and "--ca" not in line
+
+
+def test_register_says_the_exact_run_line_with_the_same_state_dir(tmp_path: Path) -> None:
+    """A ``run`` without register's ``--state-dir`` looks in /var/lib/tether-agent and
+    answers "not registered"; the printed line is the one to paste (quoted for a shell)."""
+    agent = command_for("tether-agent")
+    node = "mi-0123456789abcdef0"
+    assert f"  {agent} run" in _next_steps(DEFAULT_STATE_DIR, node)
+    odd = tmp_path / "my agent"
+    lines = _next_steps(odd, node)
+    assert f"  {agent} run --state-dir '{odd}'" in lines
+    assert shlex.split(lines[1])[-2:] == ["--state-dir", str(odd)]
+    assert any(node in line for line in lines)
