@@ -17,11 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_tls import EXIT_UNREACHABLE, TlsServer, node_id_of
+from test_tls import (
+    EXIT_UNREACHABLE,
+    TlsServer,
+    closed_port,
+    node_id_of,
+    register,
+    wait_listed_online,
+)
 
-from harness import PYTHON, Agent, clean_env
+from harness import PYTHON, Agent, Server, clean_env
 
 EXIT_USAGE, EXIT_API = 2, 3
+EXIT_REFUSED = 3  # tether-agent: refused by the server, or not registered
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +203,98 @@ def test_login_ca_usage_errors(tls_server: TlsServer, tmp_path: Path, kind: str)
     assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "config" / "tether" / "cli.json").exists()
+
+
+# -- 3. tether-agent configure: another URL or CA, the same identity ------------------
+
+def configure(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "tether.agent", "configure", "--state-dir", str(state),
+                           "--timeout", "5", *args], capture_output=True, text=True,
+                          env=clean_env(), timeout=120)
+
+
+def test_configure_moves_an_http_agent_to_https_keeping_its_identity(
+        tmp_path: Path, agents: list[Agent]) -> None:
+    data, state = tmp_path / "data", tmp_path / "agent"
+    plain = Server(data).start()
+    try:
+        agent = Agent(plain, state).register()
+    finally:
+        plain.stop()
+    before = (state / "identity.json").read_bytes()
+    tls = TlsServer(data, "--tls", "auto").start()  # the same database, now on https
+    try:
+        # Without the CA: refused with the reason and the hint, nothing changed.
+        refused = configure(state, "--server", tls.url)
+        assert refused.returncode == EXIT_UNREACHABLE, refused.stderr
+        assert "nothing was changed" in refused.stderr, refused.stderr
+        assert "certificate verification failed" in refused.stderr, refused.stderr
+        assert "hint:" in refused.stderr and "Traceback" not in refused.stderr
+        assert (state / "identity.json").read_bytes() == before
+        assert not (state / "ca.pem").exists()
+        assert sorted(p.name for p in state.iterdir()) == ["identity.json"]  # no staging left
+
+        moved = configure(state, "--server", tls.url + "/", "--ca", str(tls.ca))
+        assert moved.returncode == 0, moved.stderr
+        assert f"{agent.node_id} now uses {tls.url}" in moved.stdout, moved.stdout
+        assert tls.fingerprint in moved.stdout, moved.stdout
+        assert f"tether-agent run --state-dir {state}" in moved.stdout
+        saved = json.loads((state / "identity.json").read_text())
+        assert saved["node_id"] == agent.node_id and saved["server_url"] == tls.url
+        assert saved["credential"] == json.loads(before)["credential"]
+        assert (state / "ca.pem").read_bytes() == tls.ca.read_bytes()
+        assert mode(state / "ca.pem") == 0o600 and mode(state / "identity.json") == 0o600
+
+        # The agent, restarted, comes back Online as the same node: no second node.
+        agent.server = tls
+        agents.append(agent)
+        agent.start()
+        assert wait_listed_online(tls, agent.node_id)["node_id"] == agent.node_id
+        assert [n["node_id"] for n in tls.cli("nodes", "list")] == [agent.node_id]
+
+        # Again without --ca: the pinned CA is kept.
+        again = configure(state, "--server", tls.url)
+        assert again.returncode == 0, again.stderr
+        assert (state / "ca.pem").read_bytes() == tls.ca.read_bytes()
+    finally:
+        tls.stop()
+
+
+@pytest.fixture
+def registered(tls_server: TlsServer, tmp_path: Path) -> Path:
+    state = tmp_path / "agent"
+    node_id_of(register(tls_server, state, "--ca", str(tls_server.ca)))
+    return state
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--server", "http://192.0.2.1:8720"], EXIT_USAGE, "plain HTTP off this machine"),
+    (["--server", "http://127.0.0.1:1", "--ca", "CA"], EXIT_USAGE,
+     "--ca is for an https:// server"),
+    (["--server", "URL", "--ca", "NOT-A-CA"], EXIT_USAGE, "not a PEM CA certificate"),
+    (["--server", "URL", "--ca", "MISSING"], EXIT_USAGE, "cannot read --ca"),
+    (["--server", "URL", "--ca", "CA", "--no-ca"], EXIT_USAGE, "--ca and --no-ca"),
+    (["--server", "tether.internal:8720"], EXIT_USAGE, "must start with http:// or https://"),
+    (["--server", "OTHER", "--ca", "OTHER-CA"], EXIT_REFUSED, "auth"),  # it does not know us
+    (["--server", "CLOSED"], EXIT_UNREACHABLE, "tcp"),
+])
+def test_configure_refusals_change_nothing(tls_server: TlsServer, other_server: TlsServer,
+                                           registered: Path, tmp_path: Path, args: list[str],
+                                           code: int, message: str) -> None:
+    (tmp_path / "not-a-ca.pem").write_text("hello\n")
+    closed = f"https://127.0.0.1:{closed_port()}"
+    values = {"URL": tls_server.url, "CA": str(tls_server.ca), "OTHER": other_server.url,
+              "OTHER-CA": str(other_server.ca), "NOT-A-CA": str(tmp_path / "not-a-ca.pem"),
+              "MISSING": str(tmp_path / "missing.pem"), "CLOSED": closed}
+    before = {p.name: p.read_bytes() for p in registered.iterdir()}
+    result = configure(registered, *[values.get(a, a) for a in args])
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in registered.iterdir()} == before
+
+
+def test_configure_needs_an_identity(tmp_path: Path) -> None:
+    result = configure(tmp_path / "none", "--server", "https://127.0.0.1:1")
+    assert result.returncode == EXIT_REFUSED, result.stderr
+    assert "not registered" in result.stderr

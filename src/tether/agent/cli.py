@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import math
 import os
 import pwd
 import shlex
@@ -18,11 +20,13 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from tether import __version__
+from tether.agent import configure
 from tether.agent.backoff import DEFAULT_BASE, DEFAULT_CAP, Backoff
 from tether.agent.doctor import DEFAULT_TIMEOUT as DOCTOR_TIMEOUT
 from tether.agent.doctor import run as run_doctor
+from tether.agent.doctor.results import Status
 from tether.agent.link import INVENTORY_CHECK_INTERVAL, Agent, FatalLinkError
-from tether.agent.registration import RegistrationFailed, register
+from tether.agent.registration import RegistrationFailed, normalise_server_url, register
 from tether.agent.spool import DEFAULT_CAP as DEFAULT_SPOOL_CAP
 from tether.agent.state import (
     CA_FILE,
@@ -35,6 +39,7 @@ from tether.agent.state import (
 from tether.protocol.invocation import command_for
 from tether.protocol.netaddr import plain_http_off_machine
 from tether.protocol.terminal import log_to_stderr, visible
+from tether.protocol.trust import fingerprint
 
 EXIT_REFUSED = 3
 EXIT_ALREADY_REGISTERED = 4
@@ -109,6 +114,26 @@ def _parser() -> argparse.ArgumentParser:
                     help="print a JSON list of {check, ok, status, detail, hint}")
     dr.add_argument("--timeout", type=float, default=DOCTOR_TIMEOUT, metavar="SECONDS",
                     help=f"for each network step (default {DOCTOR_TIMEOUT:g})")
+
+    cf = sub.add_parser("configure", help="change the server URL or CA, keeping this identity",
+                        description="Point this registered device at another server URL "
+                                    "(http:// to https://, a new address) or CA, keeping "
+                                    "its node id and credential. The new settings are "
+                                    "checked first, as the doctor does (up to a probe "
+                                    "hello with this node's credential); nothing is saved "
+                                    "unless they work. Restart a running agent afterwards.")
+    cf.add_argument("--server", required=True, metavar="URL",
+                    help="the server's URL from now on, e.g. https://tether.internal:8720")
+    cf.add_argument("--ca", type=Path, metavar="FILE",
+                    help="pin this CA (PEM) for an https:// server (default: keep the CA "
+                         "pinned now, if any)")
+    cf.add_argument("--no-ca", action="store_true",
+                    help="drop the pinned CA: trust the system's CA store")
+    cf.add_argument("--insecure", action="store_true",
+                    help="allow a plain http:// server off this machine (no TLS)")
+    cf.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
+    cf.add_argument("--timeout", type=float, default=DOCTOR_TIMEOUT, metavar="SECONDS",
+                    help=f"for each network step of the check (default {DOCTOR_TIMEOUT:g})")
     return p
 
 
@@ -136,15 +161,8 @@ def _register(args: argparse.Namespace) -> int:
         _say(f"tether-agent: already registered as {existing.node_id} with "
               f"{existing.server_url}; use --force to replace this identity", file=sys.stderr)
         return EXIT_ALREADY_REGISTERED
-    if plain_http_off_machine(args.server):
-        if not args.insecure:
-            _say(f"tether-agent: {args.server} is plain HTTP off this machine: the credential "
-                  "and every command would cross the network readable. Use the server's "
-                  "https:// URL (with --ca for its own CA), or pass --insecure to accept "
-                  "that", file=sys.stderr)
-            return 2
-        _say(f"tether-agent: WARNING: --insecure: talking plain HTTP to {args.server}",
-              file=sys.stderr)
+    if _plain_http_refused(args.server, args.insecure):
+        return 2
     try:
         ca = args.ca.read_bytes() if args.ca is not None else None
         context = pinned_context(ca) if ca is not None else None
@@ -189,6 +207,69 @@ def _next_steps(state_dir: Path, node_id: str) -> list[str]:
             f"  {run}",
             f"then, on the operator's side, 'tether nodes list' shows {node_id} Online and "
             f"'tether run --target {node_id} -- uptime' runs a command on it"]
+
+
+def _plain_http_refused(server: str, insecure: bool) -> bool:
+    """Refuse plain HTTP off this machine unless --insecure (register and configure)."""
+    if not plain_http_off_machine(server):
+        return False
+    if not insecure:
+        _say(f"tether-agent: {server} is plain HTTP off this machine: the credential "
+             "and every command would cross the network readable. Use the server's "
+             "https:// URL (with --ca for its own CA), or pass --insecure to accept "
+             "that", file=sys.stderr)
+        return True
+    _say(f"tether-agent: WARNING: --insecure: talking plain HTTP to {server}",
+         file=sys.stderr)
+    return False
+
+
+def _configure(args: argparse.Namespace) -> int:
+    identity = load_identity(args.state_dir)
+    if identity is None:
+        _say(f"tether-agent: not registered (no identity in {args.state_dir}); "
+             "run 'tether-agent register' first", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        url = normalise_server_url(args.server)
+        if args.ca is not None and args.no_ca:
+            raise ValueError("--ca and --no-ca: give one")
+        if not (args.timeout > 0 and math.isfinite(args.timeout)):
+            raise ValueError("--timeout must be a positive number of seconds")
+        if _plain_http_refused(url, args.insecure):
+            return 2
+        try:
+            given = args.ca.read_bytes() if args.ca is not None else None
+        except OSError as exc:
+            raise ValueError(f"cannot read --ca: {exc}") from None
+        ca = configure.new_trust(args.state_dir, url, given, args.no_ca)
+    except ValueError as exc:
+        _say(f"tether-agent: {exc}", file=sys.stderr)
+        return 2
+    moved = dataclasses.replace(identity, server_url=url)
+    results = configure.check(args.state_dir, moved, ca, args.timeout)
+    failed = configure.blocking(results)
+    if failed:
+        _say(f"tether-agent: {url} does not work for {identity.node_id}; nothing was "
+             f"changed (still {identity.server_url}):", file=sys.stderr)
+        for result in failed:
+            _say(f"  {result.check}: {result.detail}", file=sys.stderr)
+            if result.hint:
+                _say(f"  hint: {result.hint}", file=sys.stderr)
+        if failed[0].check == "auth":
+            _say("  (configure keeps this node's credential: the server must be the one it "
+                 "registered with, or one on the same database)", file=sys.stderr)
+            return EXIT_REFUSED
+        return EXIT_UNREACHABLE
+    configure.apply(args.state_dir, identity, url, ca)
+    pinned = f", pinning the CA with SHA-256 fingerprint {fingerprint(ca)}" if ca else ""
+    _say(f"{identity.node_id} now uses {url}{pinned} (was {identity.server_url})")
+    for result in results:
+        if result.check == "auth" or result.status is Status.WARN:
+            _say(f"  {result.check}: {result.detail}"
+                 + (f" (hint: {result.hint})" if result.hint else ""))
+    _say(f"restart a running agent to use it: tether-agent run --state-dir {args.state_dir}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -241,7 +322,7 @@ def _status(args: argparse.Namespace) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"register": _register, "run": _run, "status": _status,
-               "doctor": _doctor}[args.action]
+               "doctor": _doctor, "configure": _configure}[args.action]
     return handler(args)
 
 

@@ -59,7 +59,7 @@ def device_lines(c: Client, act: dict[str, Any]) -> list[str]:
         return [f"On a device, with a copy of {where} as ca.pem, check that it is the "
                 "server's CA:",
                 "  openssl x509 -noout -fingerprint -sha256 -in ca.pem",
-                f"  (it must print {fingerprint or our_fingerprint}), then:",
+                f"  (it must show {fingerprint or our_fingerprint}), then:",
                 register(" --ca ca.pem")]
     if plain_http_off_machine(server):
         return ["On a device (plain HTTP: the credential and commands cross the network "
