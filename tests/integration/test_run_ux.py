@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from harness import PYTHON, Agent, Server
+from tether.cli.client import Client
 
 
 @pytest.fixture
@@ -126,3 +128,76 @@ def test_a_cut_output_is_said_in_show_and_output(sqlite_server: Server, node: Ag
     assert (only.stdout, only.stderr) == (b"a" * 100, f"tether: {mark}\n".encode())
     uncut = tether(sqlite_server, "commands", "output", cid, "--stream", "stderr")
     assert (uncut.stdout, uncut.stderr) == (b"small\n", b"")
+
+
+# -- item: run shows each node as it ends, says what waits, --online-only -----------------
+
+def test_run_prints_each_node_as_it_finishes(sqlite_server: Server, node: Agent,
+                                             tmp_path: Path) -> None:
+    """The fast node's output is on standard output while the slow one still runs."""
+    slow = Agent(sqlite_server, tmp_path / "slow").register().start().connected()
+    flag = tmp_path / "go-on"
+    script = (f'if [ "$TETHER_NODE_ID" = {node.node_id} ]; then echo fast; else '
+              f'while [ ! -e {flag} ]; do sleep 0.05; done; echo slow; fi')
+    proc = subprocess.Popen([PYTHON, "-m", "tether.cli", "run", "--target", node.node_id,
+                             "--target", slow.node_id, "--", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=sqlite_server.env(), text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == f"=== {node.node_id}  Success  exit 0\n"
+        assert proc.stdout.readline() == "fast\n"
+        assert proc.poll() is None  # the slow node has not ended: its script waits for us
+        flag.touch()
+        rest, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert rest == f"=== {slow.node_id}  Success  exit 0\nslow\n"
+        assert "(2 Success)" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        slow.stop()
+
+
+def test_run_says_what_waits_offline_and_until_when(server: Server,
+                                                    make_agent: Callable[[], Agent]) -> None:
+    online = make_agent().register().start().connected()
+    offline = make_agent().register()  # registered, never connected
+    ran = server.cli_raw("run", "--delivery-timeout", "1s", "--target", online.node_id,
+                         "--target", offline.node_id, "--", "echo hi")
+    assert ran.returncode == 1, ran.stderr
+    waits = re.search(r"^  1 node\(s\) offline: delivery is attempted until "
+                      r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \(--delivery-timeout\)", ran.stderr, re.M)
+    assert waits, ran.stderr
+    # The output is on stdout alone, and the online node's came while the other waited.
+    assert ran.stdout.startswith(f"=== {online.node_id}  Success  exit 0\nhi\n"), ran.stdout
+    assert f"=== {offline.node_id}  DeliveryTimedOut" in ran.stdout
+    shown = server.cli("commands", "show", cid_of(ran))
+    deadline = shown["created_at"] + shown["delivery_timeout"]
+    assert waits.group(1) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))
+
+
+def test_online_only_leaves_the_others_out_and_says_so(server: Server,
+                                                       make_agent: Callable[[], Agent]) -> None:
+    online = make_agent().register().start().connected()
+    offline = make_agent().register()
+    ran = server.cli_raw("run", "--online-only", "--target", online.node_id, "--target",
+                         offline.node_id, "--", "echo hi")
+    assert ran.returncode == 0, ran.stderr
+    left = "; 1 node(s) not Online left out (--online-only)"
+    assert f"on 1 node(s){left}\n" in ran.stderr
+    assert f"(1 Success){left}\n" in ran.stderr
+    assert "offline: delivery" not in ran.stderr
+    assert ran.stdout == f"=== {online.node_id}  Success  exit 0\nhi\n"
+    shown = server.cli("commands", "show", cid_of(ran))
+    assert [i["node_id"] for i in shown["invocations"]] == [online.node_id]
+
+    # The API's answer counts them; with no node Online, nothing is stored.
+    client = Client(server.url, server.token)
+    body = {"targets": [online.node_id, offline.node_id], "script": "true"}
+    created = client.post("/commands", {**body, "online_only": True})
+    assert (created["left_out"], created["offline"]) == (1, 0)
+    assert client.post("/commands", body)["offline"] == 1
+    refused = server.cli_raw("run", "--online-only", "--target", offline.node_id, "--", "true")
+    assert refused.returncode == 3
+    assert "none of the 1 node(s) the targets match is Online" in refused.stderr

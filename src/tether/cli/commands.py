@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tether.cli.client import Client
@@ -18,6 +19,7 @@ from tether.cli.output import device_output, emit, out, print_json, table, when
 from tether.cli.parsing import parse_duration
 
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
+LIVE = {"Pending", "InProgress"}  # an invocation not yet ended
 POLL_WAIT = 25.0
 # Above this many nodes, progress is a line of counts, not a line per node.
 PER_NODE_PROGRESS = 50
@@ -42,6 +44,8 @@ def run(c: Client, args: argparse.Namespace) -> int:
         "workdir": args.workdir, "comment": args.comment}
     if args.output_cap is not None:
         body["output_cap"] = args.output_cap
+    if args.online_only:
+        body["online_only"] = True
     if args.no_wait:
         command = c.post("/commands", body)
         if args.json:
@@ -53,34 +57,65 @@ def run(c: Client, args: argparse.Namespace) -> int:
     command = c.request("POST", "/commands", body=body, query={"invocations": "false"})
     cid = command["command_id"]
     nodes = sum(command["counts"].values())
+    left_out = _left_out(command)
     if not args.json:
-        out(f"command {cid} on {nodes} node(s)", err=True)
+        out(f"command {cid} on {nodes} node(s){left_out}", err=True)
+        if command["offline"]:
+            out(f"  {_offline(command['offline'], command)}; Ctrl-C stops waiting, the "
+                "command goes on", err=True)
     if nodes <= PER_NODE_PROGRESS:
-        command = c.get(f"/commands/{cid}")
+        command = {**c.get(f"/commands/{cid}"), "offline": command["offline"]}
+    done: set[str] = set()
+
+    def finished(inv: dict[str, Any], timeout: float) -> None:
+        """Print a node's outcome and output once, as soon as it is known."""
+        if not args.json and inv["node_id"] not in done:
+            done.add(inv["node_id"])
+            _print_invocation(inv, _outputs(c, cid, inv), args.raw, timeout)
+
     try:
-        command = _wait(c, command, quiet=args.json)
+        command = _wait(c, command, quiet=args.json, finished=finished)
     except KeyboardInterrupt:
         out(err=True)
         out(f"stopped waiting; the command goes on. Follow it with 'tether commands show "
             f"{cid}' or stop it with 'tether commands cancel {cid}'", err=True)
         return 130
-    outputs = {inv["node_id"]: _outputs(c, cid, inv) for inv in command["invocations"]}
     if args.json:
-        print_json({"command_id": cid, "status": command["status"], "invocations": [
-            {**inv, **{k: v.decode("utf-8", "replace")
-                       for k, v in outputs[inv["node_id"]].items()}}
-            for inv in command["invocations"]]})
+        outputs = {inv["node_id"]: _outputs(c, cid, inv) for inv in command["invocations"]}
+        print_json({"command_id": cid, "status": command["status"],
+                    "left_out": command.get("left_out", 0), "invocations": [
+                        {**inv, **{k: v.decode("utf-8", "replace")
+                                   for k, v in outputs[inv["node_id"]].items()}}
+                        for inv in command["invocations"]]})
     else:
-        for inv in command["invocations"]:
-            _print_invocation(inv, outputs[inv["node_id"]], args.raw, command["timeout"])
-        out(f"command {cid}: {command['status']} ({_counts(command)})", err=True)
+        for inv in command["invocations"]:  # a big fan-out's, all at the end
+            finished(inv, command["timeout"])
+        out(f"command {cid}: {command['status']} ({_counts(command)}){left_out}", err=True)
     return 0 if command["status"] == "Success" else 1
 
 
-def _wait(c: Client, command: dict[str, Any], quiet: bool) -> dict[str, Any]:
-    """Follow a command: one line per node change, or per count change for a big fleet."""
+def _left_out(created: dict[str, Any]) -> str:
+    """What ``--online-only`` left out, for the first and the last line."""
+    n = created["left_out"]
+    return f"; {n} node(s) not Online left out (--online-only)" if n else ""
+
+
+def _offline(n: int, command: dict[str, Any]) -> str:
+    deadline = when(command["created_at"] + command["delivery_timeout"])
+    return f"{n} node(s) offline: delivery is attempted until {deadline} (--delivery-timeout)"
+
+
+def _wait(c: Client, command: dict[str, Any], quiet: bool,
+          finished: Callable[[dict[str, Any], float], None]) -> dict[str, Any]:
+    """Follow a command: one line per node change, or per count change for a big fleet.
+
+    A node's outcome and output are handed to ``finished`` as soon as it ends (per node
+    only: a big fan-out's list is fetched once, at the end). While targets that were
+    offline at submission still wait, a change says how many and until when.
+    """
     path = f"/commands/{command['command_id']}"
     per_node = sum(command["counts"].values()) <= PER_NODE_PROGRESS
+    offline = command.get("offline", 0)
     seen: dict[str, str] = {}
     last_counts = ""
     while True:
@@ -88,12 +123,20 @@ def _wait(c: Client, command: dict[str, Any], quiet: bool) -> dict[str, Any]:
             for inv in command["invocations"]:
                 if not quiet and seen.get(inv["node_id"]) != inv["status"]:
                     out(f"  {inv['node_id']}  {inv['status']}", err=True)
+                    if inv["status"] not in LIVE:
+                        finished(inv, command["timeout"])
                 seen[inv["node_id"]] = inv["status"]
         elif not quiet and _counts(command) != last_counts:
             last_counts = _counts(command)
             out(f"  {last_counts}", err=True)
+        # Nodes online at submission have it already; the Pending beyond them are offline.
+        waiting = min(offline, command["counts"].get("Pending", 0))
         if command["status"] in TERMINAL:
             return command if per_node else c.get(path)
+        if waiting < offline:
+            offline = waiting
+            if waiting and not quiet:
+                out(f"  still {_offline(waiting, command)}", err=True)
         command = c.get(path, after=command["version"], wait=POLL_WAIT,
                         invocations=str(per_node).lower())
 

@@ -283,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output-cap", type=int, metavar="BYTES",
                    help="bytes kept per stream (default: the server's, 16 MiB)")
     r.add_argument("--file", metavar="PATH", help="read the script from a file")
+    r.add_argument("--online-only", action="store_true", help="target only the nodes "
+                   "Online now; the others get no invocation (the summary counts them)")
     r.add_argument("--no-wait", action="store_true", help="print the command id and return")
     r.add_argument("--raw", action="store_true", help="write the output's bytes to a "
                    "terminal as they are, escape sequences included (default: shown, not "

@@ -163,6 +163,9 @@ class CommandRequest(RequestBody):
     comment: str | None = Field(default=None, max_length=500)
     output_cap: int | None = Field(default=None, ge=0, le=1024**3,
                                    description="bytes kept per stream; default 16 MiB")
+    online_only: bool = Field(default=False, description="target only the nodes Online "
+                              "now: the others get no invocation (the answer's left_out "
+                              "counts them); if none is Online, 404 bad_targets")
 
 
 class Invocation(BaseModel):
@@ -200,6 +203,14 @@ class CommandDetail(CommandSummary):
     output_cap: int
     version: int = Field(description="bumped on every status change; pass as ?after= to wait")
     invocations: list[Invocation]
+
+
+class CreatedCommand(CommandDetail):
+    offline: int = Field(description="target nodes not Online when the command was stored: "
+                         "each gets it when it connects, until the delivery timeout "
+                         "(created_at + delivery_timeout)")
+    left_out: int = Field(description="with online_only, the target nodes not Online, for "
+                          "which no invocation was created (0 without it)")
 
 
 class PolicyStatement(RequestBody):

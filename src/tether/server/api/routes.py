@@ -28,6 +28,7 @@ from tether.server.api.visibility import (
     readable_filter,
     require_nodes,
     resolve_targets,
+    split_online,
     visible_node,
 )
 from tether.server.blobs import output_key
@@ -254,7 +255,7 @@ async def _detail(s: ServerState, command_id: str) -> dict[str, Any]:
     return {**_summary(command, counts), "version": version, "invocations": invocations}
 
 
-@router.post("/commands", status_code=201, response_model=models.CommandDetail,
+@router.post("/commands", status_code=201, response_model=models.CreatedCommand,
              responses=ERRORS, tags=["commands"])
 async def run_command(body: models.CommandRequest, s: State, who: Who, request: Request,
                       invocations: bool = True) -> dict[str, Any]:
@@ -265,7 +266,8 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
     2.7 MB, and reading it back let the first results queue ahead of the reply.
     Every target node must allow ``commands:send``, or nothing is sent. Targets reach
     only nodes this operator may read (``all`` is all of those): any other node id is
-    answered as one that does not exist.
+    answered as one that does not exist. ``online_only`` keeps the targets Online now;
+    the answer counts the targets it left out, or (without it) those that wait offline.
     """
     note(request, script=body.script, targets=body.targets)
     try:
@@ -276,18 +278,27 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
                                        else body.output_cap),
                            workdir=body.workdir, comment=body.comment)
         node_ids = await resolve_targets(request, s, who, targets, "commands:send")
+        online, offline = await split_online(s, node_ids)
+        left_out = offline if body.online_only else []
+        if body.online_only:
+            if not online:
+                raise NoTargetsError(f"none of the {len(node_ids)} node(s) the targets match "
+                                     "is Online (online_only)")
+            node_ids, offline = online, []
         await require_nodes(request, s, who, "commands:send", node_ids,
                             NoTargetsError("no registered node matches the targets"))
         command, count = await s.dispatcher.submit(spec, node_ids, who.operator)
-        note(request, target=command["command_id"], nodes=count)
+        note(request, target=command["command_id"], nodes=count,
+             **({"left_out": len(left_out)} if body.online_only else {}))
     except TargetError as exc:
         raise ApiError(400, "bad_targets", str(exc)) from None
     except NoTargetsError as exc:  # well-formed targets that name no registered node
         raise ApiError(404, "bad_targets", str(exc)) from None
+    waits = {"offline": len(offline), "left_out": len(left_out)}
     if not invocations:
-        return {**_summary(command, {InvocationStatus.PENDING.value: count}),
+        return {**_summary(command, {InvocationStatus.PENDING.value: count}), **waits,
                 "version": s.watch.version(command["command_id"]), "invocations": []}
-    return await _detail(s, command["command_id"])
+    return {**await _detail(s, command["command_id"]), **waits}
 
 
 @router.get("/commands", response_model=list[models.CommandSummary], responses=ERRORS,

@@ -36,6 +36,7 @@ from tether.server.dispatch.targets import Targets
 from tether.server.state import ServerState
 from tether.server.store import NodeFilter
 from tether.server.store.scope import Reach, reach
+from tether.server.store.store import ONLINE
 
 READ = "nodes:read"
 E = TypeVar("E", bound=Exception)
@@ -133,3 +134,11 @@ async def resolve_targets(request: Request, s: ServerState, who: Principal,
             raise missing
         found.add(node_id)
     return sorted(found)
+
+
+async def split_online(s: ServerState, node_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``node_ids`` (resolved targets) as the ones Online now and the others, both sorted:
+    what ``online_only`` keeps, and what a run waits for (``offline`` in the answer)."""
+    online = set(await s.store.node_ids(NodeFilter(ping_status=ONLINE)))
+    return ([n for n in sorted(node_ids) if n in online],
+            [n for n in sorted(node_ids) if n not in online])
