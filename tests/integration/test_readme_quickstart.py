@@ -15,7 +15,7 @@ measured with the real one (``time ./scripts/serve --port 0`` in a fresh clone).
 The second block runs in ``bash -e`` with a PATH that has no ``.venv/bin`` and no
 ``TETHER_*`` variable, so a bare ``tether`` or a missing export fails here as it would
 for a reader. Its background ``tether-agent run ... &`` is stopped with the block's
-process group.
+process group. The banner ``./scripts/serve`` prints is pasted the same way, line by line.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import clean_env, spawn, stop
+from harness import Output, clean_env, spawn, stop
 
 REPO = Path(__file__).resolve().parents[2]
 README_PORT = "8720"
@@ -62,32 +64,44 @@ def fresh_clone(into: Path) -> Path:
     return into
 
 
+def run_block(clone: Path, block: str, env: dict[str, str]) -> str:
+    """Run ``block`` in ``bash -e`` in ``clone``; what it printed. Anything it left running
+    in the background (the agent) is stopped with its process group."""
+    script = clone / "block.sh"
+    script.write_text(block)
+    log = clone / "block.log"  # a file: the background agent keeps a pipe open
+    with log.open("w") as sink:
+        proc = subprocess.Popen(["bash", "-e", str(script)], cwd=clone, env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        returncode = proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    output = log.read_text()
+    assert returncode == 0, output
+    return output
+
+
+@contextlib.contextmanager
+def serving(clone: Path, serve_line: str, env: dict[str, str]) -> Iterator[tuple[str, Output]]:
+    """``serve_line --port 0`` running in ``clone``: the port it listens on, and its output."""
+    command = f"cd {shlex.quote(str(clone))} && {serve_line} --port 0"
+    server, server_out = spawn(["sh", "-c", command], env)
+    try:
+        yield server_out.wait_for(r"listening on http://127\.0\.0\.1:(\d+)", timeout=60)[1], \
+            server_out
+    finally:
+        stop(server)
+
+
 def test_the_readme_quick_start_registers_an_agent_and_runs_a_command(tmp_path: Path) -> None:
     serve_block, operator_block = quickstart_blocks((REPO / "README.md").read_text())
     assert serve_block.strip() == "./scripts/serve", serve_block
     assert README_PORT in operator_block
-    clone = fresh_clone(tmp_path / "tether")
-    env = reader_env()
-    server, server_out = spawn(["sh", "-c", f"cd {clone} && {serve_block.strip()} --port 0"],
-                               env=env)
-    try:
-        port = server_out.wait_for(r"listening on http://127\.0\.0\.1:(\d+)", timeout=60)[1]
-        script = clone / "quickstart.sh"
-        script.write_text(operator_block.replace(README_PORT, port))
-        log = clone / "quickstart.log"  # a file: the background agent keeps a pipe open
-        with log.open("w") as sink:
-            block = subprocess.Popen(["bash", "-e", str(script)], cwd=clone, env=env,
-                                     stdout=sink, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        try:
-            returncode = block.wait(timeout=60)
-        finally:  # the agent the block left running in the background, in its group
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(block.pid, signal.SIGTERM)
-        output = log.read_text()
-        assert returncode == 0, output
-    finally:
-        stop(server)
+    clone, env = fresh_clone(tmp_path / "tether"), reader_env()
+    with serving(clone, serve_block.strip(), env) as (port, _):
+        output = run_block(clone, operator_block.replace(README_PORT, port), env)
     assert re.search(r"registered as mi-[0-9a-f]{17} with http://127\.0\.0\.1:" + port, output)
     (printed_run,) = [line.strip() for line in output.splitlines()
                       if line.strip().endswith("tether-agent run --state-dir data/agent")]
@@ -95,3 +109,25 @@ def test_the_readme_quick_start_registers_an_agent_and_runs_a_command(tmp_path: 
     assert "load average" in output, output  # uptime, on the agent
     assert re.search(r"^lo\s+UNKNOWN\s+127\.0\.0\.1/8", output, re.M), output  # ip -brief addr
     assert (clone / "data" / "agent").is_dir()
+
+
+def test_the_banner_of_scripts_serve_runs_as_pasted(tmp_path: Path) -> None:
+    """The lines ``./scripts/serve`` prints "to register a first device", pasted in order
+    as they are (comments too); the last, ``tether-agent run``, stays in the foreground,
+    so it runs on its own until the agent says it is connected."""
+    clone, env = fresh_clone(tmp_path / "tether"), reader_env()
+    with serving(clone, "./scripts/serve", env) as (port, server_out):
+        server_out.wait_for(r"tether-agent run")
+        text = server_out.text()
+        banner = text[text.index("To register a first device:"):].splitlines()[1:]
+        lines = [line.strip() for line in banner if line.startswith("  ")]
+        *setup, run = lines
+        assert run.endswith("tether-agent run --state-dir data/agent"), lines
+        output = run_block(clone, "\n".join(setup) + "\n", env)
+        assert re.search(r"registered as mi-[0-9a-f]{17} with http://127\.0\.0\.1:" + port,
+                         output)
+        agent, agent_out = spawn(["bash", "-c", f"cd {shlex.quote(str(clone))} && {run}"], env)
+        try:
+            agent_out.wait_for(rf"connected to http://127\.0\.0\.1:{port} as mi-", timeout=30)
+        finally:
+            stop(agent)

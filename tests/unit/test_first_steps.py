@@ -53,10 +53,9 @@ def test_loopback_server_registers_a_local_agent_and_says_how_to_reach_others(
     settings = Settings.for_data_dir(tmp_path, host="127.0.0.1")
     banner = _first_steps(settings, "http://127.0.0.1:8720")
     agent, state = command_for("tether-agent"), f"--state-dir {tmp_path / 'agent'}"
-    assert register_line(banner) == (f"{agent} register --server http://127.0.0.1:8720 {state} "
-                                     "--activation-id ID --activation-code CODE")
+    assert register_line(banner) == f"{agent} register --server http://127.0.0.1:8720 {state}"
     assert f"{agent} run {state}" in banner.splitlines()[-1]
-    assert f"{command_for('tether')} activation create" in banner
+    assert f'eval "$({command_for("tether")} activation create --env)"' in banner
     assert "--tls auto" in banner
     assert f"TETHER_TOKEN=$(cat {settings.admin_token_file})" in banner
 

@@ -76,6 +76,7 @@ def _first_steps(settings: Settings, url: str, access: AdminAccess | None = None
     tether, agent = command_for("tether"), command_for("tether-agent")
     state = f"--state-dir {shlex.quote(str(settings.data_dir / 'agent'))}"  # no root needed
     operator = f"export TETHER_SERVER={url} TETHER_TOKEN={token}"
+    create = f"{tether} activation create            # prints an activation id and code"
     device: list[str]
     if settings.tls is not None and settings.tls.ca is not None:
         operator += f" TETHER_CA={settings.tls.ca}"
@@ -85,15 +86,16 @@ def _first_steps(settings: Settings, url: str, access: AdminAccess | None = None
         extra = "" if settings.tls is not None else " --insecure"
         device = ["# on the device:", register.format(url=url, extra=extra), "tether-agent run"]
     else:
+        # Every line runs as pasted, in order: register reads the id and code from the
+        # environment (tests/integration/test_readme_quickstart.py runs them).
+        create = (f'eval "$({tether} activation create --env)"   '
+                  "# TETHER_ACTIVATION_ID and _CODE, for register")
         device = ["# on this machine (for devices elsewhere, serve TLS: --host 0.0.0.0 "
                   "--tls auto --tls-name NAME):",
-                  f"{agent} register --server {url} {state} "
-                  "--activation-id ID --activation-code CODE",
+                  f"{agent} register --server {url} {state}",
                   f"{agent} run {state}"]
     lines = [f"Web console: {url}/ (sign in with {sign_in})",
-             "To register a first device:", operator,
-             f"{tether} activation create            # prints an activation id and code",
-             *device]
+             "To register a first device:", operator, create, *device]
     if wildcard:
         lines.append("# SERVER: this machine's name or address as devices reach it"
                      + (" (one the certificate names: --tls-name)" if settings.tls else ""))
