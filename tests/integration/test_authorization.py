@@ -51,8 +51,9 @@ API = "/api/v1"
 # whoami needs only a valid token, and the docs are public.
 # Any valid token: registration (an activation code instead), whoami, and the target
 # preview, which tells what POST /commands would (the count, the nodes it would refuse).
+# The fleet page's counts count only the nodes the operator may read (as the preview).
 UNMATRIXED = {("POST", "/api/v1/registrations"), ("GET", "/api/v1/whoami"),
-              ("GET", "/api/v1/targets/preview")}
+              ("GET", "/api/v1/targets/preview"), ("GET", "/api/v1/nodes/counts")}
 UNMATRIXED_PATHS = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/oauth2-redirect"}
 # No proxy from the environment may sit between the tests and the loopback server.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -951,6 +952,37 @@ def test_preview_counts_and_names_only_readable_nodes(fleet: Fleet) -> None:
     assert prod == nobody and prod["count"] == 0
     assert fleet.admin.ok("GET", "/targets/preview?target=tag%3Aenv%3Dprod")["count"] >= 1
     assert_hidden(lab, "GET", Call(f"/targets/preview?target={fleet.prod}", hides=fleet.prod))
+
+
+def test_node_counts_count_readable_nodes_by_state_and_tag_value(fleet: Fleet) -> None:
+    """The fleet page's summary (issue 13): Online / ConnectionLost / Deregistered, by the
+    values of a tag, of the nodes the operator may read; a deregistered node moves from
+    its ping status to Deregistered."""
+    def counts(api: Api, query: str) -> dict[str, Any]:
+        answer: dict[str, Any] = api.ok("GET", f"/nodes/counts?{query}")
+        for state in ("Online", "ConnectionLost", "Deregistered"):  # the values add up
+            assert "by=" not in query or answer["more_values"] or sum(
+                v[state] for v in answer["values"]) == answer["total"][state], answer
+        return answer
+
+    before = counts(fleet.admin, "by=env")
+    spare = fleet.spare_node()
+    fleet.admin.ok("DELETE", f"/nodes/{spare}")
+    after = counts(fleet.admin, "by=env")
+    lab = {v["value"]: v for v in after["values"]}["lab"]
+    assert after["total"]["Deregistered"] == before["total"]["Deregistered"] + 1, after
+    assert lab["Deregistered"] >= 1 and {"lab", "prod"} <= {v["value"] for v in after["values"]}
+    readable = len(fleet.admin.ok("GET", "/nodes"))  # registered ones
+    assert after["total"]["Online"] + after["total"]["ConnectionLost"] == readable, after
+    only = counts(fleet.admin, f"q={spare}")  # the search's words, as /nodes/search
+    assert only["total"] == {"Online": 0, "ConnectionLost": 0, "Deregistered": 1}, only
+    # An operator who may read the lab nodes counts those only, never prod.
+    _, lab_op = fleet.operator([], [_allow(["nodes:read"], ["tag:env=lab"])])
+    mine = counts(lab_op, "by=env")
+    assert [v["value"] for v in mine["values"]] == ["lab"], mine
+    assert mine["total"] == {k: lab[k] for k in mine["total"]}, (mine, lab)
+    assert counts(lab_op, "by=env&limit=1")["more_values"] == 0
+    assert counts(fleet.admin, "by=env&limit=1")["more_values"] >= 1
 
 
 def test_an_unreadable_node_answers_as_a_missing_one_on_every_node_route(

@@ -482,6 +482,56 @@ def hostile_strings(url: str, token: str, activation_id: str, activation_code: s
     return b.result(seen)
 
 
+def fleet_summary(url: str, token: str, activation_id: str, activation_code: str,
+                  shots: Path) -> dict[str, Any]:
+    """Three registered devices (the real protocol, none connected yet), two tagged
+    site=a; what the fleet page's summary says, searched by site=a, as one connects
+    and one is deregistered, and how many page loads that took."""
+    from playwright.sync_api import expect
+
+    tests = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(tests), str(tests / "integration")]
+    from test_cli_escaping import HostileDevice
+
+    seen: dict[str, Any] = {}
+    endpoint = Endpoint(url, (activation_id, activation_code))
+    devices = [HostileDevice(endpoint, name=f"sum-{i}") for i in range(3)]  # type: ignore[arg-type]
+    for device, site in zip(devices, ("a", "a", "b"), strict=True):
+        api(url, token, "PATCH", f"/nodes/{device.node_id}/tags", {"set": {"site": site}})
+    with Browser(shots) as b:
+        page = b.page
+        b.sign_in(url, token, seen)
+        total = page.locator("#summary .summary-total")
+
+        def counts(where: Any) -> str:
+            return " ".join(where.locator(".count").all_inner_texts())
+
+        expect(total).to_contain_text("ConnectionLost 3")
+        seen["all"] = counts(total)
+        page.fill("#search", "site=a")  # counted by site, the key the search filters on
+        expect(total).to_contain_text("ConnectionLost 2")
+        value = page.locator('#summary .summary-value[data-value="a"]')
+        expect(value).to_contain_text("ConnectionLost 2")
+        seen["site_a"] = counts(total)
+        seen["values"] = page.locator("#summary .summary-value").all_inner_texts()
+        loads = b.loads
+        with devices[0]:  # connects: Online, without a reload
+            expect(total).to_contain_text("Online 1")
+            seen["connected"] = counts(total)
+            api(url, token, "DELETE", f"/nodes/{devices[1].node_id}")
+            expect(total).to_contain_text("Deregistered 1")
+            seen["deregistered"] = counts(total)
+            seen["value_after"] = value.inner_text()
+            b.shot("fleet-summary")
+        seen["loads"] = b.loads - loads
+        page.fill("#by", "nosuchkey")  # a key no node has: one value, "no nosuchkey tag"
+        expect(page.locator("#summary .summary-value")).to_have_text(
+            re.compile("^no nosuchkey tag"))  # one value only
+        seen["untagged"] = page.locator("#summary .summary-value").inner_text()
+        b.lap("fleet summary, live")
+    return b.result(seen)
+
+
 def audit_verdicts(url: str, token: str, database: Path, shots: Path) -> dict[str, Any]:
     """The audit page's verdict on the log as it is, then with its last three records
     deleted (in the server's SQLite database, as someone with the file could), then with
@@ -532,6 +582,9 @@ def main() -> int:
     hs = sub.add_parser("strings")
     for name in ("url", "token", "activation_id", "activation_code", "shots"):
         hs.add_argument(name)
+    fs = sub.add_parser("summary")
+    for name in ("url", "token", "activation_id", "activation_code", "shots"):
+        fs.add_argument(name)
     av = sub.add_parser("verdicts")
     for name in ("url", "token", "database", "shots"):
         av.add_argument(name)
@@ -545,6 +598,9 @@ def main() -> int:
         elif a.what == "strings":
             result = hostile_strings(a.url, a.token, a.activation_id, a.activation_code,
                                      Path(a.shots))
+        elif a.what == "summary":
+            result = fleet_summary(a.url, a.token, a.activation_id, a.activation_code,
+                                   Path(a.shots))
         elif a.what == "verdicts":
             result = audit_verdicts(a.url, a.token, Path(a.database), Path(a.shots))
         else:
@@ -785,4 +841,28 @@ def test_the_audit_page_says_whether_the_log_is_intact_truncated_or_tampered(
     assert f"ends at record {head - 3}" in seen["truncated"], seen  # the server's reason
     assert seen["tampered"].startswith("Tampered at #2 ("), seen
     assert "changed after it was written" in seen["tampered"], seen
+    assert console_errors(result) == [], result["console"]
+
+
+def test_the_fleet_summary_counts_by_state_and_tag_value_live(
+        console: Console, tmp_path: Path) -> None:
+    """Issue 13: Online / ConnectionLost / Deregistered above the fleet, by the values of
+    the tag a search filters on, following the fleet as it changes (no reload)."""
+    activation = console.cli("activation", "create", "--limit", "3", "--json")
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    result = console.browse("summary", console.server_url, console.token,
+                            activation["activation_id"], activation["activation_code"],
+                            str(shots))
+    seen = result["seen"]
+    assert seen["all"] == "Online 0 ConnectionLost 3 Deregistered 0", seen
+    assert seen["site_a"] == "Online 0 ConnectionLost 2 Deregistered 0", seen
+    assert seen["values"] == ["site=a Online 0 ConnectionLost 2 Deregistered 0"], seen
+    assert seen["connected"] == "Online 1 ConnectionLost 1 Deregistered 0", seen
+    assert seen["deregistered"] == "Online 1 ConnectionLost 0 Deregistered 1", seen
+    assert seen["value_after"] == "site=a Online 1 ConnectionLost 0 Deregistered 1", seen
+    assert seen["loads"] == 0, seen
+    # (the device that connected may or may not have been seen to go yet)
+    assert re.fullmatch(r"no nosuchkey tag Online [01] ConnectionLost [01] Deregistered 1",
+                        seen["untagged"]), seen
     assert console_errors(result) == [], result["console"]

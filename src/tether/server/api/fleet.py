@@ -76,6 +76,33 @@ async def search_nodes(s: State, who: Who,
     return {"total": total, "offset": offset, "nodes": [_summary(r) for r in rows]}
 
 
+STATES = ("Online", "ConnectionLost", "Deregistered")
+
+
+@router.get("/nodes/counts", response_model=models.NodeCounts, responses=ERRORS)
+async def count_nodes(s: State, who: Who,
+                      q: Annotated[str, Query(max_length=400, description=(
+                          "as for /nodes/search; deregistered nodes are counted too"))] = "",
+                      by: Annotated[models.TagKey | None, Query(description=(
+                          "a tag key: the counts by each of its values"))] = None,
+                      limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                      ) -> dict[str, Any]:
+    """How many nodes this operator may see are Online, ConnectionLost, Deregistered
+    (the fleet page's summary, refreshed with it): counted by the database, one query."""
+    f = readable_filter(who, NodeFilter(terms=tuple(_terms(q)), include_deregistered=True))
+    total = dict.fromkeys(STATES, 0)
+    values: dict[str | None, dict[str, int]] = {}
+    for value, node_state, count in await s.store.state_counts(f, by):
+        key = node_state if node_state in total else "ConnectionLost"
+        total[key] += count
+        if by is not None:
+            row = values.setdefault(value, dict.fromkeys(STATES, 0))
+            row[key] += count
+    ranked = sorted(values.items(), key=lambda kv: (-sum(kv[1].values()), kv[0] or ""))
+    return {"total": total, "by": by, "more_values": max(0, len(ranked) - limit),
+            "values": [{"value": v, **c} for v, c in ranked[:limit]]}
+
+
 def _terms(q: str) -> list[str]:
     """Words of the query; an address is compared in its canonical spelling."""
     out = []

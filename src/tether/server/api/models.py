@@ -374,6 +374,25 @@ class NodePage(BaseModel):
     nodes: list[NodeSummary]
 
 
+class StateCounts(BaseModel):
+    Online: int = 0
+    ConnectionLost: int = 0
+    Deregistered: int = 0
+
+
+class TagValueCounts(StateCounts):
+    value: str | None = Field(description="the tag's value; null: nodes without the tag")
+
+
+class NodeCounts(BaseModel):
+    """The fleet page's summary: nodes matching ``q`` by state, and by a tag's values."""
+    total: StateCounts
+    by: str | None = Field(description="the tag key counted by value, if any")
+    values: list[TagValueCounts] = Field(
+        description="the most common values first, at most ``limit``")
+    more_values: int = Field(description="values left out past ``limit``")
+
+
 class TargetPreview(BaseModel):
     count: int = Field(description="registered nodes the targets resolve to")
     online: int = Field(description="of them, connected now")

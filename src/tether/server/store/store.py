@@ -434,6 +434,26 @@ class Store:
         async with self.engine.connect() as conn:
             return int(await conn.scalar(q) or 0)
 
+    async def state_counts(self, f: NodeFilter, by: str | None = None,
+                           ) -> list[tuple[str | None, str, int]]:
+        """(value of tag ``by`` or None, state, nodes) for the nodes ``f`` matches, where
+        a state is the ping status, or ``Deregistered`` for a deregistered node (counted
+        only when ``f.include_deregistered``): the fleet page's summary, one query."""
+        # Inlined, not a bound parameter: PostgreSQL must see the same expression in
+        # GROUP BY as in the select list.
+        state = sa.case((nodes.c.deregistered_at.is_not(None),
+                         sa.literal_column("'Deregistered'")), else_=nodes.c.ping_status)
+        value: sa.ColumnElement[Any] = sa.null()
+        source: Any = nodes
+        if by is not None:
+            source = nodes.outerjoin(node_tags, sa.and_(
+                node_tags.c.node_id == nodes.c.node_id, node_tags.c.key == by))
+            value = node_tags.c.value
+        q = self._filtered(sa.select(value, state, sa.func.count()).select_from(source), f)
+        q = q.group_by(value, state) if by is not None else q.group_by(state)
+        async with self.engine.connect() as conn:
+            return [(v, st, int(n)) for v, st, n in (await conn.execute(q)).all()]
+
     async def node_page(self, f: NodeFilter, limit: int, offset: int) -> list[Row]:
         """One page of nodes, by name then id."""
         q = self._filtered(sa.select(nodes), f)

@@ -13,6 +13,27 @@ export function address(n) {
     n.primary_interface + (n.point_to_point ? " · point-to-point" : "")) : null);
 }
 
+const STATES = ["Online", "ConnectionLost", "Deregistered"];
+
+// The tag key a search filters on (its first KEY=VALUE word): what the summary counts
+// by when the operator names no key of their own.
+export function filteredKey(q) {
+  const word = q.split(/\s+/).find((w) => /^[^=]+=/.test(w));
+  return word ? word.split("=", 1)[0] : "";
+}
+
+// The summary of GET /nodes/counts: how many nodes the search matches in each state
+// (deregistered ones too), then the same for each value of the tag counted by.
+function summaryOf(c) {
+  const line = (counts) => STATES.flatMap((st, i) => [i ? " " : null,
+    h("span", { class: `count status-${st}`, "data-state": st }, `${st} ${counts[st]}`)]);
+  return [h("div", { class: "summary-total" }, line(c.total)),
+    c.by ? h("div", { class: "summary-by" }, c.values.map((v) =>
+      h("div", { class: "summary-value", "data-value": v.value ?? "" },
+        h("span", { class: "tag" }, v.value === null ? `no ${c.by} tag` : `${c.by}=${v.value}`), " ", line(v))),
+    c.more_values ? h("span", { class: "muted" }, `and ${c.more_values} more values`) : null) : null];
+}
+
 export async function render(main, _m, params) {
   let q = params.get("q") || "";
   let ping = params.get("ping_status") || "";
@@ -27,13 +48,23 @@ export async function render(main, _m, params) {
   const prev = h("button", { type: "button", onclick: () => { offset = Math.max(0, offset - PAGE); refresh(); } }, "Previous");
   const next = h("button", { type: "button", onclick: () => { offset += PAGE; refresh(); } }, "Next");
   const body = h("div");
-  add(main, h("h1", {}, "Fleet"),
-    h("div", { class: "toolbar" }, search, pingSel, prev, next, counter), body);
+  let by = params.get("by") || "";
+  const bySel = h("input", { type: "text", id: "by", size: 14, value: by,
+    placeholder: "count by tag key", "aria-label": "Count by tag key" });
+  const summary = h("div", { id: "summary", class: "summary card" });
+  add(main, h("h1", {}, "Fleet"), summary,
+    h("div", { class: "toolbar" }, search, pingSel, bySel, prev, next, counter), body);
 
   let timer = null;
   let typing = null;
+  let summaries = 0;
   async function refresh() {
     clearTimeout(timer);
+    const key = by || filteredKey(q);
+    const asked = ++summaries;  // an older answer arriving late is not shown
+    get(`/nodes/counts${query({ q, by: key, limit: 20 })}`).then(
+      (c) => { if (asked === summaries) put(summary, summaryOf(c)); },
+      (err) => { if (asked === summaries) put(summary, errorBox(err)); });
     try {
       const page = await get(`/nodes/search${query({ q, ping_status: ping, limit: PAGE, offset })}`);
       const last = Math.min(page.total, offset + page.nodes.length);
@@ -58,6 +89,10 @@ export async function render(main, _m, params) {
   search.addEventListener("input", () => {
     clearTimeout(typing);
     typing = setTimeout(() => { q = search.value.trim(); offset = 0; refresh(); }, 250);
+  });
+  bySel.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => { by = bySel.value.trim(); refresh(); }, 250);
   });
   pingSel.addEventListener("change", () => { ping = pingSel.value; offset = 0; refresh(); });
   await refresh();
