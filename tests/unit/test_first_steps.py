@@ -95,3 +95,14 @@ def test_register_says_the_exact_run_line_with_the_same_state_dir(tmp_path: Path
     assert f"  {agent} run --state-dir '{odd}'" in lines
     assert shlex.split(lines[1])[-2:] == ["--state-dir", str(odd)]
     assert any(node in line for line in lines)
+
+
+def test_serving_installs_the_server_extras_and_testing_the_dev_extras() -> None:
+    """``./scripts/serve`` took 65 s from a clean clone installing playwright, mypy and
+    schemathesis to run a server; the suite still needs them (scripts/test)."""
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    serve, test = (scripts / "serve").read_text(), (scripts / "test").read_text()
+    setup = (scripts / "setup").read_text()
+    assert "./scripts/setup server\n" in serve
+    assert "./scripts/setup\n" in test and 'EXTRAS="${1:-dev}"' in setup
+    assert '-e ".[$EXTRAS]"' in setup
