@@ -477,6 +477,9 @@ def hostile_strings(url: str, token: str, activation_id: str, activation_code: s
             seen[name] = {"text": page.locator("main").inner_text(),
                           "made": page.evaluate(INJECTED)}
             b.shot(f"hostile-{name}")
+        # The audit page's details as fields (issue 13), the command's record first.
+        sent = page.locator("main tbody tr").filter(has_text="POST /api/v1/commands").first
+        seen["audit_fields"] = sent.locator("td.detail .field").all_inner_texts()
         seen["header_scripts"] = page.evaluate("[...document.scripts].map((s) => s.src)")
         b.lap("hostile strings on five pages")
     return b.result(seen)
@@ -803,15 +806,20 @@ def test_device_and_operator_strings_are_text_on_every_page(
     assert seen["registration_refused"] in (401, 403, 404), seen
     # Where each page shows HOSTILE, at least: fleet (name, tag), node (title, host name,
     # tag, the recent command's comment), command (script, comment, output), commands
-    # (comment); the audit page shows it in JSON details (quotes escaped), and the
+    # (comment); audit (the script and the tag in the records' details), and the
     # anonymous actor below.
-    least = {"fleet": 2, "node": 4, "command": 3, "commands": 1, "audit": 0}
+    least = {"fleet": 2, "node": 4, "command": 3, "commands": 1, "audit": 2}
     for name, count in least.items():
         text, made = seen[name]["text"], seen[name]["made"]
         assert made == {"elements": 0, "ran": None}, (name, made)
         assert [ch for ch in INVISIBLE if ch in text] == [], (name, text)
         assert text.count(SHOWN) >= count, (name, count, text)
     assert f"activation:{SHOWN_ID}" in seen["audit"]["text"], seen["audit"]["text"]
+    # Details are fields to read, not JSON (issue 13): "key: value", lists as items.
+    fields = {f.split(": ", 1)[0]: f.split(": ", 1)[1] for f in seen["audit_fields"]}
+    assert fields["script"] == f"echo '{SHOWN}'", fields
+    assert re.fullmatch(r"mi-[0-9a-f]{17}", fields["targets"]) and fields["nodes"] == "1", fields
+    assert '{"' not in seen["audit"]["text"] and '":' not in seen["audit"]["text"], seen
     # What ran, in the command tables: the script's line (cut at 120 characters, inside
     # the markup here), then the comment (issue 13).
     line = script_line(f"echo '{HOSTILE}'")

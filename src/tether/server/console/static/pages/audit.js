@@ -25,6 +25,26 @@ export function verdictText(v) {
   return [v.seq ? `Tampered at #${v.seq}` : "Tampered", v.problem];
 }
 
+// A record's detail as fields to read: one line per key, a list as its items, a
+// nested object as key=value pairs, a long or multi-line text (a script) as it is.
+function detailValue(v) {
+  if (v === null || v === undefined) return "-";
+  if (Array.isArray(v)) return v.length ? v.map(detailValue).join(", ") : "none";
+  if (typeof v === "object") {
+    const pairs = Object.entries(v);
+    return pairs.length ? pairs.map(([k, x]) => `${k}=${detailValue(x)}`).join(", ") : "none";
+  }
+  return String(v);
+}
+
+export function detailFields(detail) {
+  if (!detail || typeof detail !== "object") return detail ? detailValue(detail) : "";
+  return Object.entries(detail).map(([k, v]) => h("div", { class: "field", "data-key": k },
+    h("span", { class: "key" }, `${k.replaceAll("_", " ")}:`), " ",
+    h("span", { class: typeof v === "string" && v.includes("\n") ? "value multiline" : "value" },
+      detailValue(v))));
+}
+
 export async function render(main, _m, params) {
   const actor = h("input", { type: "text", id: "actor", size: 16, placeholder: "actor", value: params.get("actor") || "" });
   const action = h("input", { type: "text", id: "action", size: 28, placeholder: "action, e.g. POST /api/v1/commands" });
@@ -40,7 +60,7 @@ export async function render(main, _m, params) {
         rows.slice().reverse().map((r) => h("tr", {},
           h("td", {}, r.seq), h("td", {}, when(r.at)), h("td", {}, r.actor), h("td", { class: "mono" }, r.action),
           h("td", { class: "mono" }, r.target || ""), h("td", {}, r.outcome), h("td", { class: "mono" }, r.source || ""),
-          h("td", { class: "mono detail" }, JSON.stringify(r.detail))))));
+          h("td", { class: "detail" }, detailFields(r.detail))))));
     } catch (err) {
       put(body, errorBox(err));
     }
