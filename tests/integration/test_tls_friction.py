@@ -298,3 +298,49 @@ def test_configure_needs_an_identity(tmp_path: Path) -> None:
     result = configure(tmp_path / "none", "--server", "https://127.0.0.1:1")
     assert result.returncode == EXIT_REFUSED, result.stderr
     assert "not registered" in result.stderr
+
+
+# -- 4. agent-bundle fetch: what it counts, and the install line it prints -----------
+
+def fetch(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "tether", "agent-bundle", "fetch", "--data-dir",
+                           str(data), *args], capture_output=True, text=True, env=clean_env(),
+                          timeout=600)
+
+
+def test_agent_bundle_fetch_counts_dependencies_and_prints_a_working_install_line(
+        tls_server: TlsServer, tmp_path: Path) -> None:
+    bundle = tls_server.data_dir / "agent-bundle"
+    first = fetch(tls_server.data_dir)
+    assert first.returncode == 0, first.stderr
+    wheels = sorted(bundle.glob("*.whl"))
+    agent_wheel = [w for w in wheels if w.name.startswith("tether-")]
+    deps = [w for w in wheels if not w.name.startswith("tether-")]
+    assert len(agent_wheel) == 1 and deps
+    assert f"{len(deps)} dependency wheel(s) in {bundle}" in first.stdout, first.stdout
+    assert str(agent_wheel[0]) not in first.stdout.splitlines()  # not listed as a dependency
+    # The data directory has tether's private CA: https, the CA given to curl and the agent.
+    assert ("curl -fsS --cacert ca.pem https://SERVER:8720/agent/install.sh | sh -s -- "
+            "--ca ca.pem --activation-id ID --activation-code CODE") in first.stdout
+
+    # With --server (offline, from the wheels fetched): the line for this server, pasted.
+    again = fetch(tls_server.data_dir, "--server", tls_server.url, "--find-links", str(bundle))
+    assert again.returncode == 0, again.stderr
+    # The agent's wheel is in the folder now (packed by the first run): still not counted.
+    assert f"{len(deps)} dependency wheel(s) in {bundle}" in again.stdout, again.stdout
+    [line] = [x.strip() for x in again.stdout.splitlines() if x.strip().startswith("curl ")]
+    assert line.startswith(f"curl -fsS --cacert ca.pem {tls_server.url}/agent/install.sh "), line
+    device = tmp_path / "device"
+    device.mkdir()
+    shutil.copy(tls_server.ca, device / "ca.pem")
+    activation_id, code = tls_server.activation()
+    line = line.replace("--activation-id ID --activation-code CODE",
+                        f"--activation-id {activation_id} --activation-code {code} "
+                        f"--prefix {device / 'prefix'} --state-dir {device / 'state'} "
+                        "--no-service")
+    installed = subprocess.run(["sh", "-c", line], capture_output=True, text=True, cwd=device,
+                               env=clean_env(), timeout=600)
+    assert installed.returncode == 0, (installed.stdout, installed.stderr)
+    node_id = node_id_of(installed)
+    assert node_id in {n["node_id"] for n in tls_server.cli("nodes", "list")}
+    assert (device / "state" / "ca.pem").read_bytes() == tls_server.ca.read_bytes()

@@ -168,13 +168,18 @@ def _bundle_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     f.add_argument("--data-dir", type=Path, default=Path("data"), metavar="DIR")
     f.add_argument("--index-url", metavar="URL", help="package index to use instead of PyPI")
     f.add_argument("--find-links", metavar="DIR", help="a folder of wheels to use, offline")
+    f.add_argument("--server", metavar="URL", help="the server's URL as devices dial it, "
+                   "for the install line printed at the end (default: a SERVER placeholder, "
+                   "https when DATA/tls has tether's private CA)")
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from tether.server.agent_dist.bundle import AgentBundle, fetch_dependencies
+    from tether.server.agent_dist.bundle import AgentBundle, fetch_dependencies, install_line
+    from tether.server.agent_dist.wheel import agent_wheel_name
     from tether.server.config import Settings
 
-    folder = Settings.for_data_dir(args.data_dir).agent_bundle_dir
+    settings = Settings.for_data_dir(args.data_dir)
+    folder = settings.agent_bundle_dir
     index: list[str] = []
     if args.index_url:
         index += ["--index-url", args.index_url]
@@ -186,10 +191,14 @@ def _bundle(args: argparse.Namespace) -> int:
         fail("pip could not download the wheels (see above)")
         return 1
     AgentBundle(folder).prepare()
-    for wheel in sorted(folder.glob("*.whl")):
+    for wheel in wheels:
         out(str(wheel))
-    out(f"{len(wheels)} dependency wheel(s) in {folder}; devices can now run: curl -fsS "
-        "http://SERVER/agent/install.sh | sh -s -- --activation-id ID --activation-code CODE")
+    out(f"{len(wheels)} dependency wheel(s) in {folder}, and the agent's own wheel "
+        f"({folder / agent_wheel_name()}, packed from this code at each server start)")
+    ca = settings.tls_dir / "ca.pem"
+    out("devices can now run:")
+    for line in install_line(args.server, ca if ca.is_file() else None):
+        out(f"  {line}")
     return 0
 
 

@@ -18,10 +18,12 @@ from packaging.requirements import Requirement
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
+from tether.protocol.netaddr import plain_http_off_machine
 from tether.server.agent_dist.wheel import agent_wheel_name, base_requirements, pack_agent_wheel
 
 SUPPORTED_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 _PYTHON = re.compile(r"3\.\d{1,2}")
+AGENT_DIST = "tether"  # the agent wheel's distribution name (wheel.agent_wheel_name)
 
 
 class BundleError(Exception):
@@ -79,6 +81,13 @@ class AgentBundle:
         return path
 
 
+def dependency_wheels(folder: Path) -> list[Path]:
+    """The wheels in the bundle other than the agent's own (``tether-*.whl``, packed by
+    the server from its code): what ``fetch`` brought, and all it should count."""
+    return sorted(p for p in folder.glob("*.whl")
+                  if parse_wheel_filename(p.name)[0] != AGENT_DIST)
+
+
 def fetch_dependencies(folder: Path, index_args: list[str]) -> list[Path]:
     """Download the pure-Python dependency wheels for every supported Python."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,4 +102,36 @@ def fetch_dependencies(folder: Path, index_args: list[str]) -> list[Path]:
                  "--disable-pip-version-check", "--only-binary=:all:", "--platform", "any",
                  "--python-version", python, "--dest", str(folder), *index_args,
                  f"{req.name}{req.specifier}"], check=True)
-    return sorted(folder.glob("*.whl"))
+    return dependency_wheels(folder)
+
+
+DEFAULT_PORT = 8720  # tether server's --port default
+
+
+def install_line(server_url: str | None, ca: Path | None) -> list[str]:
+    """The installer line for devices, as the server will serve it.
+
+    ``server_url`` is the URL devices dial (None: a SERVER placeholder with the
+    default port); ``ca`` the private CA when the server runs ``--tls auto`` (its
+    data directory has one), which curl must check the download against and the
+    agent pins. Plain HTTP off the machine needs the agent's ``--insecure``.
+    """
+    scheme = "https" if ca is not None else "http"
+    url = (server_url or f"{scheme}://SERVER:{DEFAULT_PORT}").rstrip("/")
+    curl = "curl -fsS --cacert ca.pem" if ca is not None and url.startswith("https:") \
+        else "curl -fsS"
+    agent = " --ca ca.pem" if "--cacert" in curl else ""
+    if plain_http_off_machine(url):
+        agent += " --insecure"
+    lines = [f"{curl} {url}/agent/install.sh | sh -s --{agent} "
+             "--activation-id ID --activation-code CODE"]
+    if "--cacert" in curl:
+        lines.append(f"  (ca.pem: a copy of {ca}; check it on the device with openssl x509 "
+                     "-noout -fingerprint -sha256 -in ca.pem against the server's banner)")
+    if server_url is None:
+        lines.append(f"  (SERVER: this machine's name or address as devices reach it, one "
+                     f"the certificate names; {DEFAULT_PORT} unless 'tether server --port'; "
+                     "or give --server URL)" if ca is not None else
+                     f"  (SERVER: this machine's name or address as devices reach it; "
+                     f"{DEFAULT_PORT} unless 'tether server --port'; or give --server URL)")
+    return lines
