@@ -294,6 +294,27 @@ def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
         replayed.first.wait_for(timeout=15_000)
         seen["replayed_hostname"] = replayed.count()
         lap("recording replayed")
+        # The player pauses, seeks and changes speed (issue 13).
+        play, seek, clock = (page.locator(f"#replay-{x}") for x in ("play", "seek", "time"))
+        page.select_option("#replay-speed", "8")
+        expect(play).to_have_text("Play", timeout=20_000)  # played to its end
+        end = seek.get_attribute("max") or "0"
+        seen["replay_clock_at_end"] = clock.inner_text()
+        seek.fill("0")  # back to the start: the answer is not on the screen yet
+        expect(replayed).to_have_count(0)
+        seen["replay_clock_at_start"] = clock.inner_text()
+        page.select_option("#replay-speed", "1")
+        play.click()
+        expect(play).to_have_text("Pause")
+        play.click()
+        expect(play).to_have_text("Play")
+        paused = clock.inner_text(), seek.input_value()
+        page.wait_for_timeout(1200)  # paused: nothing moves in a second
+        seen["replay_paused_moved"] = (clock.inner_text(), seek.input_value()) != paused
+        seek.fill(end)  # forward to the end: the answer is back
+        replayed.first.wait_for()
+        seen["replay_end"] = float(end)
+        lap("replay paused, seeked, sped up")
 
         # The audit log filters, and exports what it shows as JSON lines.
         page.locator('header nav a[href="#/audit"]').click()
@@ -735,6 +756,10 @@ def test_operator_finds_ppp_device_runs_command_and_shell_in_browser(
     assert session_row[1] == console.node_id and session_row[2] == operator, session_row
     assert seen["activations"] == 2
     assert seen["replayed_hostname"] >= 1, seen
+    assert seen["replay_end"] > 0 and not seen["replay_paused_moved"], seen
+    start_clock, end_clock = seen["replay_clock_at_start"], seen["replay_clock_at_end"]
+    assert start_clock.startswith("0:00 / ") and end_clock.split(" / ")[0] == (
+        end_clock.split(" / ")[1]), (start_clock, end_clock)
     assert seen["exported_actions"] == ["POST /api/v1/sessions"], seen["exported_actions"]
     assert re.match(r"Intact up to #\d+, anchored \(", seen["verdict"]), seen["verdict"]
     assert seen["loads_while_status_changed"] == 0, seen  # live, not reloaded
