@@ -171,7 +171,7 @@ def test_run_says_what_waits_offline_and_until_when(server: Server,
     assert waits, ran.stderr
     # The output is on stdout alone, and the online node's came while the other waited.
     assert ran.stdout.startswith(f"=== {online.node_id}  Success  exit 0\nhi\n"), ran.stdout
-    assert f"=== {offline.node_id}  DeliveryTimedOut" in ran.stdout
+    assert f"=== {offline.node_id}  DeliveryTimedOut: the node did not connect" in ran.stdout
     shown = server.cli("commands", "show", cid_of(ran))
     deadline = shown["created_at"] + shown["delivery_timeout"]
     assert waits.group(1) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))

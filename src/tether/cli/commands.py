@@ -154,17 +154,17 @@ def _counts(command: dict[str, Any]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(command["counts"].items()))
 
 
-def ending(inv: dict[str, Any], timeout: float) -> tuple[str, str | None]:
+def ending(inv: dict[str, Any], timeout: float) -> tuple[str | None, str | None]:
     """How an invocation ended, in words, and what its reason adds to them: the one
     place the CLI says it (``run``'s headers, ``commands show``'s rows).
 
     A negative exit code is the signal that killed the script: a TimedOut ``exit -15``
     is ``killed by SIGTERM after the 2 s timeout`` (which is the agent's reason, said
-    once). ``-`` when there is no exit code (never started, still running).
+    once). None when there is no exit code (never started, still running).
     """
     code, reason = inv["exit_code"], inv["reason"]
     if code is None:
-        return "-", reason
+        return None, reason
     if code >= 0:
         return f"exit {code}", reason
     try:
@@ -185,8 +185,9 @@ def cut(inv: dict[str, Any], streams: tuple[str, ...] = ("stdout", "stderr")) ->
 def _print_invocation(inv: dict[str, Any], outputs: dict[str, bytes], raw: bool,
                       timeout: float) -> None:
     said, reason = ending(inv, timeout)
+    how = f"  {said}" if said else ""
     extra = f": {reason}" if reason else ""
-    out(f"=== {inv['node_id']}  {inv['status']}  {said}{extra}")
+    out(f"=== {inv['node_id']}  {inv['status']}{how}{extra}")
     device_output(outputs["stdout"], raw=raw)
     device_output(outputs["stderr"], err=True, raw=raw)
     for line in cut(inv):
