@@ -57,13 +57,15 @@ Side = Any  # AGENT_MESSAGES or SERVER_MESSAGES
 channels = st.integers(min_value=1, max_value=MAX_CHANNEL)
 windows = st.integers(min_value=0, max_value=MAX_WINDOW)
 credits = st.integers(min_value=1, max_value=MAX_WINDOW)
-# Within each field's bound (tether.protocol.limits; tested in test_messages.py).
-opt_texts = st.none() | st.text(max_size=64)
+# Within each field's bound (tether.protocol.limits; tested in test_messages.py), and
+# storable text: U+0000 is refused or replaced there, never round-tripped.
+storable = st.characters(codec="utf-8", exclude_characters="\x00")
+opt_texts = st.none() | st.text(storable, max_size=64)
 opt_non_negative = st.none() | st.integers(min_value=0, max_value=2**63 - 1)
 modes = st.none() | st.integers(min_value=0, max_value=0o177777)
 terminal_sizes = st.integers(min_value=1, max_value=65535)
 sha256s = st.none() | st.text("0123456789abcdef", min_size=64, max_size=64) \
-    | st.text(max_size=64)
+    | st.text(storable, max_size=64)
 
 opens = st.builds(
     Open, channel=channels, kind=st.sampled_from(CHANNEL_KINDS), window=windows,
