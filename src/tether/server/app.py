@@ -121,7 +121,9 @@ async def rotate_old_credentials(s: ServerState) -> None:
 # What the document does not list one by one (tests/integration/test_error_bodies.py).
 METHODS = ("Every path answers HEAD wherever it answers GET: the same status and headers, "
            "no body. OPTIONS is not served: like any method a path does not list, it is "
-           "405 with an `Allow` header naming every method the path has.")
+           "405 with an `Allow` header naming every method the path has. No string, in a "
+           "body, a path or a query, may hold U+0000 (NUL) or a lone surrogate, which no "
+           "text column stores: refused with 422 in a body, 400 in a path or query.")
 
 
 def build_app(settings: Settings) -> AgentFront:
