@@ -377,7 +377,9 @@ def sign_in_only(url: str, token: str, shots: Path) -> dict[str, Any]:
         b.page.reload()
         b.page.wait_for_selector("#search")
         seen["operator_after_reload"] = b.page.locator("#operator").inner_text()
-        # A disabled button looks disabled: "Previous" on the first page beside "Sign out".
+        # A disabled button looks disabled: "Previous" on the first page beside "Sign out"
+        # (disabled once the first page of rows is in).
+        b.page.wait_for_selector("#main button[disabled]")
         seen["buttons"] = b.page.evaluate("""() => Object.fromEntries(
             [["disabled", "#main button[disabled]"], ["enabled", "#signout"]].map(([k, sel]) => {
               const el = document.querySelector(sel), st = getComputedStyle(el);
