@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -24,6 +25,9 @@ from typing import Any
 from harness import PYTHON, Agent, Server, clean_env, spawn
 from tether.agent.runner import SAFE_PATH
 from tether.cli.client import Client
+
+# Agents register under the machine's hostname; the CLI prints it beside the id.
+HOST = socket.gethostname()
 
 DOCUMENTED_ENV = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG",
                   "TETHER_NODE_ID", "TETHER_COMMAND_ID", "TETHER_INVOCATION_ID"}
@@ -176,7 +180,7 @@ def test_success_keeps_stdout_and_stderr_apart(server: Server, online_agent: Age
     text = server.cli_raw("run", "--target", node, "--",
                           "printf 'line1\\nline2\\n'; echo oops >&2")
     assert text.returncode == 0, text.stderr
-    assert text.stdout == f"=== {node}  Success  exit 0\nline1\nline2\n"
+    assert text.stdout == f"=== {node} ({HOST})  Success  exit 0\nline1\nline2\n"
     assert "oops\n" in text.stderr
     cid = re.search(r"command (\S+) on 1 node\(s\)", text.stderr).group(1)  # type: ignore[union-attr]
     assert f"command {cid}: Success (1 Success)" in text.stderr
@@ -192,7 +196,7 @@ def test_failure_reports_exit_code(server: Server, online_agent: Agent) -> None:
 
     text = server.cli_raw("run", "--target", node, "--", "exit 7")
     assert text.returncode == 1
-    assert text.stdout.startswith(f"=== {node}  Failed  exit 7")
+    assert text.stdout.startswith(f"=== {node} ({HOST})  Failed  exit 7")
 
 
 def test_list_and_show(server: Server, online_agent: Agent) -> None:
@@ -217,7 +221,7 @@ def test_list_and_show(server: Server, online_agent: Agent) -> None:
 
     human = server.cli_raw("commands", "show", bad["command_id"])
     assert human.returncode == 0, human.stderr
-    assert re.search(rf"{node}\s+Failed\s+exit 3\b", human.stdout), human.stdout
+    assert re.search(rf"{node}\s+{re.escape(HOST)}\s+Failed\s+exit 3\b", human.stdout), human.stdout
 
 
 def _disagreement(cmd: Command) -> str | None:

@@ -8,6 +8,7 @@ server-side part (``--online-only`` resolves targets in SQL) runs on both backen
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,9 @@ import pytest
 
 from harness import PYTHON, Agent, Server
 from tether.cli.client import Client
+
+# Agents register under the machine's hostname; the CLI prints it beside the id.
+HOST = socket.gethostname()
 
 
 @pytest.fixture
@@ -101,7 +105,7 @@ def test_a_timeout_says_what_killed_the_script(sqlite_server: Server, node: Agen
     ran = sqlite_server.cli_raw("run", "--timeout", "1s", "--target", node.node_id, "--",
                                 "echo started; sleep 30")
     assert ran.returncode == 1, ran.stderr
-    said = f"=== {node.node_id}  TimedOut  killed by SIGTERM after the 1 s timeout\n"
+    said = f"=== {node.node_id} ({HOST})  TimedOut  killed by SIGTERM after the 1 s timeout\n"
     assert ran.stdout == said + "started\n"
     shown = sqlite_server.cli_raw("commands", "show", cid_of(ran))
     assert shown.returncode == 0, shown.stderr
@@ -144,13 +148,13 @@ def test_run_prints_each_node_as_it_finishes(sqlite_server: Server, node: Agent,
                             stderr=subprocess.PIPE, env=sqlite_server.env(), text=True)
     try:
         assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline() == f"=== {node.node_id}  Success  exit 0\n"
+        assert proc.stdout.readline() == f"=== {node.node_id} ({HOST})  Success  exit 0\n"
         assert proc.stdout.readline() == "fast\n"
         assert proc.poll() is None  # the slow node has not ended: its script waits for us
         flag.touch()
         rest, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        assert rest == f"=== {slow.node_id}  Success  exit 0\nslow\n"
+        assert rest == f"=== {slow.node_id} ({HOST})  Success  exit 0\nslow\n"
         assert "(2 Success)" in err
     finally:
         if proc.poll() is None:
@@ -170,8 +174,10 @@ def test_run_says_what_waits_offline_and_until_when(server: Server,
                       r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \(--delivery-timeout\)", ran.stderr, re.M)
     assert waits, ran.stderr
     # The output is on stdout alone, and the online node's came while the other waited.
-    assert ran.stdout.startswith(f"=== {online.node_id}  Success  exit 0\nhi\n"), ran.stdout
-    assert f"=== {offline.node_id}  DeliveryTimedOut: the node did not connect" in ran.stdout
+    assert ran.stdout.startswith(f"=== {online.node_id} ({HOST})  Success  exit 0\nhi\n"), \
+        ran.stdout
+    said = f"=== {offline.node_id} ({HOST})  DeliveryTimedOut: the node did not connect"
+    assert said in ran.stdout
     shown = server.cli("commands", "show", cid_of(ran))
     deadline = shown["created_at"] + shown["delivery_timeout"]
     assert waits.group(1) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))
@@ -188,7 +194,7 @@ def test_online_only_leaves_the_others_out_and_says_so(server: Server,
     assert f"on 1 node(s){left}\n" in ran.stderr
     assert f"(1 Success){left}\n" in ran.stderr
     assert "offline: delivery" not in ran.stderr
-    assert ran.stdout == f"=== {online.node_id}  Success  exit 0\nhi\n"
+    assert ran.stdout == f"=== {online.node_id} ({HOST})  Success  exit 0\nhi\n"
     shown = server.cli("commands", "show", cid_of(ran))
     assert [i["node_id"] for i in shown["invocations"]] == [online.node_id]
 

@@ -122,7 +122,7 @@ def _wait(c: Client, command: dict[str, Any], quiet: bool,
         if per_node:
             for inv in command["invocations"]:
                 if not quiet and seen.get(inv["node_id"]) != inv["status"]:
-                    out(f"  {inv['node_id']}  {inv['status']}", err=True)
+                    out(f"  {node_label(inv)}  {inv['status']}", err=True)
                     if inv["status"] not in LIVE:
                         finished(inv, command["timeout"])
                 seen[inv["node_id"]] = inv["status"]
@@ -182,12 +182,19 @@ def cut(inv: dict[str, Any], streams: tuple[str, ...] = ("stdout", "stderr")) ->
             for s in streams if inv[f"{s}_truncated"]]
 
 
+def node_label(inv: dict[str, Any]) -> str:
+    """A node as the CLI names it beside a result: its id (what one pastes) and, when
+    it has one, its name in brackets (what people read): ``mi-... (gw-12)``."""
+    name = inv.get("node_name")
+    return f"{inv['node_id']} ({name})" if name else str(inv["node_id"])
+
+
 def _print_invocation(inv: dict[str, Any], outputs: dict[str, bytes], raw: bool,
                       timeout: float) -> None:
     said, reason = ending(inv, timeout)
     how = f"  {said}" if said else ""
     extra = f": {reason}" if reason else ""
-    out(f"=== {inv['node_id']}  {inv['status']}{how}{extra}")
+    out(f"=== {node_label(inv)}  {inv['status']}{how}{extra}")
     device_output(outputs["stdout"], raw=raw)
     device_output(outputs["stderr"], err=True, raw=raw)
     for line in cut(inv):
@@ -199,9 +206,9 @@ def commands_list(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(cmds)
         return 0
-    table(["COMMAND", "STATUS", "CREATED", "BY", "TARGETS", "INVOCATIONS"],
+    table(["COMMAND", "STATUS", "CREATED", "BY", "TARGETS", "INVOCATIONS", "SCRIPT"],
           [[x["command_id"], x["status"], when(x["created_at"]), x["created_by"],
-            " ".join(x["targets"]), _counts(x)] for x in cmds])
+            " ".join(x["targets"]), _counts(x), x["script_line"]] for x in cmds])
     return 0
 
 
@@ -215,12 +222,13 @@ def commands_show(c: Client, args: argparse.Namespace) -> int:
     if cmd["comment"]:
         out(f"comment:  {cmd['comment']}")
     out(f"targets:  {' '.join(cmd['targets'])}")
+    out(f"script:   {cmd['script_line']}")
     rows = []
     for i in cmd["invocations"]:
         said, reason = ending(i, cmd["timeout"])
-        rows.append([i["node_id"], i["status"], said, when(i["started_at"]),
+        rows.append([i["node_id"], i.get("node_name"), i["status"], said, when(i["started_at"]),
                      when(i["ended_at"]), reason])
-    table(["NODE", "STATUS", "EXIT", "STARTED", "ENDED", "REASON"], rows)
+    table(["NODE", "NAME", "STATUS", "EXIT", "STARTED", "ENDED", "REASON"], rows)
     for i in cmd["invocations"]:
         for line in cut(i):
             out(f"--- {i['node_id']}: {line}")

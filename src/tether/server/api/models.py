@@ -171,6 +171,7 @@ class CommandRequest(RequestBody):
 class Invocation(BaseModel):
     invocation_id: str
     node_id: str
+    node_name: str | None = Field(None, description="the node's name, if it has one")
     status: str
     exit_code: int | None
     started_at: float | None

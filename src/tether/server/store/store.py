@@ -633,9 +633,15 @@ class Store:
         return out
 
     async def list_invocations(self, command_id: str) -> list[Row]:
+        """A command's invocations, each with its node's name (``node_name``: people
+        read names, the ids are what they paste)."""
         async with self.engine.connect() as conn:
-            result = await conn.execute(sa.select(*_LISTED).where(
-                invocations.c.command_id == command_id).order_by(invocations.c.node_id))
+            result = await conn.execute(
+                sa.select(*_LISTED, nodes.c.name.label("node_name"))
+                .select_from(invocations.outerjoin(
+                    nodes, nodes.c.node_id == invocations.c.node_id))
+                .where(invocations.c.command_id == command_id)
+                .order_by(invocations.c.node_id))
             return [dict(r) for r in result.mappings()]
 
     async def get_invocation(self, invocation_id: str) -> Row | None:
