@@ -65,18 +65,75 @@ def code_for(status: int) -> str:
     return STATUS_CODES.get(status, "http_error")
 
 
+# What a value of a field must be, in words: a 422 says this where pydantic would
+# quote the field's regular expression ("String should match pattern '^(all|mi-...'").
+# Keyed by the field's name (the last name in the problem's location), so one entry
+# serves a body field, a query parameter and a path parameter alike.
+FORMS = {
+    "targets": "a target is all, a node id (mi- and 17 hex digits), or tag:KEY=VALUE",
+    "target": "a target is all, a node id (mi- and 17 hex digits), or tag:KEY=VALUE",
+    "resources": "a resource is *, a node id (mi- and 17 hex digits), or tag:KEY=VALUE",
+    "node_id": "a node id is mi- and 17 hex digits (tether nodes list shows them)",
+    "actions": "an action is *, PREFIX:* or an action name (docs/security.md lists them)",
+    "name": "an operator name is up to 100 letters, digits and . _ @ -, starting with a "
+            "letter or digit",
+    "operator": "an operator name is up to 100 letters, digits and . _ @ -, starting "
+                "with a letter or digit",
+    "user": "a user is a Unix account name (lowercase letters, digits, _ . -, up to 32)",
+    "term": "a terminal type is up to 64 letters, digits and . _ + -",
+    "host": "a host is a name or address (letters, digits and . : _ -)",
+    "path": "a path on the device is absolute (it starts with /)",
+    "sha256": "a SHA-256 digest is 64 lowercase hex digits",
+    "tag": "a tag filter is KEY=VALUE",
+    "python": "a Python version is 3.N (e.g. 3.11)",
+    "checkpoint": "a checkpoint is SEQ:DIGEST:TIME, as tether audit export wrote it",
+}
+# Problems whose pydantic message is not what a person needs ("String should have at
+# least 1 character"): (field, type) -> what follows the field's name.
+WORDS = {
+    ("script", "string_too_short"): "is empty: give the commands to run",
+    ("targets", "too_short"): "is empty: give at least one target (all, a node id, or "
+                              "tag:KEY=VALUE)",
+    ("actions", "too_short"): "is empty: give at least one action (* for every action)",
+    ("resources", "too_short"): "is empty: give at least one resource (* for every node)",
+}
+# Pydantic's types whose own message may quote the constraint's text (a pattern, a
+# literal's spelling is fine), answered in words when the field has none above.
+PATTERN_TYPES = frozenset({"string_pattern_mismatch"})
+
+
+def field_of(loc: Sequence[object]) -> str:
+    """The field a problem is about: the last name in its location (not a list index)."""
+    names = [str(x) for x in loc if isinstance(x, str)]
+    return names[-1] if names else ""
+
+
+def problem_words(problem: Mapping[str, Any]) -> str:
+    """What is wrong with one value and, where it helps, what would be right.
+
+    Never the value itself (issue 12 #17): only the field, pydantic's type and its
+    own message, which for the types here names the constraint, not the input.
+    """
+    kind = str(problem.get("type", ""))
+    if kind == "json_invalid":
+        return "the body is not valid JSON"
+    loc = list(problem.get("loc", ()))
+    field = field_of(loc)
+    where = excerpt(".".join(str(x) for x in (loc[1:] if len(loc) > 1 else loc)), 100)
+    words = WORDS.get((field, kind))
+    if words is not None:
+        return f"{where} {words}"
+    if kind in PATTERN_TYPES:
+        form = FORMS.get(field, "it does not have the form the API document "
+                                "(/api/v1/openapi.json) gives for it")
+        return f"{where} is not valid: {form}"
+    return f"{where}: {excerpt(str(problem.get('msg', '')), 300)}"
+
+
 def validation_message(problems: Sequence[Any]) -> str:
     """``field.path: what is wrong; ...`` for the first few problems, never their input."""
-    parts = []
-    for problem in problems[:MAX_PROBLEMS]:
-        if not isinstance(problem, Mapping):
-            continue
-        if problem.get("type") == "json_invalid":
-            parts.append("the body is not valid JSON")
-            continue
-        loc = [str(x) for x in problem.get("loc", ())]
-        where = ".".join(loc[1:] if len(loc) > 1 else loc)
-        parts.append(f"{excerpt(where, 100)}: {excerpt(str(problem.get('msg', '')), 300)}")
+    parts = [problem_words(problem) for problem in problems[:MAX_PROBLEMS]
+             if isinstance(problem, Mapping)]
     more = len(problems) - MAX_PROBLEMS
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "") or "invalid request"
 
