@@ -123,8 +123,8 @@ async def resolve_targets(request: Request, s: ServerState, who: Principal,
     if targets.everything:
         return sorted(await s.store.node_ids(within))
     found: set[str] = set()
-    for key, value in sorted(targets.tags):
-        found.update(await s.store.node_ids(dataclasses.replace(within, tags=((key, value),))))
+    for tags in sorted(targets.tag_sets):  # NodeFilter.tags is an AND
+        found.update(await s.store.node_ids(dataclasses.replace(within, tags=tags)))
     for node_id in sorted(targets.node_ids):
         node = await s.store.get_node(node_id)
         missing = NoTargetsError(f"no registered node {node_id}")
