@@ -226,7 +226,7 @@ def test_deregister(server: Server, online_agent: Agent) -> None:
     assert nid not in listed(server, "--ping-status", "ConnectionLost")
     shown = server.node(nid)
     assert shown["deregistered_at"] == node["deregistered_at"]
-    assert shown["ping_status"] == "ConnectionLost"
+    assert shown["ping_status"] == "Deregistered"
     text = server.cli_raw("nodes", "show", nid)
     assert text.returncode == 0 and "deregistered:" in text.stdout
 

@@ -1,5 +1,6 @@
 """Targets through the real CLI against a real server: OR across ``--target``, AND
-within one (``tag:a=1,tag:b=2``), and the preview counting what a run would reach.
+within one (``tag:a=1,tag:b=2``), node names (refused when ambiguous, counted among
+readable nodes only), and the preview counting what a run would reach.
 
 Nodes are registered and never started: a run's invocations are created for
 offline nodes too (they wait), so which nodes a target reached is read from the
@@ -9,6 +10,7 @@ command ``run --no-wait`` answers with.
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.parse
 import urllib.request
 import uuid
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from harness import Agent, Server
+from harness import PYTHON, Agent, Server
 
 EXIT_API = 3
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -84,3 +86,68 @@ def test_a_conjunction_no_node_satisfies_is_no_target(server: Server,
     assert "bad_targets" in run.stderr
     status, body = preview(server, f"tag:site=b{u},tag:role=db")
     assert (status, body["count"]) == (200, 0), body
+
+
+# -- names ----------------------------------------------------------------------
+
+
+def scoped(server: Server, tmp_path: Path, site: str) -> dict[str, str]:
+    """The CLI's environment for an operator that may read and send to ``tag:site=SITE``
+    only."""
+    name = f"op-{uuid.uuid4().hex[:10]}"
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps([{"effect": "allow", "actions": ["nodes:read",
+                                                                  "commands:send"],
+                                   "resources": [f"tag:site={site}"]}]))
+    server.cli("operators", "create", name, "--policy", str(policy))
+    token = server.cli("tokens", "create", "--operator", name)["token"]
+    return {**server.env(), "TETHER_TOKEN": token}
+
+
+def run_as(env: dict[str, str], *targets: str) -> subprocess.CompletedProcess[str]:
+    argv = [a for t in targets for a in ("--target", t)]
+    return subprocess.run([PYTHON, "-m", "tether.cli", "run", "--no-wait", "--json", *argv,
+                           "--", "true"], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_name_targets_its_node(server: Server, make_agent: Callable[..., Agent]) -> None:
+    u = uuid.uuid4().hex[:8]
+    web = enrol(server, make_agent, name=f"web-{u}")
+    cam = enrol(server, make_agent, name=f"cam:{u}")
+    assert reached(server, f"web-{u}") == {web}
+    assert reached(server, f"name:web-{u}", f"name:cam:{u}") == {web, cam}
+    status, body = preview(server, f"web-{u}")
+    assert (status, body["count"]) == (200, 1), body
+
+
+def test_a_name_several_nodes_share_is_refused_naming_them(
+        server: Server, make_agent: Callable[..., Agent]) -> None:
+    u = uuid.uuid4().hex[:8]
+    one = enrol(server, make_agent, name=f"gw-{u}")
+    two = enrol(server, make_agent, name=f"gw-{u}")
+    run = server.cli_raw("run", "--target", f"gw-{u}", "--", "true")
+    assert run.returncode == EXIT_API, run
+    assert f"2 nodes are named 'gw-{u}'" in run.stderr and one in run.stderr
+    assert two in run.stderr, run.stderr
+    status, body = preview(server, f"gw-{u}")
+    assert status == 400 and one in body["message"] and two in body["message"], body
+    assert reached(server, one) == {one}  # its id still names it
+
+
+def test_names_count_among_readable_nodes_only(server: Server, tmp_path: Path,
+                                               make_agent: Callable[..., Agent]) -> None:
+    """A name only unreadable nodes have is no node, answered as a name nobody has; a
+    name a readable and an unreadable node share is the readable one, not ambiguous."""
+    u = uuid.uuid4().hex[:8]
+    mine = enrol(server, make_agent, f"site=a{u}", name=f"gw-{u}")
+    enrol(server, make_agent, f"site=b{u}", name=f"gw-{u}")
+    enrol(server, make_agent, f"site=b{u}", name=f"db-{u}")
+    env = scoped(server, tmp_path, f"a{u}")
+    shared = run_as(env, f"gw-{u}")
+    assert shared.returncode == 0, shared
+    assert {i["node_id"] for i in json.loads(shared.stdout)["invocations"]} == {mine}
+    hidden = run_as(env, f"db-{u}")
+    nobody = run_as(env, f"xx-{u}")
+    assert hidden.returncode == nobody.returncode == EXIT_API, (hidden, nobody)
+    assert hidden.stderr.replace(f"db-{u}", "N") == nobody.stderr.replace(f"xx-{u}", "N")
+    assert "no registered node named" in hidden.stderr

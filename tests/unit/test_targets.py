@@ -1,4 +1,5 @@
-"""Target expressions: OR across targets, AND within one (``tag:a=1,tag:b=2``).
+"""Target expressions: OR across targets, AND within one (``tag:a=1,tag:b=2``),
+node names (``web-1``, ``name:cam:2``).
 
 Parsed without a store (dispatch/targets.py); what they resolve to is tested
 against a real server in tests/integration/test_targets.py.
@@ -44,7 +45,7 @@ def test_a_piece_that_is_not_key_value_keeps_the_old_single_tag_meaning() -> Non
     assert parse_targets(["tag:a=1,tag:=x"]).tag_sets == frozenset({(("a", "1,tag:=x"),)})
 
 
-@pytest.mark.parametrize("bad", ["", "tag:", "tag:=x", "mi-123", "everything"])
+@pytest.mark.parametrize("bad", ["", "tag:", "tag:=x", "name:", "a:b", "mi-123:/etc"])
 def test_malformed_targets_are_refused(bad: str) -> None:
     with pytest.raises(TargetError):
         parse_targets([bad])
@@ -55,13 +56,30 @@ def test_no_target_is_refused() -> None:
         parse_targets([])
 
 
-TARGET_PATTERN = re.compile(r"^(all|mi-[0-9a-f]{17}|tag:[^=]+=.*)$")
+# The OpenAPI document's pattern, which the property below draws from.
+TARGET_PATTERN = re.compile(
+    models.CommandRequest.model_json_schema()["properties"]["targets"]["items"]["pattern"])
 
 
-def test_the_documented_pattern_is_the_models() -> None:
-    """The property below draws from this pattern: it must be the document's."""
-    schema = models.CommandRequest.model_json_schema()
-    assert schema["properties"]["targets"]["items"]["pattern"] == TARGET_PATTERN.pattern
+def test_a_name_is_a_target() -> None:
+    t = parse_targets(["web-1", "name:cam:2", "name:all", "mi-laptop", "everything"])
+    assert t.names == frozenset({"web-1", "cam:2", "all", "mi-laptop", "everything"})
+    assert not t.everything and not t.node_ids and not t.tag_sets
+
+
+def test_all_ids_and_tags_are_not_names() -> None:
+    t = parse_targets(["all", NODE, "tag:a=1"])
+    assert t.names == frozenset() and t.everything and t.node_ids == {NODE}
+
+
+@pytest.mark.parametrize("expr", ["web-1", "name:cam:2", "tag:a=1,tag:b=2", "all", NODE])
+def test_the_document_allows_every_kind(expr: str) -> None:
+    assert TARGET_PATTERN.fullmatch(expr)
+
+
+@pytest.mark.parametrize("expr", ["", "tag:", "name:", "a:b"])
+def test_the_document_refuses_what_the_server_refuses(expr: str) -> None:
+    assert not TARGET_PATTERN.fullmatch(expr)
 
 
 @given(st.from_regex(TARGET_PATTERN, fullmatch=True).filter(lambda s: "\n" not in s))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import json
 import os
 import pwd
@@ -69,6 +70,22 @@ def load_login() -> tuple[str | None, str | None, bytes | None]:
     return server, token or saved.get("token"), ca.encode() if isinstance(ca, str) else None
 
 
+def missing_login(server: str | None) -> str:
+    """What to do when ``load_login`` found no server or no token, naming which.
+
+    It once said "set TETHER_SERVER and TETHER_TOKEN" while TETHER_SERVER was set and
+    only TETHER_TOKEN was empty (``$(cat data/admin-token)`` of a file not there).
+    """
+    if not server:
+        return ("no server to talk to: set TETHER_SERVER and TETHER_TOKEN or run "
+                "'tether login --server URL'")
+    what = ("TETHER_TOKEN is empty" if os.environ.get("TETHER_TOKEN") == ""
+            else "TETHER_TOKEN is not set")
+    return (f"{what} (and no login is saved) for {server}: set it to an operator token "
+            f"(a new server's first is in its DATA/admin-token) or run 'tether login "
+            f"--server {server}'")
+
+
 def save_login(server: str, token: str, ca: bytes | None = None) -> Path:
     """Write the login owner-only, through a new file of our own, then rename it in.
 
@@ -100,6 +117,10 @@ class Client:
                  ca: bytes | None = None) -> None:
         if not server.startswith(("http://", "https://")):
             raise ValueError(f"server URL must start with http:// or https://, got {server!r}")
+        if server.rstrip("/").endswith("/api/v1"):
+            raise ValueError(f"the server URL {server!r} ends in /api/v1: give the server's "
+                             "own address (http://HOST:PORT, as 'tether server' prints it); "
+                             "tether adds /api/v1 itself")
         self.base = server.rstrip("/") + "/api/v1"
         self.token = token
         self.timeout = timeout
@@ -148,12 +169,19 @@ class Client:
                     context=self.context if url.startswith("https:") else None) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
-            raise _failure(exc) from None
+            raise _failure(exc, self.server) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiFailure(0, "unreachable", f"could not reach the tether server at "
-                             f"{self.base}: {reason}{verify_hint(reason, CA_PIN)}") from None
-        return payload if raw else json.loads(payload)
+                             f"{self.base}: {reason}{verify_hint(reason, CA_PIN)}"
+                             f"{connection_hint(self.server, reason)}") from None
+        if raw:
+            return payload
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise ApiFailure(0, "not_tether", f"{self.server} answered {url} with something "
+                             f"that is not JSON{NOT_TETHER}") from None
 
     def get(self, path: str, **query: Any) -> Any:
         return self.request("GET", path, query=query)
@@ -162,16 +190,49 @@ class Client:
         return self.request("POST", path, body=body if body is not None else {})
 
 
-def _failure(exc: urllib.error.HTTPError) -> ApiFailure:
+# Said when what answered does not speak tether's API.
+NOT_TETHER = ("; is TETHER_SERVER (or the saved login) the tether server's own address "
+              "and port, as 'tether server' prints it ('listening on URL')?")
+
+
+def connection_hint(server: str, reason: object) -> str:
+    """Advice for a connection that failed below HTTP, '' when there is none to give.
+
+    ``https://`` to a plain-HTTP server fails in the handshake as WRONG_VERSION_NUMBER
+    (the server answered the ClientHello with HTTP); a refused connection is nothing
+    listening; a connection closed without an answer is a server that is not HTTP, or
+    a TLS server spoken to over ``http://``.
+    """
+    if isinstance(reason, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(reason):
+        plain = "http://" + server.removeprefix("https://")
+        return f"; the server there does not speak TLS: try {plain}"
+    if isinstance(reason, ConnectionRefusedError):
+        return "; nothing listens there: is the tether server running, on this port?"
+    if isinstance(reason, http.client.RemoteDisconnected | http.client.BadStatusLine):
+        hint = "; what listens there did not answer HTTP"
+        if server.startswith("http://"):
+            hint += f" (if it serves TLS, use https://{server.removeprefix('http://')})"
+        return hint + NOT_TETHER
+    return ""
+
+
+def _failure(exc: urllib.error.HTTPError, server: str) -> ApiFailure:
     try:
         body = json.loads(exc.read())
     except ValueError:
         body = {}
     if isinstance(body, dict) and "error" in body:
-        return ApiFailure(exc.code, str(body["error"]), str(body.get("message", "")))
+        message = str(body.get("message", ""))
+        if body["error"] == "not_found" and exc.code == 404:
+            # tether's answer for a path it has no route for; every path the CLI asks
+            # for exists, so the URL's own path is wrong (a prefix, a typo).
+            message += (f": {server} has no such API path; give the server's own "
+                        "address, without a path (http://HOST:PORT)")
+        return ApiFailure(exc.code, str(body["error"]), message)
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list):  # request validation: name the fields
         msgs = [f"{'.'.join(str(x) for x in d.get('loc', [])[1:])}: {d.get('msg')}"
                 for d in detail if isinstance(d, dict)]
         return ApiFailure(exc.code, "invalid_request", "; ".join(msgs))
-    return ApiFailure(exc.code, "http_error", f"HTTP {exc.code} {exc.reason}")
+    return ApiFailure(exc.code, "http_error", f"HTTP {exc.code} {exc.reason}, not the "
+                      f"answer of a tether server{NOT_TETHER}")

@@ -281,9 +281,10 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run a script on every target and wait for the results. "
                                    "The exit status is 0 only if every invocation succeeded.")
     r.add_argument("--target", action="append", required=True, metavar="T",
-                   help="a node id, tag:KEY=VALUE or all; repeated, the nodes any of them "
-                   "selects (OR); tags joined by a comma, tag:site=a,tag:role=gw, the nodes "
-                   "with all of them (AND)")
+                   help="a node id or name (name:NAME if it holds a colon; a name several "
+                   "nodes share is refused, with their ids), tag:KEY=VALUE or all; repeated, "
+                   "the nodes any of them selects (OR); tags joined by a comma, "
+                   "tag:site=a,tag:role=gw, the nodes with all of them (AND)")
     r.add_argument("--timeout", default="1h", metavar="DURATION",
                    help="execution timeout; the whole process group is killed (default 1h)")
     r.add_argument("--delivery-timeout", default="1h", metavar="DURATION",

@@ -110,6 +110,18 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
             when(r["started_at"]), when(r["ended_at"]), _target(r)] for r in rows])
 
 
+def ending(row: dict[str, Any]) -> str:
+    """How the session ended, its exit code said once: a shell's reason is already
+    "exited with N", and a forward or a copy has no exit code to show."""
+    if row["ended_at"] is None:
+        return "still open"
+    reason = row["end_reason"] or row["status"]
+    code = row["exit_code"]
+    if code is not None and f"exited with {code}" not in reason:
+        reason = f"{reason} (exit code {code})"
+    return f"ended: {reason}"
+
+
 def sessions_list(client: Client, args: argparse.Namespace) -> int:
     rows = client.get("/sessions", node_id=args.node, operator=args.operator,
                       active="true" if args.active else None, limit=args.limit)
@@ -124,7 +136,7 @@ def sessions_show(client: Client, args: argparse.Namespace) -> int:
         return 0
     _print([row], False)
     out()
-    out(f"ended: {row['end_reason'] or '-'}; exit code {row['exit_code']}; "
+    out(f"{ending(row)}; "
         f"{row['bytes_to_node']} bytes to the node, {row['bytes_from_node']} from it; "
         f"recording {row['recording'] or '-'}")
     return 0

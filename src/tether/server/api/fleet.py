@@ -63,8 +63,7 @@ async def search_nodes(s: State, who: Who,
                        q: Annotated[str, Query(max_length=400, description=(
                            "words that must all match: KEY=VALUE (a tag), or part of a "
                            "name or node id, an activation id, or an address"))] = "",
-                       ping_status: Annotated[str | None, Query(
-                           pattern="^(Online|ConnectionLost)$", max_length=20)] = None,
+                       ping_status: Annotated[models.PingStatus | None, Query()] = None,
                        limit: Annotated[int, Query(ge=1, le=500)] = 50,
                        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
                        ) -> dict[str, Any]:

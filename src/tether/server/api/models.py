@@ -21,10 +21,12 @@ TagValue = Annotated[str, StringConstraints(max_length=256)]
 # fuzzer) that follows the document is never refused for a value it allowed.
 TagSelector = Annotated[str, StringConstraints(pattern=r"^[^=]+=.*$", max_length=400)]
 Target = Annotated[str, StringConstraints(
-    pattern=r"^(all|mi-[0-9a-f]{17}|tag:[^=]+=.*)$", max_length=400), Field(
-    description="a node id, tag:KEY=VALUE or all; several targets select the nodes any "
-    "of them selects (OR); tags joined by ',tag:' (tag:site=a,tag:role=gw) the nodes "
-    "with all of them (AND). A comma not followed by tag:KEY=VALUE is part of the value")]
+    pattern=r"^(all|mi-[0-9a-f]{17}|tag:[^=]+=.*|name:.+|[^:]+)$", max_length=400), Field(
+    description="a node id, a node name (name:NAME, or NAME when it has no colon: the one "
+    "node so named, refused with the candidates' ids when several are), tag:KEY=VALUE or "
+    "all; several targets select the nodes any of them selects (OR); tags joined by "
+    "',tag:' (tag:site=a,tag:role=gw) the nodes with all of them (AND). A comma not "
+    "followed by tag:KEY=VALUE is part of the value")]
 Role = Literal["admin", "operator", "viewer"]
 _PREFIXES = sorted({a.split(":")[0] for a in ACTIONS})
 Action = Annotated[str, StringConstraints(pattern="^(" + "|".join(

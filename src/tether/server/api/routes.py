@@ -129,7 +129,9 @@ async def revoke_activation(activation_id: params.IdPath, s: State, who: Who) ->
 
 @router.get("/nodes", response_model=list[models.Node], responses=ERRORS, tags=["nodes"])
 async def list_nodes(s: State, who: Who,
-                     ping_status: params.WordQuery = None,
+                     ping_status: Annotated[models.PingStatus | None, Query(description=(
+                         "Deregistered lists the deregistered nodes, which are left "
+                         "out otherwise"))] = None,
                      tag: Annotated[list[models.TagSelector] | None, Query(max_length=50)] = None,
                      name: params.TextQuery = None, activation_id: params.IdQuery = None,
                      ip: params.AddressQuery = None) -> list[dict[str, Any]]:

@@ -168,11 +168,17 @@ async def terminate_session(session_id: params.IdPath, s: State, who: Who, reque
     note(request, target=row["node_id"])
     live = s.sessions.live.get(session_id)
     if live is not None:
-        reason = ("ended by its operator" if row["operator"] == who.operator
-                  else f"terminated by {who.operator}")
-        if body is not None and body.reason:
-            reason = f"{reason}: {body.reason}"
-        status = FAILED if body is not None and body.failed else TERMINATED
+        failed = body is not None and body.failed
+        if failed and row["operator"] == who.operator:
+            # Its own client saw it fail (a copy that could not complete): the reason is
+            # what failed ("copy failed: ..."), not that its operator chose to end it.
+            reason = (body.reason if body is not None and body.reason else "failed")
+        else:
+            reason = ("ended by its operator" if row["operator"] == who.operator
+                      else f"terminated by {who.operator}")
+            if body is not None and body.reason:
+                reason = f"{reason}: {body.reason}"
+        status = FAILED if failed else TERMINATED
         await s.sessions.end(live, status, reason, actor=who.operator)
     updated = await s.store.sessions.get(session_id)
     assert updated is not None

@@ -32,13 +32,15 @@ from tether.server.api.audit_note import REFUSED, note
 from tether.server.api.auth import Principal
 from tether.server.api.errors import ApiError
 from tether.server.dispatch.dispatcher import NoTargetsError
-from tether.server.dispatch.targets import Targets
+from tether.server.dispatch.targets import TargetError, Targets
 from tether.server.state import ServerState
 from tether.server.store import NodeFilter
 from tether.server.store.scope import Reach, reach
 from tether.server.store.store import ONLINE
 
 READ = "nodes:read"
+# Ids an ambiguous name's refusal lists.
+NAMED = 20
 E = TypeVar("E", bound=Exception)
 
 
@@ -114,10 +116,11 @@ async def require_nodes(request: Request, s: ServerState, who: Principal, action
 
 async def resolve_targets(request: Request, s: ServerState, who: Principal,
                           targets: Targets, action: str) -> list[str]:
-    """The readable nodes ``targets`` select: ``all`` and tags reach no other node, and a
-    node id ``who`` may not read is refused as one that does not exist.
+    """The readable nodes ``targets`` select: ``all``, tags and names reach no other
+    node, and a node id ``who`` may not read is refused as one that does not exist.
 
-    Raises ``NoTargetsError`` as ``Dispatcher.resolve`` does (404 ``bad_targets``).
+    Raises ``NoTargetsError`` as ``Dispatcher.resolve`` does (404 ``bad_targets``), and
+    ``TargetError`` (400 ``bad_targets``) for a name several readable nodes share.
     """
     within = readable_filter(who)
     if targets.everything:
@@ -133,7 +136,32 @@ async def resolve_targets(request: Request, s: ServerState, who: Principal,
         if node is None or node["deregistered_at"] is not None:
             raise missing
         found.add(node_id)
+    for name in sorted(targets.names):
+        found.add(await node_named(request, s, who, name, action))
     return sorted(found)
+
+
+async def node_named(request: Request, s: ServerState, who: Principal, name: str,
+                     action: str) -> str:
+    """The id of the one registered node called ``name`` that ``who`` may read.
+
+    Only readable nodes count: a name only unreadable nodes have is answered as no
+    node (and audited as hidden), and it is ambiguous only when several readable
+    nodes have it, so neither answer tells of a node outside the operator's reach.
+    """
+    found = sorted(await s.store.node_ids(readable_filter(who, NodeFilter(exact_name=name))))
+    if len(found) > 1:
+        named = ", ".join(found[:NAMED]) + (f" and {len(found) - NAMED} more"
+                                            if len(found) > NAMED else "")
+        raise TargetError(f"{len(found)} nodes are named {name!r}: {named}; "
+                          "target one by its id")
+    if found:
+        return found[0]
+    missing = NoTargetsError(f"no registered node named {name!r}")
+    unreadable = await s.store.node_ids(NodeFilter(exact_name=name))
+    if unreadable:
+        raise hidden(request, who, action, sorted(unreadable), missing)
+    raise missing
 
 
 async def split_online(s: ServerState, node_ids: Sequence[str]) -> tuple[list[str], list[str]]:

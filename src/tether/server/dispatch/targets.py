@@ -2,8 +2,14 @@
 
 ``mi-0123456789abcdef0`` (one node), ``tag:site=north`` (every node with that
 tag), ``tag:site=north,tag:role=gw`` (every node with all of those tags) and
-``all`` (every registered node). Several targets are a union (OR); the terms of
-one target joined by ``,tag:`` are an intersection (AND).
+``all`` (every registered node), ``name:web-1`` or plain ``web-1`` (the one node
+of that name). Several targets are a union (OR); the terms of one target joined
+by ``,tag:`` are an intersection (AND).
+
+A name stands for one node: a name several readable nodes share is refused with
+their ids (api/visibility.py), so a typed name never fans out by surprise. A plain
+word is a name unless it is ``all``, a node id or starts ``tag:``/``name:``, and
+has no ``:`` (``NAME:PATH`` in ``tether cp``); any other name is ``name:NAME``.
 
 A comma inside a tag's value stays part of the value (``tag:zone=a,b`` is one
 tag): only a comma followed by ``tag:`` starts another term, so a target that
@@ -35,6 +41,7 @@ class Targets:
     # Each member is a conjunction: the nodes that have every one of its tags.
     tag_sets: frozenset[tuple[Tag, ...]] = frozenset()
     everything: bool = False
+    names: frozenset[str] = frozenset()
 
 
 def parse_tag(text: str) -> Tag:
@@ -60,10 +67,12 @@ def parse_tag_set(expr: str) -> tuple[Tag, ...]:
 
 def parse_targets(exprs: list[str]) -> Targets:
     if not exprs:
-        raise TargetError("at least one target is needed (a node id, tag:key=value or all)")
+        raise TargetError("at least one target is needed (a node id or name, tag:key=value "
+                          "or all)")
     ids: set[str] = set()
     tag_sets: set[tuple[Tag, ...]] = set()
     everything = False
+    names: set[str] = set()
     for expr in exprs:
         if expr == "all":
             everything = True
@@ -71,7 +80,12 @@ def parse_targets(exprs: list[str]) -> Targets:
             tag_sets.add(parse_tag_set(expr))
         elif is_node_id(expr):
             ids.add(expr)
+        elif expr.startswith("name:") and len(expr) > 5:
+            names.add(expr[5:])
+        elif expr and ":" not in expr:
+            names.add(expr)
         else:
-            raise TargetError(f"bad target {expr!r}: use a node id (mi- and 17 hex digits), "
-                              "tag:key=value (tag:k=v,tag:k2=v2 for nodes with both) or all")
-    return Targets(frozenset(ids), frozenset(tag_sets), everything)
+            raise TargetError(f"bad target {expr!r}: use a node id (mi- and 17 hex digits) or "
+                              "name (name:NAME when it holds a colon), tag:key=value "
+                              "(tag:k=v,tag:k2=v2 for nodes with both) or all")
+    return Targets(frozenset(ids), frozenset(tag_sets), everything, frozenset(names))

@@ -103,6 +103,8 @@ class NodeFilter:
     ping_status: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
     name: str | None = None
+    # The whole name, as a target names a node (``name`` matches a part of it).
+    exact_name: str | None = None
     activation_id: str | None = None
     ip: str | None = None
     include_deregistered: bool = False
@@ -399,6 +401,8 @@ class Store:
             q = q.where(nodes.c.ping_status == f.ping_status)
         if f.name:
             q = q.where(nodes.c.name.contains(f.name, autoescape=True))
+        if f.exact_name is not None:
+            q = q.where(nodes.c.name == f.exact_name)
         if f.activation_id:
             q = q.where(nodes.c.activation_id == f.activation_id)
         if f.ip:
