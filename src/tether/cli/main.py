@@ -16,7 +16,7 @@ from tether import __version__
 if TYPE_CHECKING:
     from tether.server.tls import TlsFiles
 from tether.cli import access, admin, commands, fleet, sessions
-from tether.cli.client import ApiFailure, Client, load_login, save_login
+from tether.cli.client import ApiFailure, Client, load_login, missing_login, save_login
 from tether.cli.output import closed_pipe, fail, out
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
 from tether.protocol.trust import pinned_context
@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     nodes = sub.add_parser("nodes", help="see and manage nodes").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     nl = nodes.add_parser("list", help="list registered nodes")
-    nl.add_argument("--ping-status", choices=["Online", "ConnectionLost"])
+    nl.add_argument("--ping-status", choices=["Online", "ConnectionLost", "Deregistered"])
     nl.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     nl.add_argument("--name", metavar="SUBSTRING")
     nl.add_argument("--activation-id", metavar="ID")
@@ -449,8 +449,7 @@ def _main(argv: list[str] | None) -> int:
             return _login(args)
         server, token, ca = load_login()
         if not server or not token:
-            fail("no server to talk to: set TETHER_SERVER and TETHER_TOKEN or run "
-                 "'tether login --server URL'")
+            fail(missing_login(server))
             return 2
         handler: Handler = args.handler
         if getattr(args, "script", None) and args.script[0] == "--":
