@@ -28,6 +28,8 @@ Target = Annotated[str, StringConstraints(
     "',tag:' (tag:site=a,tag:role=gw) the nodes with all of them (AND). A comma not "
     "followed by tag:KEY=VALUE is part of the value")]
 Role = Literal["admin", "operator", "viewer"]
+# store.PING_STATUSES: whether the node's agent is connected, or that it is deregistered.
+PingStatus = Literal["Online", "ConnectionLost", "Deregistered"]
 _PREFIXES = sorted({a.split(":")[0] for a in ACTIONS})
 Action = Annotated[str, StringConstraints(pattern="^(" + "|".join(
     [r"\*"] + [f"{p}:\\*" for p in _PREFIXES] + sorted(ACTIONS)) + ")$")]
@@ -140,7 +142,8 @@ class NodeFields(BaseModel):
     node_id: str
     name: str | None
     activation_id: str
-    ping_status: str
+    ping_status: PingStatus = Field(description=(
+        "Online (its agent is connected), ConnectionLost (not now), or Deregistered"))
     last_seen_at: float | None
     peer_address: str | None
     primary_address: str | None

@@ -85,6 +85,18 @@ if TYPE_CHECKING:
 
 ONLINE = "Online"
 CONNECTION_LOST = "ConnectionLost"
+DEREGISTERED = "Deregistered"
+PING_STATUSES = (ONLINE, CONNECTION_LOST, DEREGISTERED)
+# The ping status a node is shown and filtered with. The stored column says only whether an
+# agent is connected (a deregistered node's stays ConnectionLost, as it was for nodes
+# deregistered before this), so every read of a node goes through this one expression: a
+# deregistered node reads Deregistered everywhere (API, CLI, console, counts). Inlined,
+# not a bound parameter: PostgreSQL must see the same expression in GROUP BY as in the
+# select list (state_counts).
+shown_status = sa.case((nodes.c.deregistered_at.is_not(None),
+                        sa.literal_column(f"'{DEREGISTERED}'")), else_=nodes.c.ping_status)
+# A node row as read: every column, the ping status as shown.
+_NODE_READ = [*(c for c in nodes.c if c.name != "ping_status"), shown_status.label("ping_status")]
 # A deregistered node's credential_hash is hash(_TOMBSTONE + its last hash): see _deregister.
 _TOMBSTONE = "deregistered:"
 Row = dict[str, Any]
@@ -395,10 +407,10 @@ class Store:
 
     @staticmethod
     def _filtered(q: sa.Select[Any], f: NodeFilter) -> sa.Select[Any]:
-        if not f.include_deregistered:
+        if not f.include_deregistered and f.ping_status != DEREGISTERED:
             q = q.where(nodes.c.deregistered_at.is_(None))
         if f.ping_status:
-            q = q.where(nodes.c.ping_status == f.ping_status)
+            q = q.where(shown_status == f.ping_status)
         if f.name:
             q = q.where(nodes.c.name.contains(f.name, autoescape=True))
         if f.exact_name is not None:
@@ -443,10 +455,7 @@ class Store:
         """(value of tag ``by`` or None, state, nodes) for the nodes ``f`` matches, where
         a state is the ping status, or ``Deregistered`` for a deregistered node (counted
         only when ``f.include_deregistered``): the fleet page's summary, one query."""
-        # Inlined, not a bound parameter: PostgreSQL must see the same expression in
-        # GROUP BY as in the select list.
-        state = sa.case((nodes.c.deregistered_at.is_not(None),
-                         sa.literal_column("'Deregistered'")), else_=nodes.c.ping_status)
+        state = shown_status
         value: sa.ColumnElement[Any] = sa.null()
         source: Any = nodes
         if by is not None:
@@ -460,7 +469,7 @@ class Store:
 
     async def node_page(self, f: NodeFilter, limit: int, offset: int) -> list[Row]:
         """One page of nodes, by name then id."""
-        q = self._filtered(sa.select(nodes), f)
+        q = self._filtered(sa.select(*_NODE_READ), f)
         q = q.order_by(nodes.c.name, nodes.c.node_id).limit(limit).offset(offset)
         async with self.engine.connect() as conn:
             rows = [dict(r) for r in (await conn.execute(q)).mappings()]
@@ -476,7 +485,7 @@ class Store:
             return list((await conn.execute(q)).scalars())
 
     async def list_nodes(self, f: NodeFilter = NodeFilter()) -> list[Row]:
-        q = self._filtered(sa.select(nodes), f)
+        q = self._filtered(sa.select(*_NODE_READ), f)
         async with self.engine.connect() as conn:
             rows = [dict(r) for r in (await conn.execute(q.order_by(nodes.c.node_id))).mappings()]
             await self._attach_tags(conn, rows)
@@ -499,7 +508,7 @@ class Store:
 
     async def get_node(self, node_id: str) -> Row | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(nodes).where(
+            row = (await conn.execute(sa.select(*_NODE_READ).where(
                 nodes.c.node_id == node_id))).mappings().first()
             if row is None:
                 return None
