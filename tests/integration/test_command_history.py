@@ -6,14 +6,19 @@ the store's filters, being SQL, run on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness import Agent, Server
+from harness import PYTHON, Agent, Server, clean_env
+from tether.cli.client import Client
+from tether.protocol.statuses import CommandStatus
 
 
 def named_agent(server: Server, state_dir: Path, name: str) -> Agent:
@@ -66,3 +71,120 @@ def test_list_and_show_say_what_ran_and_run_names_the_node(sqlite_server: Server
         shown.stdout
     detail = sqlite_server.cli("commands", "show", cid)
     assert detail["invocations"][0]["node_name"] == "gw-7"
+
+
+# -- finding commands back: filters, pages, a node's history ------------------------------
+
+def as_operator(server: Server, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "tether.cli", *args], capture_output=True, text=True,
+                          env=clean_env(TETHER_SERVER=server.url, TETHER_TOKEN=token),
+                          timeout=60)
+
+
+def submit(server: Server, node: str, script: str, *opts: str, token: str | None = None
+           ) -> str:
+    """A command sent without waiting (``run --no-wait``): its id."""
+    argv = ["run", "--no-wait", "--target", node, *opts, "--", script]
+    ran = as_operator(server, token, *argv) if token else server.cli_raw(*argv)
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.strip()
+
+
+def ids(server: Server, *args: str) -> list[str]:
+    listed = server.cli_raw(*args, "--json")
+    assert listed.returncode == 0, listed.stderr
+    return [c["command_id"] for c in json.loads(listed.stdout)]
+
+
+def wait_status(client: Client, cid: str, done: Callable[[str], bool]) -> None:
+    deadline = time.monotonic() + 30
+    cmd: dict[str, Any] = client.get(f"/commands/{cid}")
+    while not done(cmd["status"]):
+        assert time.monotonic() < deadline, cmd
+        cmd = client.get(f"/commands/{cid}", after=cmd["version"], wait=5)
+
+
+def test_commands_list_filters_and_pages_and_nodes_history(
+        server: Server, make_agent: Callable[..., Agent], tmp_path: Path) -> None:
+    client = Client(server.url, server.token)
+    a = named_agent(server, tmp_path / "a", "hist-a")
+    b = named_agent(server, tmp_path / "b", "hist-b")
+    try:
+        server.cli("operators", "create", "bob-hist", "--role", "operator")
+        bob = server.cli("tokens", "create", "--operator", "bob-hist")["token"]
+        c1 = submit(server, a.node_id, "true")
+        c2 = submit(server, b.node_id, "exit 3")
+        c3 = submit(server, f"{a.node_id}", "echo from-bob", "--target", b.node_id,
+                    token=bob)
+        c4 = submit(server, a.node_id, "exit 1")
+        for cid in (c1, c2, c3, c4):
+            wait_status(client, cid, lambda s: CommandStatus(s).terminal)
+    finally:
+        a.stop()
+        b.stop()
+
+    assert ids(server, "commands", "list", "--node", a.node_id) == [c4, c3, c1]
+    assert ids(server, "commands", "list", "--node", a.node_id, "--status", "Failed") == [c4]
+    assert ids(server, "commands", "list", "--node", a.node_id,
+               "--status", "Success") == [c3, c1]
+    assert ids(server, "commands", "list", "--operator", "bob-hist") == [c3]
+    assert ids(server, "commands", "list", "--node", b.node_id, "--since", "1h") == [c3, c2]
+    since = client.get(f"/commands/{c3}")["created_at"]
+    assert [c["command_id"] for c in client.get(
+        "/commands", node_id=a.node_id, since=since)] == [c4, c3]
+
+    # Paged: a full page says how to get the next, which goes on where it stopped.
+    first = server.cli_raw("commands", "list", "--node", a.node_id, "--limit", "2")
+    assert first.returncode == 0, first.stderr
+    assert [r.split()[0] for r in first.stdout.splitlines()[1:]] == [c4, c3]
+    assert f"more: the same with --before {c3}" in first.stderr
+    assert ids(server, "commands", "list", "--node", a.node_id, "--limit", "2",
+               "--before", c3) == [c1]
+    last = server.cli_raw("commands", "list", "--node", a.node_id, "--before", c3)
+    assert last.returncode == 0 and "more:" not in last.stderr, last.stderr
+
+    # One node's invocations across commands, with how each ended there.
+    history = server.cli_raw("nodes", "history", b.node_id)
+    assert history.returncode == 0, history.stderr
+    header, *rows = history.stdout.splitlines()
+    assert header.split() == ["COMMAND", "STATUS", "EXIT", "CREATED", "ENDED", "BY", "SCRIPT"]
+    assert [r.split()[0] for r in rows] == [c3, c2]
+    assert re.match(rf"{c3}\s+Success\s+exit 0\s.*\sbob-hist\s+echo from-bob$", rows[0]), rows
+    assert re.match(rf"{c2}\s+Failed\s+exit 3\s", rows[1]), rows
+    paged = server.cli_raw("nodes", "history", b.node_id, "--limit", "1", "--json")
+    (only,) = json.loads(paged.stdout)
+    assert only["invocation"]["node_id"] == b.node_id
+    assert only["invocation"]["exit_code"] == 0
+    assert ids(server, "nodes", "history", b.node_id, "--before", c3) == [c2]
+
+
+def test_the_status_filter_agrees_with_every_status_shown(
+        server: Server, make_agent: Callable[..., Agent]) -> None:
+    """A command's status is derived (``command_status``), and the filter says the same
+    rule in SQL (``store/command_filter.status_is``): every command is listed under
+    exactly the status it shows, whichever status that is."""
+    client = Client(server.url, server.token)
+    online = make_agent().register().start().connected()
+    offline = make_agent().register()
+    ended = [submit(server, online.node_id, "true"), submit(server, online.node_id, "exit 2"),
+             submit(server, online.node_id, "sleep 30", "--timeout", "1s"),
+             submit(server, offline.node_id, "true", "--delivery-timeout", "1s")]
+    running = submit(server, online.node_id, "sleep 30")
+    submit(server, offline.node_id, "true")  # Pending
+    cancelled = submit(server, offline.node_id, "true")
+    client.post(f"/commands/{cancelled}/cancel")
+    # Nothing changes while the lists are read: each command has ended or stays as it is.
+    wait_status(client, running, lambda s: s == "InProgress")
+    for cid in ended:
+        wait_status(client, cid, lambda s: CommandStatus(s).terminal)
+
+    shown = {c["command_id"]: c["status"] for c in client.get("/commands", limit=1000)}
+    listed: dict[str, str] = {}
+    for status in CommandStatus:
+        for c in client.get("/commands", status=status.value, limit=1000):
+            assert c["command_id"] not in listed, (c, listed[c["command_id"]])
+            listed[c["command_id"]] = status.value
+    assert listed == shown
+    assert {"Success", "Failed", "TimedOut", "InProgress", "Pending",
+            "Cancelled"} <= set(shown.values())
+    client.post(f"/commands/{running}/cancel")

@@ -201,14 +201,45 @@ def _print_invocation(inv: dict[str, Any], outputs: dict[str, bytes], raw: bool,
         out(f"--- {line}")
 
 
+def _listed(c: Client, args: argparse.Namespace, node_id: str | None) -> list[dict[str, Any]]:
+    """One page of ``GET /commands`` as the flags filter it (on the server, in SQL,
+    before the limit); when the page is full, how to get the next, on stderr."""
+    since = time.time() - parse_duration(args.since) if args.since else None
+    cmds: list[dict[str, Any]] = c.get(
+        "/commands", limit=args.limit, node_id=node_id, status=args.status, since=since,
+        operator=getattr(args, "operator", None), before=args.before)
+    if cmds and len(cmds) == args.limit and not args.json:
+        out(f"more: the same with --before {cmds[-1]['command_id']}", err=True)
+    return cmds
+
+
 def commands_list(c: Client, args: argparse.Namespace) -> int:
-    cmds = c.get("/commands", limit=args.limit)
+    cmds = _listed(c, args, args.node)
     if args.json:
         print_json(cmds)
         return 0
     table(["COMMAND", "STATUS", "CREATED", "BY", "TARGETS", "INVOCATIONS", "SCRIPT"],
           [[x["command_id"], x["status"], when(x["created_at"]), x["created_by"],
             " ".join(x["targets"]), _counts(x), x["script_line"]] for x in cmds])
+    return 0
+
+
+def nodes_history(c: Client, args: argparse.Namespace) -> int:
+    """``tether nodes history NODE``: the node's invocations across commands, newest
+    first, with how each ended there (``GET /commands?node_id=``, each with its
+    ``invocation``)."""
+    cmds = _listed(c, args, args.node_id)
+    if args.json:
+        print_json(cmds)
+        return 0
+    rows = []
+    for x in cmds:
+        inv = x["invocation"] or {"status": None, "exit_code": None, "reason": None,
+                                  "started_at": None, "ended_at": None}
+        said, _ = ending(inv, x["timeout"]) if inv["status"] else (None, None)
+        rows.append([x["command_id"], inv["status"], said, when(x["created_at"]),
+                     when(inv["ended_at"]), x["created_by"], x["script_line"]])
+    table(["COMMAND", "STATUS", "EXIT", "CREATED", "ENDED", "BY", "SCRIPT"], rows)
     return 0
 
 

@@ -19,6 +19,7 @@ from tether.cli import access, admin, commands, fleet, sessions
 from tether.cli.client import ApiFailure, Client, load_login, missing_login, save_login
 from tether.cli.output import closed_pipe, fail, out
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
+from tether.protocol.statuses import CommandStatus
 from tether.protocol.trust import pinned_context
 from tether.server.config import (
     DEFAULT_AGENT_BYTE_BURST,
@@ -202,6 +203,17 @@ def _bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history_flags(p: argparse.ArgumentParser) -> None:
+    """The filters and paging ``commands list`` and ``nodes history`` share."""
+    p.add_argument("--status", choices=[s.value for s in CommandStatus],
+                   help="only the commands with this status")
+    p.add_argument("--since", metavar="DURATION", help="only the last 30m, 12h, 7d...")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--before", metavar="COMMAND_ID", help="the page after this command "
+                   "(the last of the page before: list says it when there is more)")
+    _json(p)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tether", description="Operate a fleet of devices "
                                 "through a tether server. Set TETHER_SERVER and TETHER_TOKEN, "
@@ -271,6 +283,11 @@ def _parser() -> argparse.ArgumentParser:
     nr.add_argument("node_id")
     _json(nr)
     nr.set_defaults(handler=fleet.nodes_rotate_credential)
+    nh = nodes.add_parser("history", help="the node's invocations across commands, newest "
+                          "first")
+    nh.add_argument("node_id")
+    _history_flags(nh)
+    nh.set_defaults(handler=commands.nodes_history)
 
     access.add_parsers(sub)
     access.add_audit_parsers(sub)
@@ -307,9 +324,11 @@ def _parser() -> argparse.ArgumentParser:
 
     cmds = sub.add_parser("commands", help="follow and manage commands").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    cl = cmds.add_parser("list", help="recent commands")
-    cl.add_argument("--limit", type=int, default=50)
-    _json(cl)
+    cl = cmds.add_parser("list", help="recent commands, newest first")
+    cl.add_argument("--node", metavar="NODE_ID", help="only the commands that ran (or will "
+                    "run) on this node")
+    cl.add_argument("--operator", metavar="NAME", help="only the commands NAME sent")
+    _history_flags(cl)
     cl.set_defaults(handler=commands.commands_list)
     cs = cmds.add_parser("show", help="one command, per node")
     cs.add_argument("command_id")

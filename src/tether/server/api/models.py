@@ -202,11 +202,13 @@ class CommandSummary(BaseModel):
     created_at: float
     created_by: str
     counts: dict[str, int]
+    timeout: float
+    invocation: Invocation | None = Field(None, description=(
+        "GET /commands?node_id=: the command's invocation on that node (a node's history)"))
 
 
 class CommandDetail(CommandSummary):
     script: str
-    timeout: float
     delivery_timeout: float
     workdir: str | None
     output_cap: int

@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from tether import __version__
 from tether.protocol.script_line import script_line
-from tether.protocol.statuses import InvocationStatus, command_status
+from tether.protocol.statuses import CommandStatus, InvocationStatus, command_status
 from tether.server.access.client_address import client_host
 from tether.server.access.policy import Node, RetagRefusal, new_node_refusal, retag_refusal
 from tether.server.api import models, params
@@ -37,6 +37,7 @@ from tether.server.dispatch.targets import TargetError, parse_tag, parse_targets
 from tether.server.sessions.authority import SessionFilter
 from tether.server.state import ServerState
 from tether.server.store import NodeFilter, RegistrationError
+from tether.server.store.command_filter import CommandFilter
 
 WRONG_CODE = "invalid_activation"
 
@@ -308,12 +309,28 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
 async def list_commands(s: State, who: Who,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                         node_id: params.NodeIdQuery = None,
+                        status: CommandStatus | None = None,
+                        since: params.TimeQuery = None,
+                        operator: params.AuditQuery = None,
+                        before: params.IdQuery = None,
                         ) -> list[dict[str, Any]]:
-    """The newest commands (on ``node_id``, if given) whose every node allows
-    ``commands:read`` and ``nodes:read`` (a node it may not read is not there)."""
-    rows = await s.store.list_commands(limit, node_id, reach_of(who, "commands:read"))
-    counts = await s.store.status_counts([r["command_id"] for r in rows])
-    return [_summary(r, counts[r["command_id"]]) for r in rows]
+    """The newest commands, newest first, that match every filter given: on
+    ``node_id``, with the status ``status``, created at or after ``since`` (Unix
+    seconds), by ``operator``, listed after the command ``before`` (the last id of a
+    page: the next page). Only commands whose every node allows ``commands:read`` and
+    ``nodes:read`` (a node it may not read is not there). All decided before the
+    limit, so a page is full when more match.
+
+    With ``node_id``, each carries ``invocation``: the one on that node (its history).
+    """
+    f = CommandFilter(node_id=node_id, status=status, since=since, operator=operator,
+                      before=before)
+    rows = await s.store.list_commands(limit, f, reach_of(who, "commands:read"))
+    ids = [r["command_id"] for r in rows]
+    counts = await s.store.status_counts(ids)
+    on = await s.store.invocations_on(node_id, ids) if node_id else {}
+    return [{**_summary(r, counts[r["command_id"]]), "invocation": on.get(r["command_id"])}
+            for r in rows]
 
 
 @router.get("/commands/{command_id}", response_model=models.CommandDetail, responses=ERRORS,

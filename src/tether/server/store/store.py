@@ -25,6 +25,7 @@ from tether.protocol.statuses import InvocationStatus, allowed_sources, can_tran
 from tether.server.secrets import hash_secret, matches, new_secret
 from tether.server.store import migrate
 from tether.server.store.audit import AuditLog
+from tether.server.store.command_filter import CommandFilter, conditions
 from tether.server.store.operators import Operators
 from tether.server.store.schema import (
     activations,
@@ -613,21 +614,21 @@ class Store:
                 commands.c.command_id == command_id))).mappings().first()
             return dict(row) if row else None
 
-    async def list_commands(self, limit: int = 50, node_id: str | None = None,
+    async def list_commands(self, limit: int = 50, f: CommandFilter | None = None,
                             reach: Sequence[Reach] = ()) -> list[Row]:
-        """The newest commands; with ``node_id``, those that ran (or will run) there.
+        """The newest commands (the id breaking ties) that match ``f``
+        (``store/command_filter.py``; with ``node_id``, those that ran or will run there).
 
         With a policy's reach (``store/scope.py``), only commands every node of which
-        is within every one of ``reach``, decided before the limit.
+        is within every one of ``reach``. Both are decided before the limit.
         """
-        q = sa.select(commands).order_by(commands.c.created_at.desc()).limit(limit)
+        q = (sa.select(commands).where(*conditions(f or CommandFilter()))
+             .order_by(commands.c.created_at.desc(), commands.c.command_id.desc())
+             .limit(limit))
         if reach:
             q = q.where(~sa.exists().where(
                 invocations.c.command_id == commands.c.command_id,
                 sa.not_(within(invocations.c.node_id, reach))))
-        if node_id is not None:
-            q = q.where(commands.c.command_id.in_(sa.select(invocations.c.command_id).where(
-                invocations.c.node_id == node_id)))
         async with self.engine.connect() as conn:
             result = await conn.execute(q)
             return [dict(r) for r in result.mappings()]
@@ -644,6 +645,17 @@ class Store:
             for cid, status, n in result:
                 out[cid][status] = n
         return out
+
+    async def invocations_on(self, node_id: str, command_ids: Sequence[str]) -> dict[str, Row]:
+        """The invocation on ``node_id`` of each of ``command_ids`` that has one: a
+        node's history, a row a command (``tether nodes history``)."""
+        if not command_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            result = await conn.execute(sa.select(*_LISTED).where(
+                invocations.c.node_id == node_id,
+                invocations.c.command_id.in_(list(command_ids))))
+            return {r["command_id"]: dict(r) for r in result.mappings()}
 
     async def list_invocations(self, command_id: str) -> list[Row]:
         """A command's invocations, each with its node's name (``node_name``: people
