@@ -73,6 +73,20 @@ def test_list_and_show_say_what_ran_and_run_names_the_node(sqlite_server: Server
     assert detail["invocations"][0]["node_name"] == "gw-7"
 
 
+
+def test_the_sessions_table_names_the_node(sqlite_server: Server, gw: Agent,
+                                           tmp_path: Path) -> None:
+    remote = tmp_path / "on-device.txt"
+    remote.write_text("hello\n")
+    copied = sqlite_server.cli_raw("cp", f"{gw.node_id}:{remote}", str(tmp_path / "back"))
+    assert copied.returncode == 0, copied.stderr
+    listed = sqlite_server.cli_raw("sessions", "list", "--node", gw.node_id)
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split()[:3] == ["SESSION", "NODE", "NAME"]
+    assert row.split()[1:4] == [gw.node_id, "gw-7", "admin"], row
+
+
 # -- finding commands back: filters, pages, a node's history ------------------------------
 
 def as_operator(server: Server, token: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -105,9 +105,11 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    table(["SESSION", "NODE", "OPERATOR", "KIND", "STATUS", "STARTED", "ENDED", "TARGET"],
-          [[r["session_id"], r["node_id"], r["operator"], r["kind"], r["status"],
-            when(r["started_at"]), when(r["ended_at"]), _target(r)] for r in rows])
+    table(["SESSION", "NODE", "NAME", "OPERATOR", "KIND", "STATUS", "STARTED", "ENDED",
+           "TARGET"],
+          [[r["session_id"], r["node_id"], r.get("node_name"), r["operator"], r["kind"],
+            r["status"], when(r["started_at"]), when(r["ended_at"]), _target(r)]
+           for r in rows])
 
 
 def ending(row: dict[str, Any]) -> str:

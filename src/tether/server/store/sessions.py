@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.server.store.schema import operator_tokens, operators, sessions
+from tether.server.store.schema import nodes, operator_tokens, operators, sessions
 from tether.server.store.scope import Reach, within
 
 Row = dict[str, Any]
@@ -86,8 +86,11 @@ class Sessions:
                    active: bool | None = None, limit: int = 100,
                    reach: Sequence[Reach] = ()) -> list[Row]:
         """Newest first, on the nodes within every one of ``reach`` (a policy's reach,
-        ``store/scope.py``, applied before the limit)."""
-        q = (sa.select(sessions).where(within(sessions.c.node_id, reach))
+        ``store/scope.py``, applied before the limit), each with its node's name
+        (``node_name``, for the tables people read)."""
+        q = (sa.select(sessions, nodes.c.name.label("node_name"))
+             .select_from(sessions.outerjoin(nodes, nodes.c.node_id == sessions.c.node_id))
+             .where(within(sessions.c.node_id, reach))
              .order_by(sessions.c.started_at.desc()).limit(limit))
         if node_ids is not None:
             q = q.where(sessions.c.node_id.in_(list(node_ids)))
