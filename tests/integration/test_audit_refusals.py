@@ -109,7 +109,7 @@ def test_refused_stream_attaches_are_audited(fleet: Fleet) -> None:
     [record] = records_of(fleet, name)
     assert (record["action"], record["outcome"]) == (action, "denied"), record
     assert record["detail"]["session_id"] == fleet.lab_session
-    assert record["detail"]["error"] == "no_such_session"
+    assert record["detail"]["error"] == "session_not_found"
     assert "no open session" in record["detail"]["reason"]
     # A token that is no token: anonymous.
     before = {r["seq"] for r in records_of(fleet, "anonymous")}

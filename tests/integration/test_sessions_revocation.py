@@ -278,7 +278,7 @@ def test_attach_needs_the_sessions_own_operator_and_its_right(
                                            "host": "127.0.0.1", "port": port})["session_id"]
         # Another operator (a viewer) cannot stream on it, nor learn how it is doing.
         refused = attach(server, viewer, sid)
-        assert refused["t"] == "closed" and refused["code"] == "no_such_session", refused
+        assert refused["t"] == "closed" and refused["code"] == "session_not_found", refused
         assert server.cli("sessions", "show", sid)["status"] == "Connected"
         # Its own operator can, while its policy allows it...
         assert attach(server, token, sid)["t"] == "opened"
@@ -294,7 +294,7 @@ def test_attach_needs_the_sessions_own_operator_and_its_right(
     # The stream of an ended session says how it ended (to its own operator only).
     again = attach(server, token, sid)
     assert (again["code"], again["error"]) == ("session_ended", f"session {sid} ended: {reason}")
-    assert attach(server, viewer, sid)["code"] == "no_such_session"
+    assert attach(server, viewer, sid)["code"] == "session_not_found"
 
 
 def test_a_policy_change_ends_the_sessions_it_no_longer_allows(

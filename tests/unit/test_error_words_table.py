@@ -8,6 +8,7 @@ in ``errors.FORMS``, so the next patterned field cannot quote its regex either.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,31 @@ def test_every_patterned_field_of_the_document_has_words(tmp_path: Path) -> None
     walk(doc["components"]["schemas"], None)
     assert "targets" in patterned and "node_id" in patterned
     assert sorted(patterned - set(errors.FORMS)) == []
+
+
+# Where the server names a code: an error class's or a refusal's first string
+# argument (ApiError(404, "x", ...), SessionError("x", ...), who.refuse(403, "x", ...),
+# _refuse(websocket, "x", ...)), or a ``closed`` message's "code".
+RAISED = re.compile(r'(?:Error|refuse)\((?:websocket, )?(?:\d+, )?"([a-z_]+)"'
+                    r'|"code": "([a-z_]+)"|(?:WRONG_CODE|CODE) = "([a-z_]+)"')
+
+
+def test_every_code_the_server_raises_is_in_the_one_set() -> None:
+    root = Path(errors.__file__).resolve().parents[1]
+    raised = {code for path in root.rglob("*.py")
+              for match in RAISED.finditer(path.read_text())
+              for code in match.groups() if code}
+    assert {"node_not_found", "session_not_found", "bad_targets"} <= raised
+    assert sorted(raised - set(errors.CODES)) == []
+
+
+def test_codes_are_named_one_way() -> None:
+    assert not [c for c in errors.CODES if c.startswith("no_such_")]
+    assert "no_such_node" not in errors.CODES
+
+
+def test_the_document_lists_the_codes(tmp_path: Path) -> None:
+    doc = build_app(Settings.for_data_dir(tmp_path)).app.openapi()
+    error = doc["components"]["schemas"]["ErrorBody"]["properties"]["error"]
+    assert error["enum"] == sorted(errors.CODES)
+    assert "node_not_found: no such node" in error["description"]

@@ -20,7 +20,9 @@ CHUNK = 32 * 1024
 
 
 # The codes of a ``closed`` message after which no stream of the session will open again.
-FINAL_CODES = frozenset({"session_ended", "no_such_session", "unauthorized"})
+# (no_such_session: what servers before issue 13 called session_not_found.)
+FINAL_CODES = frozenset({"session_ended", "session_not_found", "no_such_session",
+                         "unauthorized"})
 
 
 class StreamClosed(Exception):

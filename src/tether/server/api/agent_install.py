@@ -82,5 +82,5 @@ async def wheel_list(request: Request,
 async def wheel_file(filename: params.FilePath, request: Request) -> FileResponse:
     path = _state(request).agent_bundle.path_of(filename)
     if path is None:
-        raise ApiError(404, "no_such_wheel", f"no wheel {filename[:100]}")
+        raise ApiError(404, "wheel_not_found", f"no wheel {filename[:100]}")
     return FileResponse(path, media_type="application/octet-stream", filename=filename)

@@ -34,6 +34,46 @@ STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: 
                 429: "too_many_requests", 431: "head_too_large", 500: "internal_error",
                 503: "unavailable"}
 
+# Every ``error`` an answer may carry, and what it means: one set, named the same way
+# (``THING_not_found`` for a 404 about one thing), listed in the OpenAPI document as
+# ErrorBody.error's enum. A code raised in src/tether/server that is not here fails
+# tests/unit/test_error_words_table.py. ``code`` of a stream's ``closed`` message
+# (docs/protocol.md) is from the same set.
+CODES: dict[str, str] = {
+    **{code: f"HTTP {status}" for status, code in STATUS_CODES.items()},
+    "http_error": "another HTTP status",
+    "activation_expired": "the activation is past its expiry",
+    "activation_not_found": "no such activation",
+    "activation_revoked": "the activation was revoked",
+    "agent_too_old": "the node's agent speaks a protocol too old for this",
+    "already_attached": "the shell already has a stream",
+    "bad_host": "a forward's host is not allowed",
+    "bad_policy": "the policy statements do not parse",
+    "bad_session": "the session request does not fit its kind",
+    "bad_tag": "a tag is not allowed",
+    "bad_targets": "no node matches the targets, or a name is ambiguous",
+    "cannot_disable_self": "an operator may not disable itself",
+    "command_not_found": "no such command",
+    "invalid_activation": "the activation id or code is wrong",
+    "invocation_not_found": "the command did not run on that node",
+    "no_agent_bundle": "the server has no agent bundle to serve",
+    "no_private_ca": "the server does not run on its own CA",
+    "node_not_found": "no such node (or one outside the operator's reach)",
+    "node_offline": "the node's agent is not connected",
+    "operator_disabled": "the operator is disabled",
+    "operator_exists": "there is already an operator of that name",
+    "operator_not_found": "no such operator",
+    "recording_not_found": "the session has no recording",
+    "recover_denied": "the operator's own statements deny recovering it",
+    "session_ended": "the session is over",
+    "session_not_found": "no such session (or not a live one of this operator)",
+    "stream_not_found": "a stream is stdout or stderr",
+    "token_not_found": "no such token",
+    "too_many_failed_registrations": "too many failed registrations from this address",
+    "too_many_failed_tokens": "too many failed tokens from this address",
+    "wheel_not_found": "no such wheel in the agent bundle",
+}
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str,
@@ -233,6 +273,10 @@ def document(app: FastAPI) -> None:
             "title": "ErrorBody", "type": "object", "required": ["error", "message"],
             "properties": {"error": {"title": "Error", "type": "string"},
                            "message": {"title": "Message", "type": "string"}}})
+        # models.ErrorBody's ``error`` is a str; the document says which ones.
+        schemas["ErrorBody"]["properties"]["error"].update(
+            enum=sorted(CODES), description="what went wrong, for scripts to switch on: "
+            + "; ".join(f"{code}: {what}" for code, what in sorted(CODES.items())))
         body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
         for item in doc.get("paths", {}).values():
             for operation in item.values():

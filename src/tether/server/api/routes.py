@@ -375,7 +375,7 @@ async def invocation_output(command_id: params.IdPath, node_id: params.NodeIdPat
                             stream: params.WordPath, s: State,
                             who: Who, request: Request) -> Response:
     if stream not in ("stdout", "stderr"):
-        raise ApiError(404, "no_such_stream", "stream is stdout or stderr")
+        raise ApiError(404, "stream_not_found", "stream is stdout or stderr")
     inv = await s.store.find_invocation(command_id, node_id)
     missing = ApiError(404, "invocation_not_found",
                        f"command {command_id} has no invocation on {node_id}")

@@ -68,7 +68,7 @@ async def _node_for(request: Request, s: ServerState, who: Principal, node_id: s
 
 
 def _no_session(session_id: str) -> ApiError:
-    return ApiError(404, "no_such_session", f"no session {session_id[:100]}")
+    return ApiError(404, "session_not_found", f"no session {session_id[:100]}")
 
 
 async def _session_node_allows(request: Request, s: ServerState, who: Principal,
@@ -152,7 +152,7 @@ async def session_recording(session_id: params.IdPath, s: State, who: Who,
     shows who had which session, never its output. Its own operator saw it live."""
     row = await _readable_session(request, s, who, session_id, "sessions:read-recording")
     if not row["recording"]:
-        raise ApiError(404, "no_recording", f"session {session_id} is a {row['kind']}; only "
+        raise ApiError(404, "recording_not_found", f"session {session_id} is a {row['kind']}; only "
                        "shells are recorded")
     data = s.blobs.read(row["recording"])
     return PlainTextResponse(data.decode("utf-8", "replace"),
@@ -243,7 +243,7 @@ async def _not_open(s: ServerState, who: Principal, session_id: str) -> tuple[st
     row = await s.store.sessions.get(session_id)
     if row is not None and row["operator"] == who.operator and row["ended_at"] is not None:
         return SESSION_ENDED, f"session {session_id} ended: {row['end_reason']}"
-    return "no_such_session", f"no open session {session_id[:100]} of {who.operator}"
+    return "session_not_found", f"no open session {session_id[:100]} of {who.operator}"
 
 
 async def _refuse(websocket: WebSocket, code: str, message: str) -> None:
