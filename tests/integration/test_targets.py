@@ -117,7 +117,7 @@ def test_a_name_targets_its_node(server: Server, make_agent: Callable[..., Agent
     assert reached(server, f"web-{u}") == {web}
     assert reached(server, f"name:web-{u}", f"name:cam:{u}") == {web, cam}
     status, body = preview(server, f"web-{u}")
-    assert (status, body["count"]) == (200, 1), body
+    assert (status, body["count"], body["node_ids"]) == (200, 1, [web]), body
 
 
 def test_a_name_several_nodes_share_is_refused_naming_them(
@@ -151,3 +151,46 @@ def test_names_count_among_readable_nodes_only(server: Server, tmp_path: Path,
     assert hidden.returncode == nobody.returncode == EXIT_API, (hidden, nobody)
     assert hidden.stderr.replace(f"db-{u}", "N") == nobody.stderr.replace(f"xx-{u}", "N")
     assert "no registered node named" in hidden.stderr
+
+
+# -- names in shell, forward and cp ---------------------------------------------
+
+
+def test_cp_takes_a_name_for_the_node(server: Server, make_agent: Callable[..., Agent],
+                                      tmp_path: Path) -> None:
+    u = uuid.uuid4().hex[:8]
+    act, code = server.activation()
+    agent = make_agent()
+    assert agent.register_raw(act, code, "--name", f"box-{u}").returncode == 0
+    agent.node_id = json.loads((agent.state_dir / "identity.json").read_text())["node_id"]
+    agent.start().connected()
+    local = tmp_path / "up.txt"
+    local.write_text(f"hello {u}\n")
+    remote = tmp_path / "on-node.txt"
+    up = server.cli_raw("cp", str(local), f"box-{u}:{remote}")
+    assert up.returncode == 0, up
+    assert remote.read_text() == f"hello {u}\n"
+    back = tmp_path / "back.txt"
+    down = server.cli_raw("cp", f"box-{u}:{remote}", str(back))
+    assert down.returncode == 0, down
+    assert back.read_text() == f"hello {u}\n"
+    sessions = server.cli("sessions", "list", "--node", agent.node_id)
+    assert len(sessions) == 2, sessions  # both went to the node the name stands for
+
+
+def test_shell_forward_and_cp_refuse_an_ambiguous_or_unknown_name(
+        server: Server, make_agent: Callable[..., Agent], tmp_path: Path) -> None:
+    u = uuid.uuid4().hex[:8]
+    one = enrol(server, make_agent, name=f"twin-{u}")
+    two = enrol(server, make_agent, name=f"twin-{u}")
+    for argv in (["shell", f"twin-{u}"], ["forward", f"twin-{u}", "0:localhost:22"],
+                 ["cp", f"twin-{u}:/etc/hostname", str(tmp_path / "x")]):
+        result = server.cli_raw(*argv)
+        assert result.returncode == EXIT_API, (argv, result)
+        assert one in result.stderr and two in result.stderr, (argv, result.stderr)
+        assert "target one by its id" in result.stderr, result.stderr
+    for argv in (["shell", f"none-{u}"], ["cp", str(tmp_path / "x"), f"none-{u}:/tmp/x"]):
+        result = server.cli_raw(*argv)
+        assert result.returncode == EXIT_API, (argv, result)
+        assert f"no registered node named 'none-{u}'" in result.stderr, result.stderr
+    assert not (tmp_path / "x").exists()

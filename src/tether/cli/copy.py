@@ -26,12 +26,14 @@ from typing import Any, Optional
 from websockets.exceptions import ConnectionClosed
 
 from tether.cli.client import ApiFailure, Client
+from tether.cli.node_arg import node_id_of
 from tether.cli.output import json_line, out
 from tether.cli.stream import CHUNK, StreamClosed, control_of, open_stream, start_session
 from tether.partfile import PartFile, PartRefused
 
-# The path as typed, a final newline included (match with $ dropped it: another file).
-REMOTE = re.compile(r"(mi-[0-9a-f]{17}):(.+)", re.DOTALL)
+# NODE:PATH, NODE a node id or name (no colon, no slash: ./a:b is a local file, as for
+# scp); the path as typed, a final newline included (match with $ dropped it: another file).
+REMOTE = re.compile(r"([^:/]+):(.+)", re.DOTALL)
 # Errors after which trying again cannot help: the device said no.
 RETRYABLE = ("link was lost", "is not connected", "could not reach", "connection to the tether",
              "did not open the channel in time")
@@ -52,17 +54,19 @@ def _digest(path: Path) -> str:
 def run(client: Client, args: argparse.Namespace) -> int:
     src, dst = REMOTE.fullmatch(args.source), REMOTE.fullmatch(args.destination)
     if bool(src) == bool(dst):
-        raise ValueError("one of SOURCE and DESTINATION is NODE:PATH (mi-...:/path), the "
-                         "other a local path")
+        raise ValueError("one of SOURCE and DESTINATION is NODE:PATH (a node id or name, "
+                         "mi-...:/path or web-1:/path), the other a local path (./a:b for a "
+                         "local name with a colon)")
     remote = (dst or src)
     assert remote is not None
     if not remote.group(2).startswith("/"):
         raise ValueError(f"{remote.group(0)}: the path on the node must be absolute "
                          f"({remote.group(1)}:/{remote.group(2)}?)")
+    node = node_id_of(client, remote.group(1))
     if dst:
-        return _upload(client, args, Path(args.source), dst.group(1), dst.group(2))
+        return _upload(client, args, Path(args.source), node, dst.group(2))
     assert src is not None
-    return _download(client, args, src.group(1), src.group(2), Path(args.destination))
+    return _download(client, args, node, src.group(2), Path(args.destination))
 
 
 def _upload(client: Client, args: argparse.Namespace, local: Path, node: str,

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tether.cli.client import ApiFailure, Client
+from tether.cli.node_arg import node_id_of
 from tether.cli.output import out
 from tether.cli.stream import (
     CHUNK,
@@ -47,6 +48,7 @@ def parse_spec(spec: str) -> tuple[int, str, int]:
 
 def run(client: Client, args: argparse.Namespace) -> int:
     local, host, port = parse_spec(args.spec)
+    args.node_id = node_id_of(client, args.node_id)
     session = start_session(client, {"node_id": args.node_id, "kind": "forward",
                                      "host": host, "port": port})
     try:

@@ -36,7 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                                     "status is the shell's (255 if the session ended "
                                     "otherwise). The output is recorded: tether sessions "
                                     "replay ID.")
-    sh.add_argument("node_id")
+    sh.add_argument("node_id", metavar="NODE", help="a node id or name")
     sh.add_argument("--user", help="the account to log in as (needs sessions:choose-user; "
                                    "default: the agent's --run-as user)")
     sh.set_defaults(handler=_run_of("shell"))
@@ -45,15 +45,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         description="Listen on LOCAL_PORT here; each connection reaches "
                                     "HOST:PORT from the node (localhost: the node itself). "
                                     "LOCAL_PORT 0 picks a free port. Ctrl-C stops it.")
-    fw.add_argument("node_id")
+    fw.add_argument("node_id", metavar="NODE", help="a node id or name")
     fw.add_argument("spec", metavar="LOCAL_PORT:HOST:PORT")
     fw.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
                     help="local address to listen on (default 127.0.0.1)")
     fw.set_defaults(handler=_run_of("forward"))
 
     cp = sub.add_parser("cp", help="copy a file to or from a node (checked, resumable)",
-                        description="tether cp LOCAL mi-...:/PATH uploads; tether cp "
-                                    "mi-...:/PATH LOCAL downloads. SHA-256 is checked and the "
+                        description="tether cp LOCAL NODE:/PATH uploads; tether cp "
+                                    "NODE:/PATH LOCAL downloads (NODE a node id or name). "
+                                    "SHA-256 is checked and the "
                                     "permission bits kept, minus the receiver's umask (never "
                                     "setuid, setgid or sticky); a dropped link resumes where "
                                     "it stopped.")

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tether.cli.client import Client
+from tether.cli.node_arg import node_id_of
 from tether.cli.output import out
 from tether.cli.stream import StreamClosed, closing_error, control_of, open_stream, start_session
 
@@ -39,6 +40,7 @@ def terminal_size() -> tuple[int, int]:
 
 def run(client: Client, args: argparse.Namespace) -> int:
     rows, cols = terminal_size()
+    args.node_id = node_id_of(client, args.node_id)
     body = {"node_id": args.node_id, "kind": "shell", "rows": rows, "cols": cols,
             "term": os.environ.get("TERM") or "xterm-256color"}
     if args.user:

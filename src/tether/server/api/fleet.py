@@ -119,7 +119,9 @@ async def preview_targets(s: State, who: Who, request: Request,
                           target: Annotated[list[models.Target],
                                             Query(min_length=1, max_length=1000)],
                           ) -> dict[str, Any]:
-    """How many nodes these targets hit, and which of them this operator may not send to.
+    """How many nodes these targets hit, the first of them, and which of them this
+    operator may not send to. ``name:NAME`` alone is how the CLI finds the node a name
+    stands for (cli/node_arg.py), so names are resolved in this one place.
 
     Counted as ``POST /commands`` resolves them: among the nodes this operator may read
     only, so the preview tells nothing of the rest of the fleet.
@@ -138,4 +140,4 @@ async def preview_targets(s: State, who: Who, request: Request,
                                      (Node(n, tags.get(n, {})) for n in node_ids))
     online = sum(1 for n in node_ids if s.registry.get(n) is not None)
     return {"count": len(node_ids), "online": online, "refused_count": len(refused),
-            "refused": refused[:NAMED]}
+            "refused": refused[:NAMED], "node_ids": node_ids[:NAMED]}

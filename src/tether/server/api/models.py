@@ -411,3 +411,5 @@ class TargetPreview(BaseModel):
     online: int = Field(description="of them, connected now")
     refused_count: int = Field(description="of them, nodes this operator may not send to")
     refused: list[str] = Field(description="the first 20 of those")
+    node_ids: list[str] = Field(description="the first 20 nodes the targets resolve to, by id "
+                                "(for name:NAME, the one node of that name)")
