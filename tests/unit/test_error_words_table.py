@@ -31,7 +31,8 @@ def message(model: type[BaseModel], body: dict[str, Any]) -> str:
 def test_a_malformed_target_says_what_a_target_is() -> None:
     text = message(models.CommandRequest, {"targets": ["place:x"], "script": "true"})
     assert text.startswith("targets.0 is not valid: a target is all, a node id (mi- and "
-                           "17 hex digits), or tag:KEY=VALUE")
+                           "17 hex digits), a node name (name:NAME when it holds a colon), "
+                           "or tag:KEY=VALUE")
     assert "pattern" not in text and "place:x" not in text
 
 

@@ -109,9 +109,9 @@ def code_for(status: int) -> str:
 # quote the field's regular expression ("String should match pattern '^(all|mi-...'").
 # Keyed by the field's name (the last name in the problem's location), so one entry
 # serves a body field, a query parameter and a path parameter alike.
-TARGET_FORM = ("a target is all, a node id (mi- and 17 hex digits), or tag:KEY=VALUE "
-               "(tags joined by a comma, tag:site=a,tag:role=gw, select the nodes with all "
-               "of them)")
+TARGET_FORM = ("a target is all, a node id (mi- and 17 hex digits), a node name "
+               "(name:NAME when it holds a colon), or tag:KEY=VALUE (tags joined by a "
+               "comma, tag:site=a,tag:role=gw, select the nodes with all of them)")
 FORMS = {
     "targets": TARGET_FORM,
     "target": TARGET_FORM,
