@@ -170,6 +170,20 @@ def test_commands_list_filters_and_pages_and_nodes_history(
     assert only["invocation"]["node_id"] == b.node_id
     assert only["invocation"]["exit_code"] == 0
     assert ids(server, "nodes", "history", b.node_id, "--before", c3) == [c2]
+    assert f"history of {b.node_id} (hist-b), newest first" in history.stderr
+
+    # The policy's reach is decided before the limit too: carol reads node a only, so
+    # c3 (on a and b) is not hers, and her one newest Success is c1, not an empty page.
+    policy = tmp_path / "a-only.json"
+    policy.write_text(json.dumps([{"effect": "allow", "actions": ["nodes:read",
+                                   "commands:read"], "resources": [a.node_id]}]))
+    server.cli("operators", "create", "carol-hist", "--policy", str(policy))
+    carol = server.cli("tokens", "create", "--operator", "carol-hist")["token"]
+    hers = as_operator(server, carol, "commands", "list", "--status", "Success", "--limit",
+                       "1", "--json")
+    assert [c["command_id"] for c in json.loads(hers.stdout)] == [c1], hers.stderr
+    hidden = as_operator(server, carol, "nodes", "history", b.node_id)
+    assert hidden.returncode == 3 and f"no node {b.node_id}" in hidden.stderr, hidden
 
 
 def test_the_status_filter_agrees_with_every_status_shown(

@@ -227,7 +227,12 @@ def commands_list(c: Client, args: argparse.Namespace) -> int:
 def nodes_history(c: Client, args: argparse.Namespace) -> int:
     """``tether nodes history NODE``: the node's invocations across commands, newest
     first, with how each ended there (``GET /commands?node_id=``, each with its
-    ``invocation``)."""
+    ``invocation``). The node is looked up first, so one this operator may not read,
+    or none, is said as such rather than as an empty history; its name goes on stderr."""
+    node = c.get(f"/nodes/{args.node_id}")
+    if not args.json:
+        named = {"node_id": node["node_id"], "node_name": node.get("name")}
+        out(f"history of {node_label(named)}, newest first", err=True)
     cmds = _listed(c, args, args.node_id)
     if args.json:
         print_json(cmds)
