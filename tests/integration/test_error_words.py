@@ -8,6 +8,7 @@ a TETHER_TOKEN that is empty while TETHER_SERVER is set.
 
 from __future__ import annotations
 
+import http.server
 import socket
 import subprocess
 import threading
@@ -114,6 +115,52 @@ def test_a_url_that_is_no_tether_server_says_so(sqlite_server: Server, tmp_path:
     result = tether(as_operator(sqlite_server, tmp_path, TETHER_SERVER=not_http), "whoami")
     assert result.returncode == EXIT_API
     assert "did not answer HTTP" in result.stderr
+    assert "the tether server's own address and port" in result.stderr
+
+
+def test_http_to_a_tls_server_says_to_use_https(tmp_path: Path) -> None:
+    tls = Server(tmp_path / "data", extra=["--tls", "auto"]).start()
+    try:
+        plain = "http://" + tls.url.removeprefix("https://")
+        result = tether(as_operator(tls, tmp_path, TETHER_SERVER=plain), "whoami")
+    finally:
+        tls.stop()
+    assert result.returncode == EXIT_API
+    assert f"if it serves TLS, use {tls.url}" in result.stderr
+
+
+class _NotTether(http.server.BaseHTTPRequestHandler):
+    """Another web server: a 404 page or a 200 page, both HTML, for every path."""
+
+    status = 404
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>not tether</html>")
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture(params=[404, 200])
+def web_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    handler = type("Handler", (_NotTether,), {"status": request.param})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def test_another_web_server_is_not_taken_for_tether(sqlite_server: Server, tmp_path: Path,
+                                                    web_server: str) -> None:
+    result = tether(as_operator(sqlite_server, tmp_path, TETHER_SERVER=web_server), "whoami")
+    assert result.returncode == EXIT_API
+    assert "Traceback" not in result.stderr
     assert "the tether server's own address and port" in result.stderr
 
 
