@@ -56,3 +56,16 @@ def test_a_planted_temporary_file_neither_keeps_its_mode_nor_redirects_the_token
     monkeypatch.delenv("TETHER_TOKEN", raising=False)
     assert load_login() == ("http://127.0.0.1:1", "tok-secret", None)
     assert sorted(p.name for p in folder.iterdir()) == [".cli.tmp", "cli.json", "cli.tmp"]
+
+
+def test_a_saved_token_goes_only_to_the_server_it_was_saved_for(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """TETHER_SERVER naming another server with TETHER_TOKEN empty once sent the saved
+    login's token there."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    save_login("http://127.0.0.1:1", "tok-secret")
+    monkeypatch.setenv("TETHER_SERVER", "http://127.0.0.9:2")
+    monkeypatch.setenv("TETHER_TOKEN", "")
+    assert load_login()[:2] == ("http://127.0.0.9:2", None)
+    monkeypatch.setenv("TETHER_SERVER", "http://127.0.0.1:1")
+    assert load_login()[:2] == ("http://127.0.0.1:1", "tok-secret")

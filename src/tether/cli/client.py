@@ -56,9 +56,9 @@ class ApiFailure(Exception):
 def load_login() -> tuple[str | None, str | None, bytes | None]:
     """Server, token and pinned CA (PEM): the environment's, else the saved login's.
 
-    The CA saved by ``tether login --ca`` is used only with the server it was saved
-    with (TETHER_SERVER naming another server does not inherit it); TETHER_CA, read
-    by ``Client``, overrides it.
+    The token and the CA saved by ``tether login`` are used only with the server they
+    were saved with (TETHER_SERVER naming another server inherits neither); TETHER_CA,
+    read by ``Client``, overrides the CA.
     """
     server, token = os.environ.get("TETHER_SERVER"), os.environ.get("TETHER_TOKEN")
     try:
@@ -66,8 +66,12 @@ def load_login() -> tuple[str | None, str | None, bytes | None]:
     except (FileNotFoundError, ValueError):
         saved = {}
     server = server or saved.get("server")
-    ca = saved.get("ca") if server == saved.get("server") else None
-    return server, token or saved.get("token"), ca.encode() if isinstance(ca, str) else None
+    # The saved token and CA belong to the saved server: TETHER_SERVER naming another
+    # one inherits neither (the token would go to a server it was never given to).
+    same = server == saved.get("server")
+    ca = saved.get("ca") if same else None
+    token = token or (saved.get("token") if same else None)
+    return server, token, ca.encode() if isinstance(ca, str) else None
 
 
 def missing_login(server: str | None) -> str:
