@@ -171,6 +171,8 @@ def test_commands_list_filters_and_pages_and_nodes_history(
     assert only["invocation"]["exit_code"] == 0
     assert ids(server, "nodes", "history", b.node_id, "--before", c3) == [c2]
     assert f"history of {b.node_id} (hist-b), newest first" in history.stderr
+    assert ids(server, "nodes", "history", "hist-b") == [c3, c2]  # a name does too
+    assert ids(server, "commands", "list", "--node", "hist-a") == [c4, c3, c1]
 
     # The policy's reach is decided before the limit too: carol reads node a only, so
     # c3 (on a and b) is not hers, and her one newest Success is c1, not an empty page.

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tether.cli.client import Client
+from tether.cli.node_arg import node_id_of
 from tether.cli.output import device_output, emit, out, print_json, table, when
 from tether.cli.parsing import parse_duration
 
@@ -214,7 +215,7 @@ def _listed(c: Client, args: argparse.Namespace, node_id: str | None) -> list[di
 
 
 def commands_list(c: Client, args: argparse.Namespace) -> int:
-    cmds = _listed(c, args, args.node)
+    cmds = _listed(c, args, node_id_of(c, args.node) if args.node else None)
     if args.json:
         print_json(cmds)
         return 0
@@ -229,11 +230,12 @@ def nodes_history(c: Client, args: argparse.Namespace) -> int:
     first, with how each ended there (``GET /commands?node_id=``, each with its
     ``invocation``). The node is looked up first, so one this operator may not read,
     or none, is said as such rather than as an empty history; its name goes on stderr."""
-    node = c.get(f"/nodes/{args.node_id}")
+    node_id = node_id_of(c, args.node_id)
+    node = c.get(f"/nodes/{node_id}")
     if not args.json:
-        named = {"node_id": node["node_id"], "node_name": node.get("name")}
+        named = {"node_id": node_id, "node_name": node.get("name")}
         out(f"history of {node_label(named)}, newest first", err=True)
-    cmds = _listed(c, args, args.node_id)
+    cmds = _listed(c, args, node_id)
     if args.json:
         print_json(cmds)
         return 0

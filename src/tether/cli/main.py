@@ -285,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     nr.set_defaults(handler=fleet.nodes_rotate_credential)
     nh = nodes.add_parser("history", help="the node's invocations across commands, newest "
                           "first")
-    nh.add_argument("node_id")
+    nh.add_argument("node_id", metavar="NODE", help="a node id or name")
     _history_flags(nh)
     nh.set_defaults(handler=commands.nodes_history)
 
@@ -325,8 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     cmds = sub.add_parser("commands", help="follow and manage commands").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     cl = cmds.add_parser("list", help="recent commands, newest first")
-    cl.add_argument("--node", metavar="NODE_ID", help="only the commands that ran (or will "
-                    "run) on this node")
+    cl.add_argument("--node", metavar="NODE", help="only the commands that ran (or will "
+                    "run) on this node (its id or name)")
     cl.add_argument("--operator", metavar="NAME", help="only the commands NAME sent")
     _history_flags(cl)
     cl.set_defaults(handler=commands.commands_list)
