@@ -106,7 +106,7 @@ def too_long(schema: dict[str, Any]) -> str | list[str] | None:
     if schema.get("type") == "array":
         items = schema["items"]
         return ["x" * (items["maxLength"] + 1)] if "maxLength" in items else None
-    if schema.get("type") == "string":
+    if schema.get("type") == "string" and "enum" not in schema:  # an enum: no length
         return "x" * (schema["maxLength"] + 1)
     return None
 

@@ -82,7 +82,8 @@ STATES = ("Online", "ConnectionLost", "Deregistered")
 async def count_nodes(s: State, who: Who,
                       q: Annotated[str, Query(max_length=400, description=(
                           "as for /nodes/search; deregistered nodes are counted too"))] = "",
-                      by: Annotated[models.TagKey | None, Query(description=(
+                      by: Annotated[str | None, Query(min_length=1, max_length=128,
+                                                      description=(
                           "a tag key: the counts by each of its values"))] = None,
                       limit: Annotated[int, Query(ge=1, le=100)] = 20,
                       ) -> dict[str, Any]:
