@@ -101,12 +101,20 @@ RAISED = re.compile(r'(?:Error|refuse)\((?:websocket, )?(?:\d+, )?"([a-z_]+)"'
                     r'|"code": "([a-z_]+)"|(?:WRONG_CODE|CODE) = "([a-z_]+)"')
 
 
+# ... or a constant holding it (OperatorError(LAST_ADMIN, ...)), resolved by its assignment.
+RAISED_BY_NAME = re.compile(r'Error\(([A-Z][A-Z_]+)[,)]')
+CONSTANT = re.compile(r'^([A-Z][A-Z_]+) = "([a-z_]+)"$', re.MULTILINE)
+
+
 def test_every_code_the_server_raises_is_in_the_one_set() -> None:
     root = Path(errors.__file__).resolve().parents[1]
-    raised = {code for path in root.rglob("*.py")
-              for match in RAISED.finditer(path.read_text())
+    texts = [path.read_text() for path in root.rglob("*.py")]
+    constants = {name: value for text in texts for name, value in CONSTANT.findall(text)}
+    raised = {code for text in texts for match in RAISED.finditer(text)
               for code in match.groups() if code}
-    assert {"node_not_found", "session_not_found", "bad_targets"} <= raised
+    raised |= {constants[name] for text in texts for name in RAISED_BY_NAME.findall(text)
+               if name in constants}
+    assert {"node_not_found", "session_not_found", "bad_targets", "last_admin"} <= raised
     assert sorted(raised - set(errors.CODES)) == []
 
 

@@ -55,6 +55,7 @@ CODES: dict[str, str] = {
     "cannot_disable_self": "an operator may not disable itself",
     "command_not_found": "no such command",
     "invalid_activation": "the activation id or code is wrong",
+    "last_admin": "the change would leave no admin who can sign in (issue 12 #10)",
     "invocation_not_found": "the command did not run on that node",
     "no_agent_bundle": "the server has no agent bundle to serve",
     "no_private_ca": "the server does not run on its own CA",
