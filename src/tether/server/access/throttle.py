@@ -108,15 +108,13 @@ class AddressCount:
         return len(self._counts)
 
 
-class TokenBucket:
-    """Messages one agent may send: ``burst`` at once, ``rate`` a second after that.
+class _Bucket:
+    """``burst`` at once, refilled at ``rate`` a second: the bookkeeping both budgets share.
 
-    Sized far above what a real agent does (a re-sent spool is a few hundred
-    frames), so only a runaway or hostile peer ever meets it.
+    One per node, kept across its connections (gateway/registry.py): slots keep each
+    one to a few dozen bytes.
     """
 
-    # One per node, kept across its connections (gateway/registry.py): slots keep
-    # each one to a few dozen bytes.
     __slots__ = ("burst", "last", "rate", "tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
@@ -126,19 +124,32 @@ class TokenBucket:
         self.last = now
 
     def full(self, now: float) -> bool:
-        """Refilled to the burst by ``now``: no different from a new bucket."""
+        """Refilled to the burst by ``now``: no different from a new one."""
         return self.tokens + (now - self.last) * self.rate >= self.burst
 
-    def take(self, now: float) -> bool:
+    def _refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
+
+
+class TokenBucket(_Bucket):
+    """Messages one agent may send: ``burst`` at once, ``rate`` a second after that.
+
+    Sized far above what a real agent does (a re-sent spool is a few hundred
+    frames), so only a runaway or hostile peer ever meets it.
+    """
+
+    __slots__ = ()
+
+    def take(self, now: float) -> bool:
+        self._refill(now)
         if self.tokens < 1:
             return False
         self.tokens -= 1
         return True
 
 
-class BytePacer:
+class BytePacer(_Bucket):
     """Bytes one agent may send: ``burst`` at once, ``rate`` a second after that.
 
     The message rate (``TokenBucket``) counts frames, and a frame may be 2 MiB:
@@ -149,23 +160,16 @@ class BytePacer:
     ``rate`` 0 turns pacing off.
     """
 
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.last = now
+    __slots__ = ()
 
     def full(self, now: float) -> bool:
         """Refilled to the burst by ``now`` (or off): no different from a new pacer."""
-        return self.rate <= 0 or self.tokens + (now - self.last) * self.rate >= self.burst
+        return self.rate <= 0 or super().full(now)
 
     def charge(self, cost: float, now: float) -> float:
         """Take ``cost`` bytes; the seconds to wait before reading more (0: none)."""
         if self.rate <= 0:
             return 0.0
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
+        self._refill(now)
         self.tokens -= cost
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
