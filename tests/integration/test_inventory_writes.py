@@ -16,26 +16,15 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from test_hostile import hello_from, inventory_frame, ws_url
 from websockets.sync.client import ClientConnection, connect
 
-from harness import Agent, Server, postgres_database
+from harness import Agent, Server
 from tether.protocol.messages import SERVER_MESSAGES, Ping, Pong, decode, encode
 
 MARK = "marked-by-the-test"
+# The server: conftest.py's, one per module on SQLite and on PostgreSQL.
 
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp(f"inventory-{request.param}") / "data"
-    with contextlib.ExitStack() as stack:
-        url = stack.enter_context(postgres_database()) if request.param == "postgresql" \
-            else None
-        srv = Server(data_dir, database_url=url).start()
-        stack.callback(srv.stop)
-        yield srv
 
 
 def sql(server: Server, statement: str, *args: str) -> list[tuple[object, ...]]:
