@@ -85,6 +85,13 @@ def test_the_sessions_table_names_the_node(sqlite_server: Server, gw: Agent,
     header, row = listed.stdout.splitlines()
     assert header.split()[:3] == ["SESSION", "NODE", "NAME"]
     assert row.split()[1:4] == [gw.node_id, "gw-7", "admin"], row
+    # ``--node`` takes the name too, and one session's page names its node as well.
+    by_name = sqlite_server.cli_raw("sessions", "list", "--node", "gw-7")
+    assert by_name.returncode == 0 and by_name.stdout == listed.stdout, by_name.stderr
+    session_id = row.split()[0]
+    assert sqlite_server.cli("sessions", "show", session_id)["node_name"] == "gw-7"
+    shown = sqlite_server.cli_raw("sessions", "show", session_id)
+    assert shown.stdout.splitlines()[1].split()[1:3] == [gw.node_id, "gw-7"], shown.stdout
 
 
 # -- finding commands back: filters, pages, a node's history ------------------------------

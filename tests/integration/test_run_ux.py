@@ -207,3 +207,26 @@ def test_online_only_leaves_the_others_out_and_says_so(server: Server,
     refused = server.cli_raw("run", "--online-only", "--target", offline.node_id, "--", "true")
     assert refused.returncode == 3
     assert "none of the 1 node(s) the targets match is Online" in refused.stderr
+
+
+# -- item: one default timeout, whichever client asks ------------------------------------
+
+def test_run_leaves_the_timeouts_to_the_server_the_console_reads_them_from(
+        sqlite_server: Server, node: Agent) -> None:
+    """The CLI had its own "1h" beside the server's default (and the console, 600 s):
+    unset, ``run`` now sends none, so what is stored is the default the OpenAPI document
+    gives, which is where the console's run page reads it."""
+    import httpx
+
+    schema = httpx.get(f"{sqlite_server.url}/api/v1/openapi.json", timeout=30).json()
+    fields = schema["components"]["schemas"]["CommandRequest"]["properties"]
+    ran = sqlite_server.cli_raw("run", "--target", node.node_id, "--", "true")
+    assert ran.returncode == 0, ran.stderr
+    shown = sqlite_server.cli("commands", "show", cid_of(ran))
+    assert shown["timeout"] == fields["timeout"]["default"], shown
+    assert shown["delivery_timeout"] == fields["delivery_timeout"]["default"], shown
+    given = sqlite_server.cli_raw("run", "--target", node.node_id, "--timeout", "90s",
+                                  "--delivery-timeout", "2m", "--", "true")
+    assert given.returncode == 0, given.stderr
+    kept = sqlite_server.cli("commands", "show", cid_of(given))
+    assert (kept["timeout"], kept["delivery_timeout"]) == (90, 120), kept

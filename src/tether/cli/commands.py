@@ -40,9 +40,11 @@ def _script(args: argparse.Namespace) -> str:
 def run(c: Client, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
         "targets": args.target, "script": _script(args),
-        "timeout": parse_duration(args.timeout),
-        "delivery_timeout": parse_duration(args.delivery_timeout),
         "workdir": args.workdir, "comment": args.comment}
+    # Unset, the server's defaults apply: one default, whichever client asks.
+    for key, given in (("timeout", args.timeout), ("delivery_timeout", args.delivery_timeout)):
+        if given is not None:
+            body[key] = parse_duration(given)
     if args.output_cap is not None:
         body["output_cap"] = args.output_cap
     if args.online_only:

@@ -302,10 +302,11 @@ def _parser() -> argparse.ArgumentParser:
                    "nodes share is refused, with their ids), tag:KEY=VALUE or all; repeated, "
                    "the nodes any of them selects (OR); tags joined by a comma, "
                    "tag:site=a,tag:role=gw, the nodes with all of them (AND)")
-    r.add_argument("--timeout", default="1h", metavar="DURATION",
-                   help="execution timeout; the whole process group is killed (default 1h)")
-    r.add_argument("--delivery-timeout", default="1h", metavar="DURATION",
-                   help="how long to wait for offline nodes (default 1h)")
+    r.add_argument("--timeout", metavar="DURATION",
+                   help="execution timeout, e.g. 90s, 10m, 2h; the whole process group is "
+                   "killed (default: the server's, 1h)")
+    r.add_argument("--delivery-timeout", metavar="DURATION",
+                   help="how long to wait for offline nodes (default: the server's, 1h)")
     r.add_argument("--workdir", metavar="DIR", help="working directory on the node "
                    "(default: the agent user's home)")
     r.add_argument("--comment", metavar="TEXT")

@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable
 
 from tether.cli.client import Client
+from tether.cli.node_arg import node_id_of
 from tether.cli.output import emit, out, print_json, recording, table, when
 
 
@@ -69,7 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ss = sub.add_parser("sessions", help="list, show, replay and terminate sessions")
     acts = ss.add_subparsers(dest="action", required=True, metavar="ACTION")
     sl = acts.add_parser("list", help="recent sessions, newest first")
-    sl.add_argument("--node", metavar="NODE_ID")
+    sl.add_argument("--node", metavar="NODE", help="a node id or name")
     sl.add_argument("--operator", metavar="NAME")
     sl.add_argument("--active", action="store_true", help="only sessions still open")
     sl.add_argument("--limit", type=int, default=50)
@@ -126,7 +127,8 @@ def ending(row: dict[str, Any]) -> str:
 
 
 def sessions_list(client: Client, args: argparse.Namespace) -> int:
-    rows = client.get("/sessions", node_id=args.node, operator=args.operator,
+    node_id = node_id_of(client, args.node) if args.node else None
+    rows = client.get("/sessions", node_id=node_id, operator=args.operator,
                       active="true" if args.active else None, limit=args.limit)
     _print(rows, args.json)
     return 0

@@ -348,8 +348,7 @@ class SessionRequest(RequestBody):
 class Session(BaseModel):
     session_id: str
     node_id: str
-    node_name: str | None = Field(None, description="GET /sessions: the node's name, if it "
-                                  "has one")
+    node_name: str | None = Field(None, description="the node's name, if it has one")
     operator: str
     kind: str
     status: str

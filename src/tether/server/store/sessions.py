@@ -20,6 +20,9 @@ from tether.server.store.scope import Reach, within
 
 Row = dict[str, Any]
 CONNECTED, TERMINATED, FAILED = "Connected", "Terminated", "Failed"
+# A session row with its node's name (``node_name``), for the tables people read.
+_NAMED = (sa.select(sessions, nodes.c.name.label("node_name"))
+          .select_from(sessions.outerjoin(nodes, nodes.c.node_id == sessions.c.node_id)))
 
 
 def new_session_id(operator: str) -> str:
@@ -77,8 +80,9 @@ class Sessions:
         return out
 
     async def get(self, session_id: str) -> Row | None:
+        """One session, with its node's name as ``find`` gives it."""
         async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(sessions).where(
+            row = (await conn.execute(_NAMED.where(
                 sessions.c.session_id == session_id))).mappings().first()
         return dict(row) if row else None
 
@@ -88,9 +92,7 @@ class Sessions:
         """Newest first, on the nodes within every one of ``reach`` (a policy's reach,
         ``store/scope.py``, applied before the limit), each with its node's name
         (``node_name``, for the tables people read)."""
-        q = (sa.select(sessions, nodes.c.name.label("node_name"))
-             .select_from(sessions.outerjoin(nodes, nodes.c.node_id == sessions.c.node_id))
-             .where(within(sessions.c.node_id, reach))
+        q = (_NAMED.where(within(sessions.c.node_id, reach))
              .order_by(sessions.c.started_at.desc()).limit(limit))
         if node_ids is not None:
             q = q.where(sessions.c.node_id.in_(list(node_ids)))
