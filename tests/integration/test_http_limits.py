@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import socket
 import time
 import urllib.request
@@ -113,6 +114,31 @@ def test_a_silent_connection_is_cut_too(server: Server) -> None:
         answer = read_answer(sock)
         assert_timed_out(answer, "request head")
         assert time.monotonic() - start <= HEADER_TIMEOUT + 3
+
+
+def test_a_head_in_before_its_deadline_is_answered_though_the_server_was_held_up(
+        server: Server) -> None:
+    """The request comes in 0.5 s before the head deadline while the server's process is
+    stopped (as a loaded machine holds a process up for a moment), and it wakes after
+    the deadline: the loop ran the deadline before reading, and answered 408."""
+    assert server.proc is not None
+    with dial(server) as sock:
+        request = whoami_request(server)
+        time.sleep(0.5)  # accepted by now: its head deadline runs
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(HEADER_TIMEOUT - 1.0)  # stopped: nothing to wait for but time
+            sock.sendall(request)
+            time.sleep(1.0)  # past the deadline, the request waiting unread
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
+def whoami_request(server: Server) -> bytes:
+    return (b"GET /api/v1/whoami HTTP/1.1\r\nHost: tether\r\n"
+            b"Authorization: Bearer %s\r\n\r\n" % server.token.encode())
 
 
 def test_a_body_a_byte_a_second_is_cut_after_the_body_timeout(server: Server) -> None:
