@@ -152,11 +152,39 @@ class Browser:
         self.page.on("load", lambda _p: setattr(self, "loads", self.loads + 1))
         self.page.on("requestfailed",
                      lambda r: self.failed.append(f"{r.method} {r.url}: {r.failure}"))
+        # For the diagnosis of a failure: what is still pending, and what was refused.
+        self.pending: dict[Any, float] = {}
+        self.refused: list[str] = []
+        self.page.on("request", lambda r: self.pending.__setitem__(r, time.monotonic()))
+        for done in ("requestfinished", "requestfailed"):
+            self.page.on(done, lambda r: self.pending.pop(r, None))
+        self.page.on("response", lambda r: self.refused.append(
+            f"{self.since()} {r.status} {r.request.method} {r.url}") if r.status >= 400 else None)
         return self
+
+    def since(self) -> str:
+        return f"{time.monotonic() - self.started:7.2f} s"
+
+    def diagnosis(self) -> str:
+        """What the page was doing when a step failed: a page that never rendered is
+        most often a module the server refused or never finished (issue: CI flake)."""
+        now = time.monotonic()
+        pending = [f"{at - self.started:7.2f} s (for {now - at:.2f} s) "
+                   f"{r.method} {r.url}" for r, at in self.pending.items()]
+        try:
+            where = f"{self.page.url}, main: {self.page.locator('main').inner_html()[:500]!r}"
+        except Exception as exc:  # the page itself may be what failed
+            where = f"(page unreadable: {exc})"
+        sections = [("responses >= 400", self.refused), ("failed requests", self.failed),
+                    ("still pending", pending), ("console", self.console)]
+        return f"the browser at {self.since()} (seconds since it started): {where}\n" + (
+            "\n".join(f"{what}:\n  " + ("\n  ".join(lines) or "none")
+                      for what, lines in sections))
 
     def __exit__(self, kind: object, *exc: object) -> None:
         try:
             if kind is not None:
+                print(self.diagnosis(), file=sys.stderr)
                 self.shot("failure")
         finally:
             self._browser.close()
