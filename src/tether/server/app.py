@@ -24,6 +24,7 @@ from tether.server.access.throttle import RegistrationThrottle
 from tether.server.admin_access import prepare_admin_access, write_secret_file
 from tether.server.agent_dist.bundle import AgentBundle
 from tether.server.api import agent_install, audit, errors, fleet, operators, sessions
+from tether.server.api.audit_record import AuditMiddleware
 from tether.server.api.limits import BodyLimit
 from tether.server.api.routes import router
 from tether.server.blobs import FolderBlobStore
@@ -148,7 +149,7 @@ def build_app(settings: Settings) -> AgentFront:
     app.include_router(operators.router)
     app.include_router(audit.router)
     app.include_router(sessions.router)
-    app.middleware("http")(audit.record_call)
+    app.add_middleware(AuditMiddleware)
     app.include_router(agent_install.router)
     app.mount(console.PREFIX, console.Console(), name="console")
     app.add_route("/", console.to_console, include_in_schema=False)

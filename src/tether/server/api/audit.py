@@ -1,9 +1,11 @@
 """The audit trail: every state-changing API call and every refusal, recorded.
 
-A middleware writes one record per call after the route ran, so the outcome is
-known: who (the operator, ``activation:ID`` for a registration, ``anonymous``),
-what (method and route), on what (the path's node, command, operator or token),
-from which address, and how it ended. Routes add what the path does not say
+A middleware (api/audit_record.py) writes one record per call once the route has
+answered, before the answer is sent, so the outcome is known: who (the operator,
+``activation:ID`` for a registration, ``anonymous``), what (method and route), on
+what (the path's node, command, operator or token), from which address, and how it
+ended. ``POST /commands`` writes its record in the transaction that stores the
+command, before delivery starts. Routes add what the path does not say
 (a command's script and targets) through ``note``. Reads are not recorded, except
 refused ones: every 401, 403 and 429 on any route, and any answer a route gave
 through ``Principal.refuse`` (a 404 hiding what the operator may not see).
@@ -15,83 +17,19 @@ a count.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query
 from starlette.requests import HTTPConnection
 
 from tether.server.access.audit_chain import CHECKPOINT_PARAM, Checkpoint
 from tether.server.api import models, params
 from tether.server.api.audit_note import REFUSED, noted
-from tether.server.api.auth import Principal, Who, authenticate
-from tether.server.api.errors import ApiError
+from tether.server.api.auth import Principal, Who
 from tether.server.api.routes import ERRORS, State
 from tether.server.state import ServerState
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["audit"])
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-REFUSAL_STATUSES = frozenset({401, 403, 429})
-TARGET_PARAMS = ("node_id", "command_id", "name", "token_id", "activation_id")
-
-
-def outcome_of(status: int, refused: bool = False) -> str:
-    if refused or status in REFUSAL_STATUSES:
-        return "denied"
-    return "ok" if status < 400 else "failed"
-
-
-async def record_call(request: Request,
-                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    try:
-        response = await call_next(request)
-    except Exception:
-        # A route that crashed may still have changed something: record it, then let
-        # the error take its course (a 500 to the client, the traceback in the log).
-        await _record(request, 500)
-        raise
-    await _record(request, response.status_code)
-    return response
-
-
-async def _principal(request: Request, status: int) -> Principal | None:
-    """Who made the call; resolved here when no route did (a 405, an unknown path)."""
-    principal: Principal | None = getattr(request.state, "principal", None)
-    if (principal is None and status not in (401, 429) and request.headers.get("authorization")
-            and not hasattr(request.state, "audit_actor")):
-        try:
-            principal = await authenticate(request)
-        except ApiError:
-            return None
-    return principal
-
-
-async def _record(request: Request, status: int) -> None:
-    detail = noted(request)
-    refused = REFUSED in detail
-    if not request.url.path.startswith("/api/v1/") or (
-            request.method in SAFE_METHODS and status not in REFUSAL_STATUSES
-            and not refused):
-        return
-    route = request.scope.get("route")
-    action = f"{request.method} {getattr(route, 'path', request.url.path)}"
-    s: ServerState = request.app.state.tether
-    try:
-        principal = await _principal(request, status)
-        actor = (principal.operator if principal is not None
-                 else getattr(request.state, "audit_actor", "anonymous"))
-        params = request.path_params
-        target = next((str(params[p]) for p in TARGET_PARAMS if p in params), None)
-        detail = {"status": status, **detail}
-        await s.store.audit.append_or_count(
-            actor=actor, action=action, outcome=outcome_of(status, refused),
-            target=target or detail.get("target"),
-            source=request.client.host if request.client else None, detail=detail,
-            authenticated=principal is not None)
-    except Exception:  # the call already happened; say loudly that its record did not
-        log.exception("audit record for %s could not be written", action)
 
 
 async def refuse_stream(conn: HTTPConnection, code: str, reason: str) -> None:

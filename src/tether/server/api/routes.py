@@ -13,12 +13,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from tether import __version__
+from tether.protocol.ids import new_uuid
 from tether.protocol.script_line import script_line
 from tether.protocol.statuses import CommandStatus, InvocationStatus, command_status
 from tether.server.access.client_address import client_host
 from tether.server.access.policy import Node, RetagRefusal, new_node_refusal, retag_refusal
 from tether.server.api import models, params
 from tether.server.api.audit_note import note
+from tether.server.api.audit_record import entry as audit_entry
+from tether.server.api.audit_record import written as audit_written
 from tether.server.api.auth import Principal, Who
 from tether.server.api.errors import ApiError
 from tether.server.api.visibility import (
@@ -290,9 +293,15 @@ async def run_command(body: models.CommandRequest, s: State, who: Who, request: 
             node_ids, offline = online, []
         await require_nodes(request, s, who, "commands:send", node_ids,
                             NoTargetsError("no registered node matches the targets"))
-        command, count = await s.dispatcher.submit(spec, node_ids, who.operator)
-        note(request, target=command["command_id"], nodes=count,
+        # The record of this call goes in with the command (the answer is 201 from
+        # here on), so the command's delivery never waits for it.
+        command_id = new_uuid()
+        note(request, target=command_id, nodes=len(node_ids),
              **({"left_out": len(left_out)} if body.online_only else {}))
+        record = await audit_entry(request, 201)
+        command, count = await s.dispatcher.submit(spec, node_ids, who.operator,
+                                                   command_id, record)
+        audit_written(request)
     except TargetError as exc:
         raise ApiError(400, "bad_targets", str(exc)) from None
     except NoTargetsError as exc:  # well-formed targets that name no registered node

@@ -38,6 +38,7 @@ from tether.server.dispatch.small_outputs import SmallOutputs
 from tether.server.dispatch.watch import CommandWatch
 from tether.server.gateway.registry import AgentConnection
 from tether.server.store import Store
+from tether.server.store.audit import AuditEntry
 from tether.server.store.store import CONNECTION_LOST, ONLINE, Row
 from tether.server.store.writer import GroupWriter, Written
 
@@ -85,22 +86,26 @@ class Dispatcher:
 
     # -- operator side -----------------------------------------------------
 
-    async def submit(self, spec: CommandSpec, node_ids: list[str],
-                     operator: str) -> tuple[Row, int]:
+    async def submit(self, spec: CommandSpec, node_ids: list[str], operator: str,
+                     command_id: str | None = None,
+                     record: AuditEntry | None = None) -> tuple[Row, int]:
         """Store the command, send it to its nodes online here; the command and its count.
 
         ``node_ids`` come from ``api.visibility.resolve_targets`` (the nodes the operator
-        may read); the caller checks them against policy between.
+        may read); the caller checks them against policy between. ``record``, the
+        call's audit record, is stored with the command, so nothing waits on it
+        between the command's commit and its delivery.
         """
         if not node_ids:
             raise NoTargetsError("no registered node matches the targets")
         now = time.time()
-        command: Row = dict(command_id=new_uuid(), script=spec.script, comment=spec.comment,
+        command: Row = dict(command_id=command_id or new_uuid(), script=spec.script,
+                            comment=spec.comment,
                             targets=spec.targets, timeout=spec.timeout,
                             delivery_timeout=spec.delivery_timeout, workdir=spec.workdir,
                             output_cap=spec.output_cap, created_at=now, created_by=operator,
                             cancel_requested=False)
-        rows = await self.store.create_command(command, node_ids)
+        rows = await self.store.create_command(command, node_ids, record)
         for inv in rows:
             self._owners[inv["invocation_id"]] = Owner(command["command_id"], inv["node_id"],
                                                        command["output_cap"])

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,23 @@ Row = dict[str, Any]
 # Identical refusals within this long are one record and a count (--audit-repeat-window).
 DEFAULT_REPEAT_WINDOW = 60.0
 ANCHOR_NAME = "anchor (DATA/audit-anchor)"
+
+
+# Writes that commit in the audit record's own transaction (``AuditLog.append``).
+Also = Callable[[AsyncConnection], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditEntry:
+    """One record to append, as the API decided it (api/audit.py ``entry``)."""
+
+    actor: str
+    action: str
+    outcome: str
+    target: str | None
+    source: str | None
+    detail: dict[str, Any]
+    authenticated: bool
 
 
 class AuditLog:
@@ -157,10 +175,16 @@ class AuditLog:
         return anchor.seq, anchor.hash
 
     async def append(self, *, actor: str, action: str, outcome: str, target: str | None = None,
-                     source: str | None = None, detail: dict[str, Any] | None = None) -> Row:
+                     source: str | None = None, detail: dict[str, Any] | None = None,
+                     also: Also | None = None) -> Row:
+        """Append one record; ``also``, when given, writes in the same transaction, so
+        what it writes (a command and its invocations) and the record saying who did
+        it commit together or not at all, and no later than each other."""
         async with self._lock:
             async with self.engine.begin() as conn:
                 last, prev = self._chain_from(await self._locked_head(conn))
+                if also is not None:
+                    await also(conn)
                 record: Row = dict(seq=last + 1, at=time.time(), actor=actor[:200],
                                    action=action[:200], target=target[:200] if target else None,
                                    source=source[:64] if source else None, outcome=outcome,
@@ -182,10 +206,15 @@ class AuditLog:
 
     # -- refused and failed calls: one record, then a count -------------------------
 
+    async def append_entry(self, entry: AuditEntry, also: Also | None = None) -> Row | None:
+        """``append_or_count`` of an entry made elsewhere (api/audit.py ``entry``)."""
+        return await self.append_or_count(**dataclasses.asdict(entry), also=also)
+
     async def append_or_count(self, *, actor: str, action: str, outcome: str,
                               target: str | None = None, source: str | None = None,
                               detail: dict[str, Any] | None = None,
-                              authenticated: bool = False) -> Row | None:
+                              authenticated: bool = False, also: Also | None = None
+                              ) -> Row | None:
         """Append; a refused or failed call only if no identical one was written within
         the repeat window.
 
@@ -195,9 +224,9 @@ class AuditLog:
         An ``ok`` outcome is always written.
         """
         detail = detail or {}
-        if outcome == "ok":
+        if outcome == "ok" or also is not None:
             return await self.append(actor=actor, action=action, outcome=outcome,
-                                     target=target, source=source, detail=detail)
+                                     target=target, source=source, detail=detail, also=also)
         kind = kind_of(actor, action, target, source, outcome, detail)
         if self.digest.repeat(kind, time.time(), authenticated):
             self._schedule_flush()

@@ -24,7 +24,7 @@ from tether.protocol.ids import new_node_id, new_uuid
 from tether.protocol.statuses import InvocationStatus, allowed_sources, can_transition
 from tether.server.secrets import hash_secret, matches, new_secret
 from tether.server.store import migrate
-from tether.server.store.audit import AuditLog
+from tether.server.store.audit import AuditEntry, AuditLog
 from tether.server.store.command_filter import CommandFilter, conditions
 from tether.server.store.operators import Operators
 from tether.server.store.schema import (
@@ -596,16 +596,26 @@ class Store:
 
     # -- commands ----------------------------------------------------------
 
-    async def create_command(self, command: Row, node_ids: Sequence[str]) -> list[Row]:
-        """Persist a command and one Pending invocation per node, before any dispatch."""
+    async def create_command(self, command: Row, node_ids: Sequence[str],
+                             record: AuditEntry | None = None) -> list[Row]:
+        """Persist a command and one Pending invocation per node, before any dispatch;
+        with ``record``, that audit record in the same transaction (who sent it is
+        stored when, and only if, the command is)."""
         deliver_by = command["created_at"] + command["delivery_timeout"]
         rows = [dict(invocation_id=new_uuid(), command_id=command["command_id"], node_id=n,
                      status=InvocationStatus.PENDING.value, deliver_by=deliver_by,
                      stdout_truncated=False, stderr_truncated=False) for n in node_ids]
-        async with self.engine.begin() as conn:
+
+        async def insert(conn: AsyncConnection) -> None:
             await conn.execute(commands.insert().values(**command))
             for start in range(0, len(rows), 1000):
                 await conn.execute(invocations.insert(), rows[start:start + 1000])
+
+        if record is not None:
+            await self.audit.append_entry(record, also=insert)
+        else:
+            async with self.engine.begin() as conn:
+                await insert(conn)
         return rows
 
     async def get_command(self, command_id: str) -> Row | None:
