@@ -19,7 +19,8 @@ PRODUCT CONTRACT under test (src/tether/server/console/static/):
   and, signed in, names the operator in the header (``#operator``, also after a
   reload) and shows the fleet (``#/nodes``): one ``tr[data-node=ID]`` per
   node; ``#search`` matches part of an address, and the primary address cell has
-  a badge ``ppp0 · point-to-point`` for a point-to-point interface.
+  a badge ``ppp0 · point-to-point`` for a point-to-point interface. Its status filter
+  (``#ping``) has every state, Deregistered too (whose nodes are left out otherwise).
 - A node's page lists its interfaces, ``ppp0`` marked point-to-point, and has
   "Open shell" and "Run command" buttons. The run page previews what the targets
   hit (``#preview``: "Hits 1 node ...") and goes to the command's page, which
@@ -578,6 +579,15 @@ def fleet_summary(url: str, token: str, activation_id: str, activation_code: str
             seen["value_after"] = value.inner_text()
             b.shot("fleet-summary")
         seen["loads"] = b.loads - loads
+        # The status filter has Deregistered too: the deregistered node, left out otherwise.
+        seen["ping_options"] = [o.get_attribute("value") for o in
+                                page.locator("#ping option").all()]
+        page.select_option("#ping", "Deregistered")
+        rows = page.locator("tr[data-node]")
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_have_attribute("data-node", devices[1].node_id)
+        seen["deregistered_rows"] = [r.locator("td").all_inner_texts() for r in rows.all()]
+        page.select_option("#ping", "")
         page.fill("#by", "nosuchkey")  # a key no node has: one value, "no nosuchkey tag"
         expect(page.locator("#summary .summary-value")).to_have_text(
             re.compile("^no nosuchkey tag"))  # one value only
@@ -925,6 +935,9 @@ def test_the_fleet_summary_counts_by_state_and_tag_value_live(
     assert seen["deregistered"] == "Online 1 ConnectionLost 0 Deregistered 1", seen
     assert seen["value_after"] == "site=a Online 1 ConnectionLost 0 Deregistered 1", seen
     assert seen["loads"] == 0, seen
+    assert seen["ping_options"] == ["", "Online", "ConnectionLost", "Deregistered"], seen
+    ((_name, _node_id, ping_status, *_),) = seen["deregistered_rows"]  # devices[1]'s
+    assert ping_status == "Deregistered", seen["deregistered_rows"]
     # (the device that connected may or may not have been seen to go yet)
     assert re.fullmatch(r"no nosuchkey tag Online [01] ConnectionLost [01] Deregistered 1",
                         seen["untagged"]), seen

@@ -42,7 +42,7 @@ export async function render(main, _m, params) {
     placeholder: "name, node id, address, activation id or key=value",
     "aria-label": "Search nodes" });
   const pingSel = h("select", { id: "ping", "aria-label": "Ping status" },
-    ["", "Online", "ConnectionLost"].map((v) => h("option", { value: v, selected: v === ping },
+    ["", ...STATES].map((v) => h("option", { value: v, selected: v === ping },
       v || "any status")));
   const counter = h("span", { class: "muted", id: "count" });
   const prev = h("button", { type: "button", onclick: () => { offset = Math.max(0, offset - PAGE); refresh(); } }, "Previous");
