@@ -24,7 +24,9 @@ PRODUCT CONTRACT under test (src/tether/server/console/static/):
 - A node's page lists its interfaces, ``ppp0`` marked point-to-point, and has
   "Open shell" and "Run command" buttons. The run page previews what the targets
   hit (``#preview``: "Hits 1 node ...") and goes to the command's page, which
-  updates live and shows each node's stdout in ``pre.out-stdout``.
+  updates live and shows each node's stdout in ``pre.out-stdout``; a stream the output
+  cap cut has a ``.truncated[data-stream]`` note beside it ("stdout cut at N bytes (the
+  output cap)", the invocation's ``*_truncated`` and ``*_size``, as the CLI says it).
 - The shell page opens a recorded session in an xterm.js terminal
   (``#shell-state``: "... (recorded)"); what is typed runs on the device.
 - The audit page lists ``POST /api/v1/commands`` and ``POST /api/v1/sessions``
@@ -277,6 +279,19 @@ def walk(url: str, token: str, node_id: str, device_addr: str, hostname: str,
         seen["stdout"] = out.inner_text()
         lap("command output shown")
         shot("command")
+
+        # Output past the cap is marked beside its stream, in the CLI's terms (issue 13).
+        seen["cut_marks_whole"] = page.locator(".truncated").count()  # this output is whole
+        capped = api(url, token, "POST", "/commands", {
+            "targets": [node_id], "output_cap": 100,
+            "script": "yes out | head -c 3000; yes err | head -c 3000 >&2"})
+        seen["capped_id"] = capped["command_id"]
+        page.goto(f"{url}/console/#/commands/{capped['command_id']}")
+        marks = page.locator(f'tr[data-node="{node_id}"] .truncated')
+        expect(marks).to_have_count(2)
+        seen["cut_marks"] = {m.get_attribute("data-stream"): m.inner_text() for m in marks.all()}
+        seen["cut_stdout"] = page.locator(f'tr[data-node="{node_id}"] pre.out-stdout').inner_text()
+        lap("output cut at the cap marked")
 
         # A shell: back to the node through the command's link, then Open shell.
         page.locator(f'tr[data-node="{node_id}"] a[href="#/nodes/{node_id}"]').click()
@@ -781,6 +796,13 @@ def test_operator_finds_ppp_device_runs_command_and_shell_in_browser(
     # The command ran on the device, and the CLI agrees with what the page showed.
     assert seen["stdout"].strip() == f"console-{hostname}", seen["stdout"]
     assert console.stdout_of(seen["command_id"]).strip() == f"console-{hostname}"
+    # Output cut at the cap is marked on the page, as the server says it was cut.
+    assert seen["cut_marks_whole"] == 0, seen
+    assert seen["cut_marks"] == {s: f"{s} cut at 100 bytes (the output cap)"
+                                 for s in ("stdout", "stderr")}, seen["cut_marks"]
+    assert seen["cut_stdout"] == "out\n" * 25, seen["cut_stdout"]
+    (capped,) = console.cli("commands", "show", seen["capped_id"], "--json")["invocations"]
+    assert capped["stdout_truncated"] and capped["stderr_truncated"], capped
     # The shell's answer is a line of its own, which was not there before it was asked.
     assert "(recorded)" in seen["shell_state"], seen["shell_state"]
     assert seen["hostname_rows_before"] == 0, seen["terminal"]

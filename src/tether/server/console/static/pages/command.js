@@ -10,6 +10,14 @@ async function output(commandId, inv, stream) {
   return data;
 }
 
+// What the output cap cut off, as the CLI says it (cli/commands.py cut()): the server
+// kept the stream's first *_size bytes and marks it *_truncated.
+function cut(inv, stream) {
+  if (!inv[`${stream}_truncated`]) return null;
+  return h("div", { class: "truncated", "data-stream": stream, role: "note" },
+    `${stream} cut at ${inv[`${stream}_size`]} bytes (the output cap)`);
+}
+
 function outputCell(commandId, inv) {
   const cell = h("td", {});
   const show = async () => {
@@ -21,7 +29,8 @@ function outputCell(commandId, inv) {
         const shown = decoder.decode(data.slice(0, PREVIEW));
         add(cell, h("div", { class: "muted" }, `${stream} (${bytesText(data.length)})`,
           h("button", { type: "button", onclick: () => download(`${inv.node_id}.${stream}`, data) }, "Download")),
-        h("pre", { class: `out-${stream}` }, shown + (data.length > PREVIEW ? "\n…" : "")));
+        h("pre", { class: `out-${stream}` }, shown + (data.length > PREVIEW ? "\n…" : "")),
+        cut(inv, stream));
       } catch (err) {
         add(cell, errorBox(err));
       }
@@ -54,7 +63,8 @@ export async function render(main, [commandId]) {
       "Cancel")));
     const rows = [];
     for (const inv of cmd.invocations) {
-      const key = `${inv.node_id}:${inv.status}:${inv.stdout_size}:${inv.stderr_size}`;
+      const key = [inv.node_id, inv.status, inv.stdout_size, inv.stderr_size,
+        inv.stdout_truncated, inv.stderr_truncated].join(":");
       let row = shown.get(inv.node_id);
       if (!row || row.key !== key) {
         const out = outputCell(commandId, inv);
