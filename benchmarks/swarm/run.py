@@ -756,6 +756,8 @@ def main() -> int:
                    help=f"create a fresh database on {PG_ADMIN_URL}, drop it afterwards")
     p.add_argument("--out", type=Path, help="results folder (default: a new temp folder)")
     p.add_argument("--keep-data", action="store_true", help="keep the server's data dir")
+    p.add_argument("--no-plots", action="store_true",
+                   help="no PNGs (saves importing matplotlib; benchmarks/hot_path.py)")
     p.add_argument("--shards", type=int, default=10)
     p.add_argument("--keepalive-interval", type=float, default=150.0)
     p.add_argument("--keepalive-timeout", type=float, default=30.0)
@@ -904,7 +906,7 @@ def main() -> int:
                     cpu0, scpu0 = cpu_seconds(server.pid), swarm.cpu_seconds()
                     f = phase_fanout(api, swarm, n, args.fanout_poll, args.timeout,
                                      args.stall)
-                    f["server_cpu_s"] = round(cpu_seconds(server.pid) - cpu0, 1)
+                    f["server_cpu_s"] = round(cpu_seconds(server.pid) - cpu0, 2)
                     f["swarm_cpu_s"] = round(swarm.cpu_seconds() - scpu0, 1)
                 fanouts.append(f)
                 say(f"fan-out {k + 1}: {f['invocations']} results stored "
@@ -1015,8 +1017,8 @@ def main() -> int:
                                              if " WARNING " in line or " ERROR " in line)
         results["server_log_tail"] = server.log_tail(30)
         results["lines"] = lines
-        results["plots"] = plot(out, fanouts, sampler, marks,
-                                marks.get("server up", time.monotonic()), n, label)
+        results["plots"] = [] if args.no_plots else plot(
+            out, fanouts, sampler, marks, marks.get("server up", time.monotonic()), n, label)
         results["rss_samples_kib"] = [[round(t, 2), r] for t, r in sampler.samples[::5]]
         results["profiles"] = profiler.files
         (out / "results.json").write_text(json.dumps(results, indent=1))
