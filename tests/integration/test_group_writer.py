@@ -144,3 +144,44 @@ async def test_a_row_the_database_refuses_fails_only_its_invocation(store: Store
         kept = await store.find_invocation("c-bad", r["node_id"])
         assert kept is not None and kept["stdout_inline"] == b"ok"  # its output stayed
     assert (await store.get_node(node_ids[3]) or {})["ping_status"] == "Online"
+
+
+async def test_an_accepted_not_waited_for_still_lands_before_its_result(store: Store) -> None:
+    """The dispatcher queues an ``accepted`` without waiting for its commit (the link's
+    next message, its result, is read at once): whether the two share a batch or not,
+    the invocation ends Success with its start time, never back to InProgress."""
+    act, code = await store.create_activation(limit=10, expires_at=time.time() + 60, tags={},
+                                              name_prefix=None)
+    node_ids = [(await store.register_node(activation_id=act["activation_id"], code=code,
+                                           computer_name=f"q{i}", replaces=None))[0]["node_id"]
+                for i in range(6)]
+    now = time.time()
+    command = dict(command_id="c-q", script="true", comment=None, targets=["all"],
+                   timeout=60.0, delivery_timeout=60.0, workdir=None, output_cap=100,
+                   created_at=now, created_by="admin", cancel_requested=False)
+    invs = await store.create_command(command, node_ids)
+    writer = GroupWriter(store)
+    writer.start()
+    try:
+        accepted = []
+        results = []
+        for k, inv in enumerate(invs):
+            accepted.append(writer.queue("accepted", dict(b_inv=inv["invocation_id"],
+                                                          b_at=now + k)))
+            results.append(writer.write("results", dict(
+                b_inv=inv["invocation_id"], b_status="Success", b_ended_at=now + k + 1,
+                b_exit_code=0, b_stdout_size=0, b_stderr_size=0, b_stdout_truncated=False,
+                b_stderr_truncated=False, b_reason=None, b_stdout_inline=None,
+                b_stderr_inline=None)))
+            if k % 2:  # half of them one turn apart, half in the same batch
+                await asyncio.sleep(0)
+        assert await asyncio.gather(*results) == [Written.STORED] * len(invs)
+        assert await asyncio.gather(*accepted) == [Written.STORED] * len(invs)
+    finally:
+        await writer.stop()
+    rows = {r["invocation_id"]: r for r in await store.list_invocations("c-q")}
+    for k, inv in enumerate(invs):
+        row = rows[inv["invocation_id"]]
+        assert row["status"] == InvocationStatus.SUCCESS.value, row
+        assert (row["started_at"], row["ended_at"]) == (pytest.approx(now + k),
+                                                        pytest.approx(now + k + 1))

@@ -18,6 +18,7 @@ import uvicorn
 from tether.protocol.invocation import command_for
 from tether.protocol.netaddr import is_loopback_host, is_wildcard_host
 from tether.protocol.terminal import log_to_stderr
+from tether.server import collector
 from tether.server.access.client_address import is_trusted_proxy, parse_proxies
 from tether.server.admin_access import AdminAccess
 from tether.server.app import build_app
@@ -127,6 +128,7 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.05)
         if server.started:
+            collector.settle()  # start-up is done: see collector.py
             url = url_of(sock, settings.tls is not None)
             print(f"tether server listening on {url}", flush=True)
             fingerprint = settings.tls.fingerprint() if settings.tls else None

@@ -8,7 +8,9 @@ checked against the invocation's owner, so a node can only write its own.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -173,10 +175,13 @@ class Dispatcher:
             if written is Written.STORED:
                 conn.inventory_stored(digest)
         elif isinstance(message, Accepted):
+            # Not waited for: the link's next message (often this invocation's result)
+            # is read at once instead of one group commit later. Queued before that
+            # result, it is written before it (writer.py), so the order holds.
             command_id = (await self._owned(conn, message.invocation_id)).command_id
-            await self.writer.write("accepted", dict(b_inv=message.invocation_id,
-                                                     b_at=time.time()))
-            await self.watch.bump(command_id)
+            stored = self.writer.queue("accepted", dict(b_inv=message.invocation_id,
+                                                        b_at=time.time()))
+            stored.add_done_callback(functools.partial(self._accepted_stored, command_id))
         elif isinstance(message, Output):
             await self._output(conn, message)
         elif isinstance(message, Result):
@@ -188,6 +193,16 @@ class Dispatcher:
             raise ProtocolError(CloseCode.UNEXPECTED, "hello sent twice")
         else:  # pragma: no cover - decode only yields agent messages
             raise ProtocolError(CloseCode.UNEXPECTED, f"unexpected {message.TYPE!r}")
+
+    def _accepted_stored(self, command_id: str, stored: asyncio.Future[Written]) -> None:
+        if stored.cancelled():
+            return
+        error = stored.exception()
+        if error is not None:  # the result that follows ends the invocation anyway
+            log.error("an accepted status of command %s could not be stored: %s",
+                      command_id, error)
+            return
+        self.watch.changed(command_id)
 
     async def _owner(self, invocation_id: str) -> Owner | None:
         owner = self._owners.get(invocation_id)

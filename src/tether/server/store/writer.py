@@ -114,10 +114,19 @@ class GroupWriter:
 
         Raises only when the database takes neither the row nor its replacement.
         """
+        return await self.queue(kind, row)
+
+    def queue(self, kind: str, row: dict[str, Any]) -> asyncio.Future[Written]:
+        """Queue one row; the future is done once it is committed (``write``'s outcome).
+
+        For a caller that must not wait for the commit before it goes on: rows are
+        written in the order queued (in one batch or an earlier one), so a row
+        queued later still lands after it.
+        """
         done: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         self._queue.append((kind, row, done))
         self._wake.set()
-        return await done
+        return done
 
     async def _run(self) -> None:
         while True:
