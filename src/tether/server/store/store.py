@@ -44,6 +44,20 @@ _RESULT_TARGETS = (_S.SUCCESS, _S.FAILED, _S.TIMED_OUT, _S.CANCELLED)
 _RESULT_COLUMNS = ("status", "ended_at", "exit_code", "stdout_size", "stderr_size",
                    "stdout_truncated", "stderr_truncated", "reason", "stdout_inline",
                    "stderr_inline")
+# What a node's link is authenticated with (``Store.authenticate_node``), built once.
+_CREDENTIALS = sa.select(nodes.c.node_id, nodes.c.credential_hash,
+                         nodes.c.pending_credential_hash, nodes.c.deregistered_at).where(
+    nodes.c.node_id == sa.bindparam("node_id"))
+# What a node that connects is sent (``Store.deliverable``), built once: each of
+# 10,000 links asks it when it connects.
+_DELIVERABLE = (
+    sa.select(invocations.c.invocation_id, invocations.c.status, commands)
+    .join(commands, commands.c.command_id == invocations.c.command_id)
+    .where(invocations.c.node_id == sa.bindparam("node_id"),
+           sa.or_(sa.and_(invocations.c.status == InvocationStatus.PENDING.value,
+                          invocations.c.deliver_by > sa.bindparam("now")),
+                  invocations.c.status == InvocationStatus.IN_PROGRESS.value))
+    .order_by(invocations.c.seq))
 # What lists of invocations show: the row without the output bytes it may carry.
 _LISTED = [c for c in invocations.c if not c.name.endswith("_inline")]
 
@@ -284,9 +298,11 @@ class Store:
     # -- nodes -------------------------------------------------------------
 
     async def authenticate_node(self, node_id: str, credential: str) -> Row | None:
+        """The node's id, credential hashes and ``deregistered_at``, if ``credential``
+        is the node's; else None. Only those columns: every link of a 10,000-node
+        reconnect storm read (and parsed) the node's whole stored inventory here."""
         async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(nodes).where(
-                nodes.c.node_id == node_id))).mappings().first()
+            row = (await conn.execute(_CREDENTIALS, {"node_id": node_id})).mappings().first()
         if row is None:
             return None
         if row["deregistered_at"] is not None:
@@ -694,15 +710,9 @@ class Store:
 
     async def deliverable(self, node_id: str, now: float) -> list[Row]:
         """Invocations waiting for this node, oldest first, with their command."""
-        q = (sa.select(invocations.c.invocation_id, invocations.c.status, commands)
-             .join(commands, commands.c.command_id == invocations.c.command_id)
-             .where(invocations.c.node_id == node_id,
-                    sa.or_(sa.and_(invocations.c.status == InvocationStatus.PENDING.value,
-                                   invocations.c.deliver_by > now),
-                           invocations.c.status == InvocationStatus.IN_PROGRESS.value))
-             .order_by(invocations.c.seq))
         async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(q)).mappings()]
+            return [dict(r) for r in (await conn.execute(
+                _DELIVERABLE, {"node_id": node_id, "now": now})).mappings()]
 
     async def expire_deliveries(self, now: float) -> list[str]:
         """Pending invocations whose delivery deadline passed become DeliveryTimedOut.
