@@ -38,6 +38,9 @@ def gw(sqlite_server: Server, tmp_path: Path) -> Iterator[Agent]:
     agent = named_agent(sqlite_server, tmp_path / "gw", "gw-7")
     yield agent
     agent.stop()
+    # The server is the module's: the next test's gw-7 must be the only one by that name.
+    gone = sqlite_server.cli_raw("nodes", "deregister", agent.node_id)
+    assert gone.returncode == 0, gone.stderr
 
 
 def cid_of(result: subprocess.CompletedProcess[str]) -> str:

@@ -47,6 +47,7 @@ from tether.server.access.audit_chain import (
 )
 from tether.server.access.audit_digest import Digest, Summary, kind_of
 from tether.server.store.audit_anchor import AnchorError, AnchorFile, read_anchor
+from tether.server.store.rows import as_dicts
 from tether.server.store.schema import audit_log
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,7 @@ class AuditLog:
         if action:
             q = q.where(audit_log.c.action.contains(action, autoescape=True))
         async with self.engine.connect() as conn:
-            rows = [dict(r) for r in (await conn.execute(q)).mappings()]
+            rows = as_dicts(await conn.execute(q))
         return rows[::-1]
 
     async def all(self, chunk: int = 5000) -> AsyncIterator[Row]:
@@ -315,9 +316,9 @@ class AuditLog:
         after = 0
         while True:
             async with self.engine.connect() as conn:
-                rows = [dict(r) for r in (await conn.execute(
+                rows = as_dicts(await conn.execute(
                     sa.select(audit_log).where(audit_log.c.seq > after)
-                    .order_by(audit_log.c.seq).limit(chunk))).mappings()]
+                    .order_by(audit_log.c.seq).limit(chunk)))
             for row in rows:
                 yield row
             if len(rows) < chunk:

@@ -32,6 +32,7 @@ from tether.server.access.admins import (
     lockout,
 )
 from tether.server.secrets import hash_secret, new_secret
+from tether.server.store.rows import as_dicts
 from tether.server.store.schema import operator_tokens, operators
 
 Row = dict[str, Any]
@@ -214,8 +215,8 @@ class Operators:
 
     async def all(self) -> list[Row]:
         async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(
-                sa.select(operators).order_by(operators.c.name))).mappings()]
+            return as_dicts(await conn.execute(
+                sa.select(operators).order_by(operators.c.name)))
 
     async def update(self, name: str, roles: list[str] | None,
                      statements: list[dict[str, Any]] | None) -> Row | None:

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.server.store.rows import as_dicts
 from tether.server.store.schema import nodes, operator_tokens, operators, sessions
 from tether.server.store.scope import Reach, within
 
@@ -56,8 +57,8 @@ class Sessions:
     async def end_all_open(self, reason: str) -> list[Row]:
         """At start: sessions a previous process left open cannot still be running."""
         async with self.engine.begin() as conn:
-            left = [dict(r) for r in (await conn.execute(
-                sa.select(sessions).where(sessions.c.ended_at.is_(None)))).mappings()]
+            left = as_dicts(await conn.execute(
+                sa.select(sessions).where(sessions.c.ended_at.is_(None))))
             await conn.execute(sessions.update().where(sessions.c.ended_at.is_(None)).values(
                 status=TERMINATED, end_reason=reason, ended_at=time.time()))
         return left
@@ -102,4 +103,4 @@ class Sessions:
             q = q.where(sessions.c.ended_at.is_(None) if active
                         else sessions.c.ended_at.is_not(None))
         async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(q)).mappings()]
+            return as_dicts(await conn.execute(q))

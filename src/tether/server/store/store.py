@@ -27,6 +27,7 @@ from tether.server.store import migrate
 from tether.server.store.audit import AuditEntry, AuditLog
 from tether.server.store.command_filter import CommandFilter, conditions
 from tether.server.store.operators import Operators
+from tether.server.store.rows import as_dicts
 from tether.server.store.schema import (
     activations,
     commands,
@@ -489,7 +490,7 @@ class Store:
         q = self._filtered(sa.select(*_NODE_READ), f)
         q = q.order_by(nodes.c.name, nodes.c.node_id).limit(limit).offset(offset)
         async with self.engine.connect() as conn:
-            rows = [dict(r) for r in (await conn.execute(q)).mappings()]
+            rows = as_dicts(await conn.execute(q))
             await self._attach_tags(conn, rows)
         for r in rows:
             del r["credential_hash"], r["pending_credential_hash"]
@@ -504,7 +505,7 @@ class Store:
     async def list_nodes(self, f: NodeFilter = NodeFilter()) -> list[Row]:
         q = self._filtered(sa.select(*_NODE_READ), f)
         async with self.engine.connect() as conn:
-            rows = [dict(r) for r in (await conn.execute(q.order_by(nodes.c.node_id))).mappings()]
+            rows = as_dicts(await conn.execute(q.order_by(nodes.c.node_id)))
             await self._attach_tags(conn, rows)
         for r in rows:
             del r["credential_hash"], r["pending_credential_hash"]
@@ -657,7 +658,7 @@ class Store:
                 sa.not_(within(invocations.c.node_id, reach))))
         async with self.engine.connect() as conn:
             result = await conn.execute(q)
-            return [dict(r) for r in result.mappings()]
+            return as_dicts(result)
 
     async def status_counts(self, command_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {c: {} for c in command_ids}
@@ -693,7 +694,7 @@ class Store:
                     nodes, nodes.c.node_id == invocations.c.node_id))
                 .where(invocations.c.command_id == command_id)
                 .order_by(invocations.c.node_id))
-            return [dict(r) for r in result.mappings()]
+            return as_dicts(result)
 
     async def get_invocation(self, invocation_id: str) -> Row | None:
         async with self.engine.connect() as conn:
@@ -711,8 +712,8 @@ class Store:
     async def deliverable(self, node_id: str, now: float) -> list[Row]:
         """Invocations waiting for this node, oldest first, with their command."""
         async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(
-                _DELIVERABLE, {"node_id": node_id, "now": now})).mappings()]
+            return as_dicts(await conn.execute(
+                _DELIVERABLE, {"node_id": node_id, "now": now}))
 
     async def expire_deliveries(self, now: float) -> list[str]:
         """Pending invocations whose delivery deadline passed become DeliveryTimedOut.
@@ -770,4 +771,4 @@ class Store:
                                                   invocations.c.node_id).where(
                 invocations.c.command_id == command_id,
                 invocations.c.status == InvocationStatus.IN_PROGRESS.value))
-            return [dict(r) for r in result.mappings()]
+            return as_dicts(result)
