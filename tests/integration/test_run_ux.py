@@ -7,9 +7,11 @@ server-side part (``--online-only`` resolves targets in SQL) runs on both backen
 
 from __future__ import annotations
 
+import queue
 import re
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,30 +138,44 @@ def test_a_cut_output_is_said_in_show_and_output(sqlite_server: Server, node: Ag
 
 # -- item: run shows each node as it ends, says what waits, --online-only -----------------
 
+@pytest.mark.parametrize("progress", ["auto", "counts"])
 def test_run_prints_each_node_as_it_finishes(sqlite_server: Server, node: Agent,
-                                             tmp_path: Path) -> None:
-    """The fast node's output is on standard output while the slow one still runs."""
+                                             tmp_path: Path, progress: str) -> None:
+    """The fast node's output is on standard output while the slow one still runs, also
+    when progress is counted (as for a fan-out to more than 50 nodes), where it printed
+    every output only once all had ended."""
     slow = Agent(sqlite_server, tmp_path / "slow").register().start().connected()
     flag = tmp_path / "go-on"
     script = (f'if [ "$TETHER_NODE_ID" = {node.node_id} ]; then echo fast; else '
               f'while [ ! -e {flag} ]; do sleep 0.05; done; echo slow; fi')
-    proc = subprocess.Popen([PYTHON, "-m", "tether.cli", "run", "--target", node.node_id,
-                             "--target", slow.node_id, "--", script], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([PYTHON, "-m", "tether.cli", "run", "--progress", progress,
+                             "--target", node.node_id, "--target", slow.node_id, "--",
+                             script], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=sqlite_server.env(), text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()],
+                              daemon=True)
+    reader.start()
     try:
         assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline() == f"=== {node.node_id} ({HOST})  Success  exit 0\n"
-        assert proc.stdout.readline() == "fast\n"
+        # Bounded: printed only at the end, the fast node's lines would never come.
+        assert lines.get(timeout=30) == f"=== {node.node_id} ({HOST})  Success  exit 0\n"
+        assert lines.get(timeout=30) == "fast\n"
         assert proc.poll() is None  # the slow node has not ended: its script waits for us
         flag.touch()
-        rest, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        err = proc.stderr.read()
+        rest = "".join(lines.get(timeout=10) for _ in range(2))
         assert rest == f"=== {slow.node_id} ({HOST})  Success  exit 0\nslow\n"
         assert "(2 Success)" in err
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+        proc.wait()
+        reader.join(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
         slow.stop()
 
 

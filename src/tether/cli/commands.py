@@ -24,6 +24,11 @@ LIVE = {"Pending", "InProgress"}  # an invocation not yet ended
 POLL_WAIT = 25.0
 # Above this many nodes, progress is a line of counts, not a line per node.
 PER_NODE_PROGRESS = 50
+# Up to this many, the outputs of a counted fan-out still print as nodes finish, from
+# its whole list read again at most every STREAM_EVERY seconds (a list of 1,000 is
+# about 300 KB); above it, all at the end.
+STREAM_OUTPUTS = 1000
+STREAM_EVERY = 1.0
 
 
 def _script(args: argparse.Namespace) -> str:
@@ -56,7 +61,7 @@ def run(c: Client, args: argparse.Namespace) -> int:
         else:
             out(command["command_id"])
         return 0
-    # Counts only: the per-node list of a big fan-out is fetched once, when it is done.
+    # Counts only: the per-node list of a big fan-out is fetched when it is needed.
     command = c.request("POST", "/commands", body=body, query={"invocations": "false"})
     cid = command["command_id"]
     nodes = sum(command["counts"].values())
@@ -66,7 +71,9 @@ def run(c: Client, args: argparse.Namespace) -> int:
         if command["offline"]:
             out(f"  {_offline(command['offline'], command)}; Ctrl-C stops waiting, the "
                 "command goes on", err=True)
-    if nodes <= PER_NODE_PROGRESS:
+    per_node = args.progress == "nodes" or (args.progress == "auto"
+                                            and nodes <= PER_NODE_PROGRESS)
+    if per_node:
         command = {**c.get(f"/commands/{cid}"), "offline": command["offline"]}
     done: set[str] = set()
 
@@ -77,7 +84,7 @@ def run(c: Client, args: argparse.Namespace) -> int:
             _print_invocation(inv, _outputs(c, cid, inv), args.raw, timeout)
 
     try:
-        command = _wait(c, command, quiet=args.json, finished=finished)
+        command = _wait(c, command, quiet=args.json, finished=finished, per_node=per_node)
     except KeyboardInterrupt:
         out(err=True)
         out(f"stopped waiting; the command goes on. Follow it with 'tether commands show "
@@ -109,18 +116,22 @@ def _offline(n: int, command: dict[str, Any]) -> str:
 
 
 def _wait(c: Client, command: dict[str, Any], quiet: bool,
-          finished: Callable[[dict[str, Any], float], None]) -> dict[str, Any]:
+          finished: Callable[[dict[str, Any], float], None], per_node: bool
+          ) -> dict[str, Any]:
     """Follow a command: one line per node change, or per count change for a big fleet.
 
-    A node's outcome and output are handed to ``finished`` as soon as it ends (per node
-    only: a big fan-out's list is fetched once, at the end). While targets that were
-    offline at submission still wait, a change says how many and until when.
+    A node's outcome and output are handed to ``finished`` as soon as it ends; in a
+    counted fan-out, once the whole list is read again (at most every STREAM_EVERY s,
+    up to STREAM_OUTPUTS nodes: a bigger one's list is fetched once, at the end).
+    While targets that were offline at submission still wait, a change says how
+    many and until when.
     """
     path = f"/commands/{command['command_id']}"
-    per_node = sum(command["counts"].values()) <= PER_NODE_PROGRESS
+    nodes = sum(command["counts"].values())
     offline = command.get("offline", 0)
     seen: dict[str, str] = {}
     last_counts = ""
+    ended, listed_at = 0, 0.0  # ended invocations in the counts, when last listed whole
     while True:
         if per_node:
             for inv in command["invocations"]:
@@ -132,6 +143,14 @@ def _wait(c: Client, command: dict[str, Any], quiet: bool,
         elif not quiet and _counts(command) != last_counts:
             last_counts = _counts(command)
             out(f"  {last_counts}", err=True)
+            now_ended = sum(n for s, n in command["counts"].items() if s not in LIVE)
+            if (nodes <= STREAM_OUTPUTS and now_ended > ended
+                    and time.monotonic() - listed_at >= STREAM_EVERY):
+                ended, listed_at = now_ended, time.monotonic()
+                whole = c.get(path)
+                for inv in whole["invocations"]:
+                    if inv["status"] not in LIVE:
+                        finished(inv, whole["timeout"])
         # Nodes online at submission have it already; the Pending beyond them are offline.
         waiting = min(offline, command["counts"].get("Pending", 0))
         if command["status"] in TERMINAL:

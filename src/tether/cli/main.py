@@ -315,6 +315,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--file", metavar="PATH", help="read the script from a file")
     r.add_argument("--online-only", action="store_true", help="target only the nodes "
                    "Online now; the others get no invocation (the summary counts them)")
+    r.add_argument("--progress", choices=["auto", "nodes", "counts"], default="auto",
+                   help="while waiting, a line per node change (nodes) or per change of "
+                   "the status counts (counts); auto: nodes up to 50 targets. Outputs "
+                   "print as nodes finish either way (up to 1,000 nodes; beyond, at the end)")
     r.add_argument("--no-wait", action="store_true", help="print the command id and return")
     r.add_argument("--raw", action="store_true", help="write the output's bytes to a "
                    "terminal as they are, escape sequences included (default: shown, not "
