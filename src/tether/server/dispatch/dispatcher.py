@@ -141,7 +141,7 @@ class Dispatcher:
 
     async def node_connected(self, conn: AgentConnection) -> None:
         await self._presence(conn.node_id, ONLINE, time.time(), conn.peer)
-        for row in await self.store.deliverable(conn.node_id, time.time()):
+        for row in await self.store.deliverable(conn.node_id):
             self._owners[row["invocation_id"]] = Owner(row["command_id"], conn.node_id,
                                                        row["output_cap"])
             if row["status"] == InvocationStatus.PENDING.value:

@@ -27,6 +27,7 @@ from tether.server.store import migrate
 from tether.server.store.audit import AuditEntry, AuditLog
 from tether.server.store.command_filter import CommandFilter, conditions
 from tether.server.store.operators import Operators
+from tether.server.store.reader import GroupReader
 from tether.server.store.rows import as_dicts
 from tether.server.store.schema import (
     activations,
@@ -48,17 +49,18 @@ _RESULT_COLUMNS = ("status", "ended_at", "exit_code", "stdout_size", "stderr_siz
 # What a node's link is authenticated with (``Store.authenticate_node``), built once.
 _CREDENTIALS = sa.select(nodes.c.node_id, nodes.c.credential_hash,
                          nodes.c.pending_credential_hash, nodes.c.deregistered_at).where(
-    nodes.c.node_id == sa.bindparam("node_id"))
+    nodes.c.node_id.in_(sa.bindparam("node_ids", expanding=True)))
 # What a node that connects is sent (``Store.deliverable``), built once: each of
 # 10,000 links asks it when it connects.
 _DELIVERABLE = (
-    sa.select(invocations.c.invocation_id, invocations.c.status, commands)
+    sa.select(invocations.c.invocation_id, invocations.c.node_id, invocations.c.status,
+              commands)
     .join(commands, commands.c.command_id == invocations.c.command_id)
-    .where(invocations.c.node_id == sa.bindparam("node_id"),
+    .where(invocations.c.node_id.in_(sa.bindparam("node_ids", expanding=True)),
            sa.or_(sa.and_(invocations.c.status == InvocationStatus.PENDING.value,
                           invocations.c.deliver_by > sa.bindparam("now")),
                   invocations.c.status == InvocationStatus.IN_PROGRESS.value))
-    .order_by(invocations.c.seq))
+    .order_by(invocations.c.node_id, invocations.c.seq))
 # What lists of invocations show: the row without the output bytes it may carry.
 _LISTED = [c for c in invocations.c if not c.name.endswith("_inline")]
 
@@ -195,6 +197,9 @@ async def open_store(url: str) -> Store:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # What each connecting link asks, grouped across links (reader.py).
+        self._credentials: GroupReader[str, Row] = GroupReader(self._credentials_of)
+        self._deliverable: GroupReader[str, list[Row]] = GroupReader(self._deliverable_to)
         self.operators = Operators(engine)
         self.audit = AuditLog(engine)
         self.sessions = Sessions(engine)
@@ -302,8 +307,7 @@ class Store:
         """The node's id, credential hashes and ``deregistered_at``, if ``credential``
         is the node's; else None. Only those columns: every link of a 10,000-node
         reconnect storm read (and parsed) the node's whole stored inventory here."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(_CREDENTIALS, {"node_id": node_id})).mappings().first()
+        row = await self._credentials.get(node_id)
         if row is None:
             return None
         if row["deregistered_at"] is not None:
@@ -709,11 +713,24 @@ class Store:
                 invocations.c.node_id == node_id))).mappings().first()
             return dict(row) if row else None
 
-    async def deliverable(self, node_id: str, now: float) -> list[Row]:
-        """Invocations waiting for this node, oldest first, with their command."""
+    async def deliverable(self, node_id: str) -> list[Row]:
+        """Invocations waiting for this node, oldest first, with their command (asked
+        with other nodes' that connect at the same time: reader.py)."""
+        return await self._deliverable.get(node_id) or []
+
+    async def _credentials_of(self, node_ids: list[str]) -> dict[str, Row]:
         async with self.engine.connect() as conn:
-            return as_dicts(await conn.execute(
-                _DELIVERABLE, {"node_id": node_id, "now": now}))
+            rows = as_dicts(await conn.execute(_CREDENTIALS, {"node_ids": node_ids}))
+        return {r["node_id"]: r for r in rows}
+
+    async def _deliverable_to(self, node_ids: list[str]) -> dict[str, list[Row]]:
+        async with self.engine.connect() as conn:
+            rows = as_dicts(await conn.execute(
+                _DELIVERABLE, {"node_ids": node_ids, "now": time.time()}))
+        out: dict[str, list[Row]] = {}
+        for r in rows:
+            out.setdefault(r["node_id"], []).append(r)
+        return out
 
     async def expire_deliveries(self, now: float) -> list[str]:
         """Pending invocations whose delivery deadline passed become DeliveryTimedOut.
