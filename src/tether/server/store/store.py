@@ -46,6 +46,29 @@ _RESULT_TARGETS = (_S.SUCCESS, _S.FAILED, _S.TIMED_OUT, _S.CANCELLED)
 _RESULT_COLUMNS = ("status", "ended_at", "exit_code", "stdout_size", "stderr_size",
                    "stdout_truncated", "stderr_truncated", "reason", "stdout_inline",
                    "stderr_inline")
+async def _insert_many(conn: AsyncConnection, table: sa.Table, rows: list[Row]) -> None:
+    """Insert ``rows`` (dicts with the same keys) into ``table`` in ``conn``'s transaction.
+
+    On PostgreSQL through ``COPY``: an executemany of a fan-out's 10,000 invocations
+    took 0.6 s there (SQLite's, 0.2 s), most of ``POST /commands``; COPY takes a
+    small part of that. The column names are the schema's, never input.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        for start in range(0, len(rows), 1000):
+            await conn.execute(table.insert(), rows[start:start + 1000])
+        return
+    columns = list(rows[0])
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection  # psycopg's AsyncConnection, in this transaction
+    names = ", ".join(f'"{c}"' for c in columns)
+    statement = f'COPY "{table.name}" ({names}) FROM STDIN'
+    async with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            await copy.write_row(tuple(row[c] for c in columns))
+
+
 # What a node's link is authenticated with (``Store.authenticate_node``), built once.
 _CREDENTIALS = sa.select(nodes.c.node_id, nodes.c.credential_hash,
                          nodes.c.pending_credential_hash, nodes.c.deregistered_at).where(
@@ -629,8 +652,7 @@ class Store:
 
         async def insert(conn: AsyncConnection) -> None:
             await conn.execute(commands.insert().values(**command))
-            for start in range(0, len(rows), 1000):
-                await conn.execute(invocations.insert(), rows[start:start + 1000])
+            await _insert_many(conn, invocations, rows)
 
         if record is not None:
             await self.audit.append_entry(record, also=insert)
