@@ -53,3 +53,13 @@ def make_agent(server: Server, tmp_path: Path) -> Iterator[Callable[..., Agent]]
 @pytest.fixture
 def online_agent(make_agent: Callable[..., Agent]) -> Agent:
     return make_agent().register().start().connected()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tether.db'}"
+        return
+    with postgres_database() as url:
+        yield url

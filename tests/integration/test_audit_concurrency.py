@@ -17,13 +17,10 @@ import contextlib
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from harness import clean_env, postgres_database
+from harness import clean_env
 from tether.server.access.audit_chain import Checkpoint, Verdict
 from tether.server.store import open_store
 from tether.server.store.audit_anchor import read_anchor
@@ -48,15 +45,6 @@ async def main(url, key, anchor, name, count):
 
 asyncio.run(main(*sys.argv[1:]))
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tether.db'}"
-        return
-    with postgres_database() as url:
-        yield url
 
 
 def test_two_processes_appending_at_once_lose_nothing(database_url: str,

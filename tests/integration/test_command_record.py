@@ -14,27 +14,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
-from harness import postgres_database
 from tether.server.store import open_store
 from tether.server.store.audit import AuditEntry
 from tether.server.store.audit_anchor import read_anchor
 from tether.server.store.schema import commands
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tether.db'}"
-        return
-    with postgres_database() as url:
-        yield url
 
 
 def _command(command_id: str) -> dict[str, Any]:

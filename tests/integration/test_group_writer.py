@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,21 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             s = await open_store(url)
             yield s
             await s.close()
+
+
+async def _command_on_new_nodes(store: Store, command_id: str, nodes: int,
+                                now: float) -> list[dict[str, Any]]:
+    """``nodes`` newly registered nodes and a command on them: its invocation rows."""
+    act, code = await store.create_activation(limit=10, expires_at=now + 60, tags={},
+                                              name_prefix=None)
+    node_ids = [(await store.register_node(activation_id=act["activation_id"], code=code,
+                                           computer_name=f"{command_id}-{i}",
+                                           replaces=None))[0]["node_id"]
+                for i in range(nodes)]
+    command = dict(command_id=command_id, script="true", comment=None, targets=["all"],
+                   timeout=60.0, delivery_timeout=60.0, workdir=None, output_cap=100,
+                   created_at=now, created_by="admin", cancel_requested=False)
+    return await store.create_command(command, node_ids)
 
 
 async def test_many_rows_of_every_kind_in_one_turn(store: Store) -> None:
@@ -98,16 +114,9 @@ async def test_a_row_the_database_refuses_fails_only_its_invocation(store: Store
     VARCHAR; SQLite stores them). Each write returns; the good rows land; a refused
     result ends its invocation Failed saying why; nothing stays InProgress.
     """
-    act, code = await store.create_activation(limit=10, expires_at=time.time() + 60, tags={},
-                                              name_prefix=None)
-    node_ids = [(await store.register_node(activation_id=act["activation_id"], code=code,
-                                           computer_name=f"n{i}", replaces=None))[0]["node_id"]
-                for i in range(4)]
     now = time.time()
-    command = dict(command_id="c-bad", script="true", comment=None, targets=["all"],
-                   timeout=60.0, delivery_timeout=60.0, workdir=None, output_cap=100,
-                   created_at=now, created_by="admin", cancel_requested=False)
-    invs = await store.create_command(command, node_ids)
+    invs = await _command_on_new_nodes(store, "c-bad", 4, now)
+    node_ids = [i["node_id"] for i in invs]
     exit_codes = [0, 2**70, 0, 3]
     reasons = [None, None, "r" * 1_500_000, None]
     writer = GroupWriter(store)
@@ -150,16 +159,8 @@ async def test_an_accepted_not_waited_for_still_lands_before_its_result(store: S
     """The dispatcher queues an ``accepted`` without waiting for its commit (the link's
     next message, its result, is read at once): whether the two share a batch or not,
     the invocation ends Success with its start time, never back to InProgress."""
-    act, code = await store.create_activation(limit=10, expires_at=time.time() + 60, tags={},
-                                              name_prefix=None)
-    node_ids = [(await store.register_node(activation_id=act["activation_id"], code=code,
-                                           computer_name=f"q{i}", replaces=None))[0]["node_id"]
-                for i in range(6)]
     now = time.time()
-    command = dict(command_id="c-q", script="true", comment=None, targets=["all"],
-                   timeout=60.0, delivery_timeout=60.0, workdir=None, output_cap=100,
-                   created_at=now, created_by="admin", cancel_requested=False)
-    invs = await store.create_command(command, node_ids)
+    invs = await _command_on_new_nodes(store, "c-q", 6, now)
     writer = GroupWriter(store)
     writer.start()
     try:
